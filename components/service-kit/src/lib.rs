@@ -1,0 +1,52 @@
+//! Guest-side library shared by the WasmShop service components.
+//!
+//! It owns the `wit-bindgen` bindings for the `wasmshop:platform/service`
+//! world, so the product and order components share one copy, and it keeps
+//! everything that is not business logic out of them: the HTTP model and
+//! its `wasi:http` glue, outbound calls, problem details, tenancy, exact
+//! money, ETags, key-value helpers, CloudEvents, clock and ids.
+//!
+//! A component exports itself with
+//! `service_kit::export!(MyComponent with_types_in service_kit::bindings);`.
+//!
+//! Binding-free modules ([`web`], [`problem`], [`tenant`], [`money`],
+//! [`etag`], [`ids`], [`clock`], [`trace`], most of [`kv`] and [`events`])
+//! run in native unit tests; [`wasi_http`], [`client`], [`kv::WasiStore`]
+//! and [`events::MessagingSink`] are the thin glue over the bindings.
+
+extern crate self as service_kit;
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+/// Re-exported so components use the same `http` types as this crate.
+pub use http;
+
+/// WIT bindings for `wasmshop:platform/service`, generated once here so every
+/// service shares one copy of the types.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "wasmshop:platform/service",
+        pub_export_macro: true,
+        default_bindings_module: "service_kit::bindings",
+        runtime_path: "service_kit::__wit_bindgen::rt",
+        generate_all,
+    });
+}
+
+pub use bindings::export;
+
+pub mod client;
+pub mod clock;
+pub mod etag;
+pub mod events;
+pub mod ids;
+pub mod kv;
+pub mod money;
+pub mod problem;
+pub mod tenant;
+pub mod trace;
+pub mod wasi_http;
+pub mod web;
