@@ -4,7 +4,7 @@
 //! world, so the product and order components share one copy, and it keeps
 //! everything that is not business logic out of them: the HTTP model and
 //! its `wasi:http` glue, outbound calls, problem details, tenancy, exact
-//! money, ETags, key-value helpers, CloudEvents, clock and ids.
+//! money, JSON field validation, ETags, key-value helpers, CloudEvents, clock and ids.
 //!
 //! A component exports itself with
 //! `service_kit::export!(MyComponent with_types_in service_kit::bindings);`.
@@ -43,6 +43,7 @@ pub mod clock;
 pub mod etag;
 pub mod events;
 pub mod ids;
+pub mod json;
 pub mod kv;
 pub mod money;
 pub mod problem;

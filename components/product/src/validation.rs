@@ -1,0 +1,350 @@
+//! Validation of product request bodies and list queries. Every offending
+//! field is reported at once, by name, in a 400 problem.
+
+use service_kit::ids::{ID_RULE, is_valid_id};
+use service_kit::json::{JsonObject, MAX_INT};
+use service_kit::money::Money;
+use service_kit::problem::{FieldErrors, Problem};
+use service_kit::web::Request;
+
+use crate::domain::currency::{DEFAULT_CURRENCY, is_iso_4217};
+use crate::domain::product::{
+    CATEGORY_MAX, DESCRIPTION_MAX, MAX_PRICE, NAME_MAX, NewProduct, ProductPatch,
+};
+
+/// Fields a client may send. `version`, `createdAt` and `updatedAt` are
+/// accepted and ignored, so a client can send back what it read;
+/// concurrency is controlled with `If-Match`, not the body.
+const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "category",
+    "price",
+    "currency",
+    "stock",
+    "version",
+    "createdAt",
+    "updatedAt",
+];
+
+/// Default page size of a list.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size of a list.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Reads the editable fields, recording every problem in `errors`.
+fn read_fields(obj: &JsonObject, errors: &mut FieldErrors) -> ProductPatch {
+    obj.reject_unknown(KNOWN_FIELDS, errors);
+    let name = obj.string("name", errors);
+    if let Some(n) = &name {
+        if n.trim().is_empty() {
+            errors.add("name", "must not be empty or blank");
+        } else if n.chars().count() > NAME_MAX {
+            errors.add("name", format!("must be at most {NAME_MAX} characters"));
+        }
+    }
+    let description = obj.string("description", errors);
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > DESCRIPTION_MAX)
+    {
+        errors.add(
+            "description",
+            format!("must be at most {DESCRIPTION_MAX} characters"),
+        );
+    }
+    let category = obj.string("category", errors);
+    if category
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > CATEGORY_MAX)
+    {
+        errors.add(
+            "category",
+            format!("must be at most {CATEGORY_MAX} characters"),
+        );
+    }
+    let price = obj.money("price", errors);
+    if let Some(p) = price {
+        if p < Money::ZERO {
+            errors.add("price", "must be at least 0");
+        } else if p > MAX_PRICE {
+            errors.add("price", "must be at most 999999999.99");
+        }
+    }
+    let currency = obj.string("currency", errors);
+    if let Some(c) = &currency
+        && !is_iso_4217(c)
+    {
+        errors.add(
+            "currency",
+            format!(
+                "'{c}' is not an ISO 4217 currency code; use an upper-case code such as USD or EUR"
+            ),
+        );
+    }
+    let stock = obj.integer("stock", 0, MAX_INT, errors);
+    ProductPatch {
+        name,
+        description,
+        category,
+        price,
+        currency,
+        stock,
+    }
+}
+
+/// Validates a `POST /api/products` body. `name` and `price` are required;
+/// `description` and `category` default to empty, `currency` to USD,
+/// `stock` to 0; `id` is optional.
+pub fn parse_new_product(body: &[u8]) -> Result<NewProduct, Problem> {
+    let obj = JsonObject::parse(body)?;
+    let mut errors = FieldErrors::new();
+    let id = obj.string("id", &mut errors);
+    if id.as_ref().is_some_and(|id| !is_valid_id(id)) {
+        errors.add("id", ID_RULE);
+    }
+    obj.require("name", &mut errors);
+    obj.require("price", &mut errors);
+    let fields = read_fields(&obj, &mut errors);
+    match (fields.name, fields.price) {
+        (Some(name), Some(price)) if errors.is_empty() => Ok(NewProduct {
+            id,
+            name,
+            description: fields.description.unwrap_or_default(),
+            category: fields.category.unwrap_or_default(),
+            price,
+            currency: fields
+                .currency
+                .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned()),
+            stock: fields.stock.unwrap_or(0),
+        }),
+        _ => Err(Problem::validation(errors)),
+    }
+}
+
+/// Validates a `PUT /api/products/{id}` body: the fields sent replace the
+/// current values (each under the create rules); fields left out, or
+/// `null`, keep theirs. An `id` in the body must match the URL.
+pub fn parse_patch(body: &[u8], path_id: &str) -> Result<ProductPatch, Problem> {
+    let obj = JsonObject::parse(body)?;
+    let mut errors = FieldErrors::new();
+    if let Some(id) = obj.string("id", &mut errors)
+        && id != path_id
+    {
+        errors.add(
+            "id",
+            format!("must match the id in the URL ('{path_id}'); ids cannot be changed"),
+        );
+    }
+    let patch = read_fields(&obj, &mut errors);
+    errors.into_result(patch)
+}
+
+/// A validated `GET /api/products` query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only products in this category (exact match); `None` for all.
+    pub category: Option<String>,
+    /// Page size, 1–1000.
+    pub limit: usize,
+    /// Products to skip, ≥ 0.
+    pub offset: usize,
+}
+
+impl ListQuery {
+    /// Reads `category`, `limit` and `offset`; bad values are a 400 naming
+    /// the parameter. An empty `category=` means no filter.
+    pub fn from_request(req: &Request) -> Result<ListQuery, Problem> {
+        let mut errors = FieldErrors::new();
+        let category = param(req, "category", &mut errors).filter(|c| !c.is_empty());
+        let limit = match param(req, "limit", &mut errors) {
+            None => DEFAULT_LIMIT,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    errors.add(
+                        "limit",
+                        format!("must be a whole number from 1 to {MAX_LIMIT}, not '{v}'"),
+                    );
+                    DEFAULT_LIMIT
+                }
+            },
+        };
+        let offset = match param(req, "offset", &mut errors) {
+            None => 0,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) => n as usize,
+                Err(_) => {
+                    errors.add(
+                        "offset",
+                        format!("must be a whole number of at least 0, not '{v}'"),
+                    );
+                    0
+                }
+            },
+        };
+        errors.into_result(ListQuery {
+            category,
+            limit,
+            offset,
+        })
+    }
+}
+
+/// A query parameter given at most once; a repeat is recorded as an error.
+fn param(req: &Request, name: &str, errors: &mut FieldErrors) -> Option<String> {
+    match req.query_param(name) {
+        Ok(v) => v.map(str::to_owned),
+        Err(p) => {
+            for (field, messages) in p.errors {
+                for m in messages {
+                    errors.add(&field, m);
+                }
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::http::Method;
+
+    fn errors_of(body: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+        let p = parse_new_product(body.as_bytes()).unwrap_err();
+        assert_eq!(p.status, 400);
+        p.errors
+    }
+
+    #[test]
+    fn minimal_create_gets_defaults() {
+        let p = parse_new_product(br#"{"name":"Pen","price":1.5}"#).unwrap();
+        assert_eq!(p.id, None);
+        assert_eq!((p.description.as_str(), p.category.as_str()), ("", ""));
+        assert_eq!((p.currency.as_str(), p.stock), ("USD", 0));
+        assert_eq!(p.price.minor(), 150);
+    }
+
+    #[test]
+    fn full_create() {
+        let p = parse_new_product(
+            br#"{"id":"pen-1","name":"Pen","description":"Blue","category":"office","price":0.1,"currency":"EUR","stock":2147483647}"#,
+        )
+        .unwrap();
+        assert_eq!(p.id.as_deref(), Some("pen-1"));
+        assert_eq!(
+            (p.currency.as_str(), p.stock, p.price.minor()),
+            ("EUR", 2147483647, 10)
+        );
+    }
+
+    #[test]
+    fn required_fields() {
+        let e = errors_of("{}");
+        assert_eq!(e["name"], vec!["is required"]);
+        assert_eq!(e["price"], vec!["is required"]);
+        let e = errors_of(r#"{"name":null,"price":null}"#);
+        assert!(e.contains_key("name") && e.contains_key("price"));
+    }
+
+    #[test]
+    fn every_field_rule_is_enforced() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"name":"","price":1}"#, "name"),
+            (r#"{"name":"   ","price":1}"#, "name"),
+            (r#"{"name":7,"price":1}"#, "name"),
+            (r#"{"name":"x","price":-0.01}"#, "price"),
+            (r#"{"name":"x","price":1.234}"#, "price"),
+            (r#"{"name":"x","price":1000000000}"#, "price"),
+            (r#"{"name":"x","price":"1"}"#, "price"),
+            (r#"{"name":"x","price":1,"currency":"usd"}"#, "currency"),
+            (r#"{"name":"x","price":1,"currency":"ZZZ"}"#, "currency"),
+            (r#"{"name":"x","price":1,"stock":-1}"#, "stock"),
+            (r#"{"name":"x","price":1,"stock":1.5}"#, "stock"),
+            (r#"{"name":"x","price":1,"stock":2.0}"#, "stock"),
+            (r#"{"name":"x","price":1,"stock":true}"#, "stock"),
+            (r#"{"name":"x","price":1,"stock":2147483648}"#, "stock"),
+            (r#"{"name":"x","price":1,"id":"a b"}"#, "id"),
+            (r#"{"name":"x","price":1,"id":""}"#, "id"),
+            (r#"{"name":"x","price":1,"prise":2}"#, "prise"),
+            (r#"{"name":"x","price":1,"description":5}"#, "description"),
+        ];
+        for (body, field) in cases {
+            let e = errors_of(body);
+            assert!(e.contains_key(*field), "{body}: {e:?}");
+            assert_eq!(e.len(), 1, "{body}: only {field} is wrong: {e:?}");
+        }
+    }
+
+    #[test]
+    fn length_limits_count_characters() {
+        let ok = format!(
+            r#"{{"name":"{}","price":1,"category":"{}","description":"{}"}}"#,
+            "é".repeat(200),
+            "c".repeat(100),
+            "d".repeat(2000)
+        );
+        parse_new_product(ok.as_bytes()).unwrap();
+        let bad = format!(
+            r#"{{"name":"{}","price":1,"category":"{}","description":"{}"}}"#,
+            "n".repeat(201),
+            "c".repeat(101),
+            "d".repeat(2001)
+        );
+        let e = errors_of(&bad);
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn patch_keeps_absent_fields_and_checks_id() {
+        let p = parse_patch(br#"{"price":2,"version":9,"createdAt":"x"}"#, "p1").unwrap();
+        assert_eq!(p.price.map(Money::minor), Some(200));
+        assert_eq!(p.name, None);
+        assert_eq!(
+            parse_patch(br#"{"id":"p1"}"#, "p1").unwrap(),
+            ProductPatch::default()
+        );
+        let e = parse_patch(br#"{"id":"p2","stock":-3}"#, "p1").unwrap_err();
+        assert!(e.errors.contains_key("id") && e.errors.contains_key("stock"));
+        assert_eq!(parse_patch(b"nope", "p1").unwrap_err().status, 400);
+    }
+
+    fn query(q: &str) -> Result<ListQuery, Problem> {
+        ListQuery::from_request(&Request::new(Method::GET, &format!("/api/products{q}")))
+    }
+
+    #[test]
+    fn list_query_defaults_and_bounds() {
+        assert_eq!(
+            query("").unwrap(),
+            ListQuery {
+                category: None,
+                limit: 100,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            query("?category=Tools&limit=1000&offset=5").unwrap(),
+            ListQuery {
+                category: Some("Tools".into()),
+                limit: 1000,
+                offset: 5
+            }
+        );
+        assert_eq!(query("?category=").unwrap().category, None);
+        for (q, field) in [
+            ("?limit=0", "limit"),
+            ("?limit=1001", "limit"),
+            ("?limit=abc", "limit"),
+            ("?limit=1.5", "limit"),
+            ("?offset=-1", "offset"),
+            ("?offset=x", "offset"),
+            ("?limit=5&limit=6", "limit"),
+        ] {
+            let p = query(q).unwrap_err();
+            assert!(p.errors.contains_key(field), "{q}: {p:?}");
+        }
+    }
+}
