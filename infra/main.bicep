@@ -179,38 +179,11 @@ module redis 'modules/redis.bicep' = {
 
 var image = '${registry.outputs.loginServer}/wasmshop:${imageTag}'
 
-// Container Apps resiliency for calls into the product service (the order
-// service's Dapr service invocation included): seed "Service Invocation
-// Features" (exponential backoff, circuit breaker, timeout).
-var productServiceResiliency = {
-  timeoutPolicy: {
-    responseTimeoutInSeconds: 10
-    connectionTimeoutInSeconds: 3
-  }
-  httpRetryPolicy: {
-    maxRetries: 3
-    retryBackOff: {
-      initialDelayInMilliseconds: 200
-      maxIntervalInMilliseconds: 2000
-    }
-    matches: {
-      httpStatusCodes: [
-        502
-        503
-        504
-      ]
-      errors: [
-        'connect-failure'
-        'reset'
-      ]
-    }
-  }
-  circuitBreakerPolicy: {
-    consecutiveErrors: 5
-    intervalInSeconds: 10
-    maxEjectionPercent: 100
-  }
-}
+// Service invocation resiliency: Container Apps' app resiliency policies do
+// not apply to Dapr service invocation and ACA does not load Dapr Resiliency
+// specs, so on ACA the order -> product path relies on Dapr's built-in
+// invocation retries; infra/dapr/resiliency.yaml configures it for `dapr run`.
+// Pub/sub resiliency is set on the component (container-apps-environment.bicep).
 
 // Seed "ProductService" / "OrderService" container apps.
 module productService 'modules/service-app.bicep' = if (deployApps) {
@@ -230,7 +203,6 @@ module productService 'modules/service-app.bicep' = if (deployApps) {
     memory: serviceMemory
     minReplicas: serviceMinReplicas
     maxReplicas: serviceMaxReplicas
-    resiliency: productServiceResiliency
     tags: allTags
   }
 }

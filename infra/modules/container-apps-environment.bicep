@@ -61,12 +61,6 @@ resource environmentLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-previ
         enabled: true
       }
     ]
-    metrics: [
-      {
-        category: 'AllMetrics'
-        enabled: true
-      }
-    ]
   }
 }
 
@@ -100,9 +94,6 @@ resource secretStore 'Microsoft.App/managedEnvironments/daprComponents@2025-01-0
 resource stateStore 'Microsoft.App/managedEnvironments/daprComponents@2025-01-01' = {
   parent: environment
   name: 'statestore'
-  dependsOn: [
-    secretStore
-  ]
   properties: {
     componentType: 'state.redis'
     version: 'v1'
@@ -137,9 +128,6 @@ resource stateStore 'Microsoft.App/managedEnvironments/daprComponents@2025-01-01
 resource pubSub 'Microsoft.App/managedEnvironments/daprComponents@2025-01-01' = {
   parent: environment
   name: 'product-pubsub'
-  dependsOn: [
-    secretStore
-  ]
   properties: {
     componentType: 'pubsub.redis'
     version: 'v1'

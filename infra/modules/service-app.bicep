@@ -45,9 +45,6 @@ param concurrentRequests int = 50
 @description('Log filter for the host (RUST_LOG).')
 param logLevel string = 'info'
 
-@description('Optional Container Apps resiliency policy for calls into this app (Dapr service invocation included). Empty object: none.')
-param resiliency object = {}
-
 param tags object = {}
 
 var port = 8080
@@ -172,14 +169,6 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
       }
     }
   }
-}
-
-// Container Apps resiliency (preview API): timeouts, retries and a circuit
-// breaker applied by the platform to calls into this app.
-resource appResiliency 'Microsoft.App/containerApps/resiliencyPolicies@2024-10-02-preview' = if (!empty(resiliency)) {
-  parent: app
-  name: '${name}-resiliency'
-  properties: resiliency
 }
 
 output name string = app.name
