@@ -186,6 +186,9 @@ def test_no_keys_where_identity_works() -> None:
     assert oai["disableLocalAuth"] is True
     reports = bicep("modules/reports-storage.bicep")["resources"]["storage"]["config"]["properties"]
     assert reports["allowSharedKeyAccess"] is False
+    for module in ("modules/reports-storage.bicep", "modules/redis.bicep"):
+        account = bicep(module)["resources"]["storage"]["config"]["properties"]
+        assert account["allowBlobPublicAccess"] is False and account["minimumTlsVersion"] == "TLS1_2"
     acr = bicep("modules/registry.bicep")["resources"]["registry"]["config"]["properties"]
     assert acr["adminUserEnabled"] is False
     kv = bicep("modules/keyvault.bicep")["resources"]["vault"]["config"]["properties"]
