@@ -1,0 +1,252 @@
+//! Key-value on the embedded database: one row per key, namespaced by
+//! component and store label, with a version column for compare-and-swap.
+
+use super::{DbState, EmbeddedDb};
+use crate::capabilities::keyvalue::{
+    CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
+};
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+use std::sync::Arc;
+
+/// Keys returned per `list-keys` page.
+const PAGE: usize = 1000;
+
+/// The embedded key-value backend.
+pub struct EmbeddedKeyValue {
+    db: Arc<EmbeddedDb>,
+}
+
+impl EmbeddedKeyValue {
+    /// A backend over an open database.
+    pub fn new(db: Arc<EmbeddedDb>) -> Self {
+        EmbeddedKeyValue { db }
+    }
+}
+
+#[async_trait]
+impl KeyValueBackend for EmbeddedKeyValue {
+    fn open(&self, component: &str, label: &str) -> Result<Arc<dyn KeyValueStore>, StoreError> {
+        Ok(Arc::new(Namespace {
+            db: self.db.clone(),
+            ns: Arc::from(format!("{component}/{label}")),
+        }))
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.db
+            .call(|s| s.conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+struct Namespace {
+    db: Arc<EmbeddedDb>,
+    ns: Arc<str>,
+}
+
+fn upsert(s: &mut DbState, ns: &str, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    let v = s.next_version;
+    s.next_version += 1;
+    s.conn.execute(
+        "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+        params![ns, key, value, v],
+    )?;
+    Ok(())
+}
+
+impl Namespace {
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DbState, &str) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let ns = self.ns.clone();
+        self.db
+            .call(move |s| f(s, &ns))
+            .await
+            .map_err(StoreError::Other)
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for Namespace {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.call(move |s, ns| {
+            s.conn
+                .query_row(
+                    "SELECT value FROM kv WHERE ns = ?1 AND key = ?2",
+                    params![ns, key],
+                    |r| r.get(0),
+                )
+                .optional()
+        })
+        .await
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.call(move |s, ns| upsert(s, ns, &key, &value)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.call(move |s, ns| {
+            s.conn
+                .execute(
+                    "DELETE FROM kv WHERE ns = ?1 AND key = ?2",
+                    params![ns, key],
+                )
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    async fn list_keys(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let after = cursor.unwrap_or("").to_string();
+        let keys: Vec<String> = self
+            .call(move |s, ns| {
+                let mut stmt = s.conn.prepare_cached(
+                    "SELECT key FROM kv WHERE ns = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(params![ns, after, PAGE as i64], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        let next = (keys.len() == PAGE).then(|| keys[PAGE - 1].clone());
+        Ok((keys, next))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let keys = keys.to_vec();
+        self.call(move |s, ns| {
+            let mut stmt = s
+                .conn
+                .prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?;
+            keys.iter()
+                .map(|k| stmt.query_row(params![ns, k], |r| r.get(0)).optional())
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.call(move |s, ns| {
+            let tx = s.conn.unchecked_transaction()?;
+            for (k, v) in &entries {
+                let version = s.next_version;
+                s.next_version += 1;
+                tx.execute(
+                    "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    params![ns, k, v, version],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        let keys = keys.to_vec();
+        self.call(move |s, ns| {
+            let tx = s.conn.unchecked_transaction()?;
+            for k in &keys {
+                tx.execute("DELETE FROM kv WHERE ns = ?1 AND key = ?2", params![ns, k])?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        let key = key.to_string();
+        let result = self
+            .call(move |s, ns| {
+                let tx = s.conn.unchecked_transaction()?;
+                let current: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT value FROM kv WHERE ns = ?1 AND key = ?2",
+                        params![ns, key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let base = match current {
+                    None => 0,
+                    Some(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|t| t.trim().parse::<i64>().ok()) {
+                        Some(n) => n,
+                        None => return Ok(Err(format!("the value at '{key}' is not an integer; increment only works on keys it created or that hold decimal text"))),
+                    },
+                };
+                let Some(next) = base.checked_add(delta) else {
+                    return Ok(Err(format!("incrementing '{key}' by {delta} overflows a 64-bit integer")));
+                };
+                let version = s.next_version;
+                s.next_version += 1;
+                tx.execute(
+                    "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    params![ns, key, next.to_string().into_bytes(), version],
+                )?;
+                tx.commit()?;
+                Ok(Ok(next))
+            })
+            .await?;
+        result.map_err(StoreError::Other)
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
+        let key = key.to_string();
+        let row: Option<(Vec<u8>, i64)> = self
+            .call(move |s, ns| {
+                s.conn
+                    .query_row(
+                        "SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2",
+                        params![ns, key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+            })
+            .await?;
+        Ok(match row {
+            None => (None, CasVersion::Absent),
+            Some((v, version)) => (Some(v), CasVersion::Version(version.to_string())),
+        })
+    }
+
+    async fn swap(&self, key: &str, version: &CasVersion, value: &[u8]) -> Result<(), SwapError> {
+        let (key, value, version) = (key.to_string(), value.to_vec(), version.clone());
+        let swapped = self
+            .call(move |s, ns| {
+                let new_version = s.next_version;
+                s.next_version += 1;
+                let changed = match &version {
+                    CasVersion::Absent => s.conn.execute(
+                        "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (ns, key) DO NOTHING",
+                        params![ns, key, value, new_version],
+                    )?,
+                    CasVersion::Version(v) => s.conn.execute(
+                        "UPDATE kv SET value = ?3, version = ?4 WHERE ns = ?1 AND key = ?2 AND version = ?5",
+                        params![ns, key, value, new_version, v.parse::<i64>().unwrap_or(-1)],
+                    )?,
+                };
+                Ok(changed == 1)
+            })
+            .await?;
+        if swapped {
+            Ok(())
+        } else {
+            Err(SwapError::CasFailed)
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Messaging on the embedded database: `send` commits the message and one
+//! delivery row per subscriber in a single transaction before returning;
+//! the [`Dispatcher`] hands due deliveries to subscribers, retries failures
+//! with exponential backoff and finally moves the message to
+//! `<topic>.deadletter`. Rows are only removed after a successful delivery,
+//! so a restart resumes whatever was not delivered (at least once).
+
+use super::{EmbeddedDb, now_ms};
+use crate::capabilities::messaging::{BrokerError, BrokerMessage, Message, MessageBroker};
+use crate::runtime_config::MessagingConfig;
+use crate::trigger::messaging::Deliverer;
+use async_trait::async_trait;
+use rusqlite::{Transaction, params};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// Suffix of the topic a message moves to after its last failed attempt.
+pub const DEAD_LETTER_SUFFIX: &str = ".deadletter";
+
+/// Subscribers of each (client, topic).
+type Subscribers = BTreeMap<(String, String), Vec<String>>;
+
+/// The embedded broker: the producer side.
+pub struct EmbeddedBroker {
+    db: Arc<EmbeddedDb>,
+    subscribers: Arc<Subscribers>,
+    wake: Arc<Notify>,
+}
+
+impl EmbeddedBroker {
+    /// `subscriptions` lists (component, client, topic) of the components
+    /// this process runs.
+    pub fn new(db: Arc<EmbeddedDb>, subscriptions: &[(String, String, String)]) -> Self {
+        let mut subscribers: Subscribers = BTreeMap::new();
+        for (component, client, topic) in subscriptions {
+            subscribers
+                .entry((client.clone(), topic.clone()))
+                .or_default()
+                .push(component.clone());
+        }
+        EmbeddedBroker {
+            db,
+            subscribers: Arc::new(subscribers),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A dispatcher delivering this broker's messages.
+    pub fn dispatcher(
+        &self,
+        deliverer: Arc<dyn Deliverer>,
+        policies: BTreeMap<String, MessagingConfig>,
+        concurrency: usize,
+    ) -> Dispatcher {
+        Dispatcher {
+            db: self.db.clone(),
+            subscribers: self.subscribers.clone(),
+            wake: self.wake.clone(),
+            deliverer,
+            policies: Arc::new(policies),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+}
+
+/// Inserts a message and its deliveries; returns the message's sequence number.
+fn enqueue(
+    tx: &Transaction<'_>,
+    subscribers: &Subscribers,
+    client: &str,
+    topic: &str,
+    message: &BrokerMessage,
+) -> rusqlite::Result<i64> {
+    let metadata = serde_json::to_string(&message.metadata).unwrap_or_else(|_| "[]".into());
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO messages (client, topic, content_type, metadata, data, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            client,
+            topic,
+            message.content_type,
+            metadata,
+            message.data,
+            now
+        ],
+    )?;
+    let seq = tx.last_insert_rowid();
+    for subscriber in subscribers
+        .get(&(client.to_string(), topic.to_string()))
+        .into_iter()
+        .flatten()
+    {
+        tx.execute(
+            "INSERT INTO deliveries (seq, subscriber, attempts, due_ms) VALUES (?1, ?2, 0, ?3)",
+            params![seq, subscriber, now],
+        )?;
+    }
+    Ok(seq)
+}
+
+#[async_trait]
+impl MessageBroker for EmbeddedBroker {
+    async fn send(
+        &self,
+        client: &str,
+        topic: &str,
+        message: BrokerMessage,
+    ) -> Result<(), BrokerError> {
+        let (client, topic, subscribers) = (
+            client.to_string(),
+            topic.to_string(),
+            self.subscribers.clone(),
+        );
+        self.db
+            .call(move |s| {
+                let tx = s.conn.unchecked_transaction()?;
+                enqueue(&tx, &subscribers, &client, &topic, &message)?;
+                tx.commit()
+            })
+            .await
+            .map_err(BrokerError::Other)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.db
+            .call(|s| s.conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+/// One due delivery.
+struct Due {
+    seq: i64,
+    subscriber: String,
+    attempts: u32,
+    client: String,
+    topic: String,
+    message: BrokerMessage,
+}
+
+/// Delivers queued messages to subscribed components.
+#[derive(Clone)]
+pub struct Dispatcher {
+    db: Arc<EmbeddedDb>,
+    subscribers: Arc<Subscribers>,
+    wake: Arc<Notify>,
+    deliverer: Arc<dyn Deliverer>,
+    policies: Arc<BTreeMap<String, MessagingConfig>>,
+    in_flight: Arc<Mutex<HashSet<(i64, String)>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// The longest the dispatcher sleeps without a wake-up.
+const MAX_IDLE: Duration = Duration::from_millis(1000);
+
+impl Dispatcher {
+    /// Runs until `shutdown` turns true, then waits (at most `drain`) for
+    /// deliveries in progress.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let next_wake = match self.dispatch_due().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "message dispatcher could not read the queue; retrying");
+                    MAX_IDLE
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(next_wake) => {}
+            }
+        }
+        let all = u32::try_from(self.permits.available_permits()).unwrap_or(0);
+        let _ = tokio::time::timeout(drain, async {
+            // Every in-flight delivery holds a permit; wait until all are back.
+            loop {
+                if self.in_flight.lock().unwrap().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let _ = all;
+    }
+
+    /// Starts every due delivery not already running; returns how long to
+    /// sleep until the next one is due.
+    async fn dispatch_due(&self) -> Result<Duration, String> {
+        let now = now_ms();
+        let (due, next_due): (Vec<Due>, Option<i64>) = self
+            .db
+            .call(move |s| {
+                let mut stmt = s.conn.prepare_cached(
+                    "SELECT d.seq, d.subscriber, d.attempts, m.client, m.topic, m.content_type, m.metadata, m.data
+                     FROM deliveries d JOIN messages m ON m.seq = d.seq
+                     WHERE d.due_ms <= ?1 ORDER BY d.due_ms, d.seq LIMIT 256",
+                )?;
+                let due = stmt
+                    .query_map(params![now], |r| {
+                        let metadata: String = r.get(6)?;
+                        Ok(Due {
+                            seq: r.get(0)?,
+                            subscriber: r.get(1)?,
+                            attempts: r.get(2)?,
+                            client: r.get(3)?,
+                            topic: r.get(4)?,
+                            message: BrokerMessage {
+                                content_type: r.get(5)?,
+                                metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+                                data: r.get(7)?,
+                            },
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let next: Option<i64> = s.conn.query_row(
+                    "SELECT MIN(due_ms) FROM deliveries WHERE due_ms > ?1",
+                    params![now],
+                    |r| r.get(0),
+                )?;
+                Ok((due, next))
+            })
+            .await?;
+        for d in due {
+            let key = (d.seq, d.subscriber.clone());
+            if !self.in_flight.lock().unwrap().insert(key.clone()) {
+                continue;
+            }
+            let permit = self.permits.clone().acquire_owned().await.ok();
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.deliver(d).await;
+                this.in_flight.lock().unwrap().remove(&key);
+                drop(permit);
+                this.wake.notify_one();
+            });
+        }
+        Ok(next_due
+            .map(|t| Duration::from_millis((t - now_ms()).max(1) as u64))
+            .unwrap_or(MAX_IDLE)
+            .min(MAX_IDLE))
+    }
+
+    async fn deliver(&self, d: Due) {
+        let message = Message {
+            topic: Some(d.topic.clone()),
+            inner: d.message.clone(),
+        };
+        let result = self.deliverer.deliver(&d.subscriber, message).await;
+        let policy = self.policies.get(&d.client).cloned().unwrap_or_default();
+        let attempts = d.attempts + 1;
+        let outcome = match &result {
+            Ok(()) => self.complete(d.seq, d.subscriber.clone()).await,
+            Err(error) if attempts < policy.max_attempts => {
+                let due = now_ms() + policy.backoff(attempts).as_millis() as i64;
+                tracing::warn!(
+                    subscriber = %d.subscriber, topic = %d.topic, attempt = attempts,
+                    max_attempts = policy.max_attempts, %error,
+                    "delivery failed; will retry"
+                );
+                self.retry_later(d.seq, d.subscriber.clone(), attempts, due, error.clone())
+                    .await
+            }
+            Err(error) => {
+                tracing::error!(
+                    subscriber = %d.subscriber, topic = %d.topic, attempts, %error,
+                    "delivery failed for the last time; moving the message to {}{}", d.topic, DEAD_LETTER_SUFFIX
+                );
+                self.dead_letter(d, attempts, error.clone()).await
+            }
+        };
+        if let Err(e) = outcome {
+            // The row stays due, so the delivery is retried: at least once.
+            tracing::error!(error = %e, "could not record the outcome of a delivery; it will be repeated");
+        }
+    }
+
+    async fn complete(&self, seq: i64, subscriber: String) -> Result<(), String> {
+        self.db
+            .call(move |s| {
+                let tx = s.conn.unchecked_transaction()?;
+                tx.execute(
+                    "DELETE FROM deliveries WHERE seq = ?1 AND subscriber = ?2",
+                    params![seq, subscriber],
+                )?;
+                tx.execute(
+                    "DELETE FROM messages WHERE seq = ?1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
+                    params![seq],
+                )?;
+                tx.commit()
+            })
+            .await
+    }
+
+    async fn retry_later(
+        &self,
+        seq: i64,
+        subscriber: String,
+        attempts: u32,
+        due: i64,
+        error: String,
+    ) -> Result<(), String> {
+        self.db
+            .call(move |s| {
+                s.conn.execute(
+                    "UPDATE deliveries SET attempts = ?3, due_ms = ?4, last_error = ?5
+                     WHERE seq = ?1 AND subscriber = ?2",
+                    params![seq, subscriber, attempts, due, error],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Removes the delivery and publishes the message on `<topic>.deadletter`
+    /// (kept in the queue, so it can be inspected or consumed by a
+    /// subscriber of that topic). A dead letter of a dead letter is kept as
+    /// it is, without further deliveries.
+    async fn dead_letter(&self, d: Due, attempts: u32, error: String) -> Result<(), String> {
+        let subscribers = self.subscribers.clone();
+        self.db
+            .call(move |s| {
+                let tx = s.conn.unchecked_transaction()?;
+                tx.execute(
+                    "DELETE FROM deliveries WHERE seq = ?1 AND subscriber = ?2",
+                    params![d.seq, d.subscriber],
+                )?;
+                if !d.topic.ends_with(DEAD_LETTER_SUFFIX) {
+                    let mut message = d.message.clone();
+                    message.metadata.extend([
+                        ("deadletter-original-topic".to_string(), d.topic.clone()),
+                        ("deadletter-subscriber".to_string(), d.subscriber.clone()),
+                        ("deadletter-attempts".to_string(), attempts.to_string()),
+                        ("deadletter-reason".to_string(), error),
+                    ]);
+                    let topic = format!("{}{DEAD_LETTER_SUFFIX}", d.topic);
+                    enqueue(&tx, &subscribers, &d.client, &topic, &message)?;
+                    tx.execute(
+                        "DELETE FROM messages WHERE seq = ?1
+                         AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
+                        params![d.seq],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+    }
+}
+
+/// Messages currently stored for `topic` (for inspection of dead letters).
+pub async fn stored_messages(
+    db: &EmbeddedDb,
+    topic: &str,
+) -> Result<Vec<(i64, BrokerMessage)>, String> {
+    let topic = topic.to_string();
+    db.call(move |s| {
+        let mut stmt = s.conn.prepare(
+            "SELECT seq, content_type, metadata, data FROM messages WHERE topic = ?1 ORDER BY seq",
+        )?;
+        stmt.query_map(params![topic], |r| {
+            let metadata: String = r.get(2)?;
+            Ok((
+                r.get(0)?,
+                BrokerMessage {
+                    content_type: r.get(1)?,
+                    metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+                    data: r.get(3)?,
+                },
+            ))
+        })?
+        .collect()
+    })
+    .await
+}

@@ -1,0 +1,5 @@
+//! Backends behind the capability traits. `embedded` needs no server and is
+//! the default; others are chosen per store label / messaging client in the
+//! runtime config file.
+
+pub mod embedded;

@@ -1,0 +1,147 @@
+//! The HTTP trigger: a hyper server that routes each request to its
+//! component (Spin's route rules), answers the probes itself, and drains
+//! in-flight requests on shutdown.
+
+use crate::app::{App, RouteContext};
+use crate::metrics::Metrics;
+use crate::problem::{json, problem};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Liveness: the process is up and serving.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness: every backend is reachable.
+pub const READYZ: &str = "/readyz";
+
+/// Serves `app` on `listener` until `shutdown` turns true, then waits up
+/// to `drain` for in-flight requests.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(route(&app, req, client).await) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %client, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests were still running after {drain:?}; closing them");
+    }
+}
+
+async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<HyperOutgoingBody> {
+    let path = req.uri().path().to_string();
+    let probe = matches!(*req.method(), Method::GET | Method::HEAD);
+    if probe && path == HEALTHZ {
+        return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    }
+    if probe && path == READYZ {
+        return match app.readiness().await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            Err(failures) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                format!("backends not reachable: {}", failures.join("; ")),
+            ),
+        };
+    }
+    let Some((route, component, matched)) = app.router().route(&path) else {
+        let routes: Vec<&str> = app.router().routes().map(|(r, _)| r.as_str()).collect();
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!(
+                "no route matches {path}; this host serves {}",
+                routes.join(", ")
+            ),
+        );
+    };
+    let ctx = RouteContext {
+        route: Some(route.as_str().to_string()),
+        matched,
+        depth: 0,
+        client_addr: Some(client),
+    };
+    let component = component.clone();
+    app.serve_http(&component, req, ctx).await
+}
+
+/// Serves Prometheus metrics on their own listener.
+pub async fn serve_metrics(
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+        };
+        let metrics = metrics.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let metrics = metrics.clone();
+            async move {
+                Ok::<_, Infallible>(if req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(crate::problem::full_body(metrics.render()))
+                        .expect("static response parts are valid")
+                } else {
+                    problem(
+                        StatusCode::NOT_FOUND,
+                        "no-route",
+                        "metrics are served at /metrics",
+                    )
+                })
+            }
+        });
+        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    }
+}
