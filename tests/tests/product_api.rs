@@ -286,6 +286,20 @@ fn release(host: &Host, tenant: &str, id: &str, order: &str) -> Resp {
     .send()
 }
 
+/// The app's product component alone (`--component-id product`), so these
+/// tests do not depend on the order service.
+fn start_product() -> Host {
+    Host::builder().component_ids(&["product"]).start()
+}
+
+/// The product component plus the recorder fixture subscribed to `products`.
+fn start_product_with_recorder() -> Host {
+    Host::builder()
+        .manifest(wasmshop_tests::app_manifest_with_recorder())
+        .component_ids(&["product", "recorder"])
+        .start()
+}
+
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()
         .expect("a JSON array")
@@ -358,7 +372,7 @@ fn contract_checker_rejects_responses_that_break_openapi() {
 
 #[test]
 fn every_endpoint_and_status_code() {
-    let host = Host::start_app();
+    let host = start_product();
     let t = "crud";
     // POST 201 with Location and ETag; defaults filled in.
     let r = call(&host, Method::POST, "/api/products")
@@ -505,7 +519,7 @@ fn every_endpoint_and_status_code() {
 
 #[test]
 fn every_field_rule() {
-    let host = Host::start_app();
+    let host = start_product();
     let t = "fields";
     let post = |body: Value| {
         call(&host, Method::POST, "/api/products")
@@ -668,7 +682,7 @@ fn every_field_rule() {
 
 #[test]
 fn list_order_filter_and_paging() {
-    let host = Host::start_app();
+    let host = start_product();
     let t = "lists";
     let mut made = Vec::new();
     for i in 0..105 {
@@ -740,7 +754,7 @@ fn list_order_filter_and_paging() {
 
 #[test]
 fn tenants_are_isolated() {
-    let host = Host::start_app();
+    let host = start_product();
     create(
         &host,
         "acme",
@@ -840,7 +854,7 @@ fn tenants_are_isolated() {
 
 #[test]
 fn etag_and_if_match() {
-    let host = Host::start_app();
+    let host = start_product();
     let t = "etags";
     create(
         &host,
@@ -913,7 +927,7 @@ fn etag_and_if_match() {
 
 #[test]
 fn money_is_exact() {
-    let host = Host::start_app();
+    let host = start_product();
     let t = "money";
     // 0.1 three times: each price comes back exactly, and three reserved
     // units of 0.1 are priced exactly 0.1 each.
@@ -974,7 +988,7 @@ fn money_is_exact() {
 
 #[test]
 fn reservations_are_idempotent_and_survive_restart() {
-    let mut host = Host::start_app();
+    let mut host = start_product();
     let t = "stock";
     create(
         &host,
@@ -1054,7 +1068,7 @@ fn reservations_are_idempotent_and_survive_restart() {
 
 #[test]
 fn concurrent_reservations_never_oversell() {
-    let host = Host::start_app();
+    let host = start_product();
     let t = "rush";
     create(
         &host,
@@ -1086,7 +1100,7 @@ fn concurrent_reservations_never_oversell() {
 
 #[test]
 fn events_carry_type_tenant_trace_and_snapshot() {
-    let host = Host::start_app_with_recorder();
+    let host = start_product_with_recorder();
     let t = "events";
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = call(&host, Method::POST, "/api/products")
@@ -1206,7 +1220,7 @@ fn events_carry_type_tenant_trace_and_snapshot() {
 
 #[test]
 fn oversized_body_is_a_problem_not_a_crash() {
-    let host = Host::start_app();
+    let host = start_product();
     let big = format!(
         r#"{{"name":"x","price":1,"description":"{}"}}"#,
         "d".repeat(1_100_000)
