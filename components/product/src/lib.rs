@@ -5,6 +5,8 @@
 //! [`reservation`], [`index`], [`api`]) that run natively in unit tests;
 //! this file is the thin glue to the WIT world.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod domain;
 pub mod index;

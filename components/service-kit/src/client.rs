@@ -112,6 +112,17 @@ impl Call {
         self
     }
 
+    /// Forwards the caller's tenant (`X-Tenant-Id`), so the callee works on
+    /// the same tenant's data.
+    pub fn tenant(self, tenant: &crate::tenant::TenantId) -> Self {
+        self.header(crate::tenant::TENANT_HEADER, tenant.as_str())
+    }
+
+    /// Forwards the W3C trace context, so the call joins the caller's trace.
+    pub fn traceparent(self, traceparent: &str) -> Self {
+        self.header(crate::trace::TRACEPARENT_HEADER, traceparent)
+    }
+
     /// Sets a JSON body and its content type.
     pub fn json<T: Serialize + ?Sized>(mut self, body: &T) -> Self {
         // Our request types always serialise.

@@ -7,12 +7,22 @@
 //! money, JSON field validation, ETags, key-value helpers, CloudEvents, clock and ids.
 //!
 //! A component exports itself with
-//! `service_kit::export!(MyComponent with_types_in service_kit::bindings);`.
+//!
+//! ```ignore
+//! #[cfg(target_arch = "wasm32")]
+//! service_kit::export!(MyComponent with_types_in service_kit::bindings);
+//! ```
+//!
+//! The `cfg` matters for native unit tests of a `cdylib` crate: the export
+//! symbols are named after WIT interfaces (`wasi:http/...`), which a native
+//! linker rejects.
 //!
 //! Binding-free modules ([`web`], [`problem`], [`tenant`], [`money`],
 //! [`etag`], [`ids`], [`clock`], [`trace`], most of [`kv`] and [`events`])
 //! run in native unit tests; [`wasi_http`], [`client`], [`kv::WasiStore`]
 //! and [`events::MessagingSink`] are the thin glue over the bindings.
+
+#![warn(missing_docs)]
 
 extern crate self as service_kit;
 

@@ -26,11 +26,16 @@ pub fn serve(
     out: ResponseOutparam,
     handler: impl FnOnce(Request) -> Response,
 ) {
-    let response = match read_request(&request) {
+    let is_head = matches!(request.method(), WasiMethod::Head);
+    let mut response = match read_request(&request) {
         Ok(r) => handler(r),
         Err(p) => p.to_response(),
     };
     drop(request);
+    if is_head {
+        // A response to HEAD never has a body.
+        response.body.clear();
+    }
     write_response(out, response);
 }
 
