@@ -323,7 +323,13 @@ impl App {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            outbound: OutboundHttp::new(id.clone(), component.hosts.clone(), chaining, depth),
+            outbound: OutboundHttp::new(
+                id.clone(),
+                component.hosts.clone(),
+                chaining,
+                depth,
+                traceparent.clone(),
+            ),
             kv: KeyValueCtx::new(id.clone(), component.stores.clone(), self.stores.clone()),
             messaging: MessagingCtx::new(
                 id,
@@ -648,9 +654,9 @@ fn add_spin_headers<B>(request: &mut Request<B>, ctx: &RouteContext) {
     if let Some(addr) = ctx.client_addr {
         set("spin-client-addr", addr.to_string());
     }
-    if !headers.contains_key(http::header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            headers.insert(http::header::HOST, v);
-        }
+    if !headers.contains_key(http::header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        headers.insert(http::header::HOST, v);
     }
 }

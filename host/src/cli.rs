@@ -164,7 +164,9 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         Some(path) => RuntimeConfig::load(path).map_err(Failure::input)?,
         None => RuntimeConfig::default(),
     };
-    if !(args.request_timeout_secs > 0.0) || !(args.shutdown_grace_secs >= 0.0) {
+    let valid_timeout = args.request_timeout_secs.is_finite() && args.request_timeout_secs > 0.0;
+    let valid_grace = args.shutdown_grace_secs.is_finite() && args.shutdown_grace_secs >= 0.0;
+    if !valid_timeout || !valid_grace {
         return Err(Failure::input(
             "--request-timeout-secs must be positive and --shutdown-grace-secs not negative",
         ));

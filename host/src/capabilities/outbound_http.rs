@@ -41,23 +41,40 @@ pub struct OutboundHttp {
     allowed: Arc<AllowedHosts>,
     chaining: Arc<dyn ServiceChaining>,
     depth: u32,
+    traceparent: Option<String>,
 }
 
 impl OutboundHttp {
-    /// `depth` is how many chained calls led to this instance.
+    /// `depth` is how many chained calls led to this instance; `traceparent`
+    /// is the instance's trace context, continued on outgoing requests.
     pub fn new(
         component: Arc<str>,
         allowed: Arc<AllowedHosts>,
         chaining: Arc<dyn ServiceChaining>,
         depth: u32,
+        traceparent: Option<String>,
     ) -> Self {
         OutboundHttp {
             component,
             allowed,
             chaining,
             depth,
+            traceparent,
         }
     }
+}
+
+/// A child of `parent` (same trace id, new span id), per W3C Trace Context.
+pub fn child_traceparent(parent: &str) -> Option<String> {
+    let mut parts = parent.split('-');
+    let (version, trace_id, _span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let mut span = [0u8; 8];
+    getrandom::fill(&mut span).ok()?;
+    Some(format!(
+        "{version}-{trace_id}-{}-{flags}",
+        hex::encode(span)
+    ))
 }
 
 type HookOutput = Box<
@@ -84,6 +101,13 @@ impl WasiHttpHooks for OutboundHttp {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> HookOutput {
         drop(fut);
+        let mut request = request;
+        if !request.headers().contains_key("traceparent")
+            && let Some(tp) = self.traceparent.as_deref().and_then(child_traceparent)
+            && let Ok(value) = http::HeaderValue::from_str(&tp)
+        {
+            request.headers_mut().insert("traceparent", value);
+        }
         let Some(target) = OutboundTarget::from_uri(request.uri()) else {
             return Box::new(async { Err(Error::HttpRequestUriInvalid) });
         };

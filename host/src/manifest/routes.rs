@@ -150,7 +150,7 @@ impl<T: Clone> Router<T> {
     /// Builds a router; on equal specificity, manifest order wins.
     pub fn new(routes: impl IntoIterator<Item = (Route, T)>) -> Self {
         let mut routes: Vec<(Route, T)> = routes.into_iter().collect();
-        routes.sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.specificity()));
         Router { routes }
     }
 

@@ -180,9 +180,7 @@ impl Dispatcher {
                 _ = tokio::time::sleep(next_wake) => {}
             }
         }
-        let all = u32::try_from(self.permits.available_permits()).unwrap_or(0);
         let _ = tokio::time::timeout(drain, async {
-            // Every in-flight delivery holds a permit; wait until all are back.
             loop {
                 if self.in_flight.lock().unwrap().is_empty() {
                     break;
@@ -191,7 +189,6 @@ impl Dispatcher {
             }
         })
         .await;
-        let _ = all;
     }
 
     /// Starts every due delivery not already running; returns how long to
