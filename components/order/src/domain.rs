@@ -1,0 +1,459 @@
+//! The order: its stored record, status machine, exact totals and public
+//! JSON shape.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use service_kit::money::Money;
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Created; stock is reserved.
+    Pending,
+    /// Accepted for fulfilment; stock still reserved.
+    Confirmed,
+    /// Handed to the carrier (closed).
+    Shipped,
+    /// Received by the customer (closed).
+    Delivered,
+    /// Cancelled; its stock was returned (closed).
+    Cancelled,
+}
+
+/// Every status, in the order the machine moves through them.
+pub const ALL_STATUSES: [Status; 5] = [
+    Status::Pending,
+    Status::Confirmed,
+    Status::Shipped,
+    Status::Delivered,
+    Status::Cancelled,
+];
+
+impl Status {
+    /// The status named exactly `s` (case-sensitive, as serialised).
+    pub fn parse(s: &str) -> Option<Status> {
+        ALL_STATUSES.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "Pending",
+            Status::Confirmed => "Confirmed",
+            Status::Shipped => "Shipped",
+            Status::Delivered => "Delivered",
+            Status::Cancelled => "Cancelled",
+        }
+    }
+
+    /// Open orders still hold reserved stock and react to product events;
+    /// closed ones are left as they are.
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::Pending | Status::Confirmed)
+    }
+
+    /// The status machine: `Pending → Confirmed → Shipped → Delivered`,
+    /// and `Pending | Confirmed → Cancelled`.
+    pub fn can_become(self, next: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Pending, Confirmed)
+                | (Confirmed, Shipped)
+                | (Shipped, Delivered)
+                | (Pending, Cancelled)
+                | (Confirmed, Cancelled)
+        )
+    }
+
+    /// The statuses this one may move to (for error messages).
+    pub fn next_allowed(self) -> Vec<Status> {
+        ALL_STATUSES
+            .into_iter()
+            .filter(|n| self.can_become(*n))
+            .collect()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of a stored order. The name and price are snapshots taken
+/// when the order was placed; only the name follows later product renames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderItem {
+    /// The product ordered.
+    pub product_id: String,
+    /// The product's name (refreshed by `ProductUpdated`).
+    pub product_name: String,
+    /// Price per unit when reserved, in minor units (stores round floats).
+    pub unit_price_minor: i64,
+    /// Units ordered, ≥ 1.
+    pub quantity: i64,
+    /// Product version the name was taken from, so a late, older
+    /// `ProductUpdated` never overwrites a newer name.
+    #[serde(default)]
+    pub name_version: u64,
+}
+
+impl OrderItem {
+    /// Price × quantity, or `None` on overflow.
+    pub fn line_total(&self) -> Option<Money> {
+        Money::from_minor(self.unit_price_minor).checked_mul(self.quantity)
+    }
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// Unique within the tenant.
+    pub id: String,
+    /// Who ordered, 1–100 characters.
+    pub customer_id: String,
+    /// 1–100 lines, no product twice.
+    pub items: Vec<OrderItem>,
+    /// ISO 4217 code shared by every item.
+    pub currency: String,
+    /// Current status.
+    pub status: Status,
+    /// Why it was cancelled; only on cancelled orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation_reason: Option<String>,
+    /// Starts at 1, grows with every visible change; the ETag.
+    pub version: u64,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// Last change, RFC 3339 UTC.
+    pub updated_at: String,
+    /// The `orderId` its reservations are held under at the product
+    /// service (the order id unless the client chose the id).
+    pub reservation_id: String,
+    /// Whether the product service still holds stock for this order; stays
+    /// set on a cancelled order until every release succeeded, so a retry
+    /// finishes the job.
+    pub stock_held: bool,
+}
+
+/// Why a status change was refused (409).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTransition {
+    /// Current status.
+    pub from: Status,
+    /// Requested status.
+    pub to: Status,
+}
+
+impl fmt::Display for BadTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let allowed = self.from.next_allowed();
+        let allowed = if allowed.is_empty() {
+            format!("{} is final", self.from)
+        } else {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            format!(
+                "from {} it can only become {}",
+                self.from,
+                names.join(" or ")
+            )
+        };
+        write!(
+            f,
+            "an order cannot go from {} to {}; {allowed}",
+            self.from, self.to
+        )
+    }
+}
+
+impl Order {
+    /// Sum of the line totals, or `None` on overflow.
+    pub fn total(&self) -> Option<Money> {
+        self.items
+            .iter()
+            .try_fold(Money::ZERO, |sum, i| sum.checked_add(i.line_total()?))
+    }
+
+    /// The same order one version later.
+    pub fn next_version(&self, now: &str) -> Order {
+        let mut next = self.clone();
+        next.version += 1;
+        next.updated_at = now.to_owned();
+        next
+    }
+
+    /// The order after moving to `to`: `Ok(None)` when it already is
+    /// there (a repeat changes nothing), `Err` when the machine forbids it.
+    pub fn transition(
+        &self,
+        to: Status,
+        reason: Option<&str>,
+        now: &str,
+    ) -> Result<Option<Order>, BadTransition> {
+        if to == self.status {
+            return Ok(None);
+        }
+        if !self.status.can_become(to) {
+            return Err(BadTransition {
+                from: self.status,
+                to,
+            });
+        }
+        let mut next = self.next_version(now);
+        next.status = to;
+        if to == Status::Cancelled {
+            next.cancellation_reason = Some(reason.unwrap_or(DEFAULT_CANCEL_REASON).to_owned());
+        }
+        Ok(Some(next))
+    }
+
+    /// Whether an item refers to `product_id`.
+    pub fn contains(&self, product_id: &str) -> bool {
+        self.items.iter().any(|i| i.product_id == product_id)
+    }
+
+    /// Applies a product rename seen at product `version`: `None` when the
+    /// order is closed, lacks the product, or already knows a version at
+    /// least as new. The returned flag says whether the name changed (a
+    /// visible change: new version) or only the remembered version did.
+    pub fn rename_product(
+        &self,
+        product_id: &str,
+        name: &str,
+        version: u64,
+        now: &str,
+    ) -> Option<(Order, bool)> {
+        if !self.status.is_open() {
+            return None;
+        }
+        let item = self
+            .items
+            .iter()
+            .position(|i| i.product_id == product_id && i.name_version < version)?;
+        let renamed = self.items[item].product_name != name;
+        let mut next = if renamed {
+            self.next_version(now)
+        } else {
+            self.clone()
+        };
+        next.items[item].product_name = name.to_owned();
+        next.items[item].name_version = version;
+        Some((next, renamed))
+    }
+
+    /// The public representation. Creation refuses orders whose totals
+    /// overflow, so the zero fallback is never shown.
+    pub fn view(&self) -> OrderView<'_> {
+        let items = self
+            .items
+            .iter()
+            .map(|i| ItemView {
+                product_id: &i.product_id,
+                product_name: &i.product_name,
+                unit_price: Money::from_minor(i.unit_price_minor),
+                quantity: i.quantity,
+                line_total: i.line_total().unwrap_or(Money::ZERO),
+            })
+            .collect();
+        OrderView {
+            id: &self.id,
+            customer_id: &self.customer_id,
+            items,
+            total: self.total().unwrap_or(Money::ZERO),
+            currency: &self.currency,
+            status: self.status,
+            cancellation_reason: self.cancellation_reason.as_deref(),
+            version: self.version,
+            created_at: &self.created_at,
+            updated_at: &self.updated_at,
+        }
+    }
+}
+
+/// Reason recorded when a client cancels without giving one.
+pub const DEFAULT_CANCEL_REASON: &str = "Cancelled by request";
+
+/// The JSON of an order line.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemView<'a> {
+    /// Product id.
+    pub product_id: &'a str,
+    /// Product name.
+    pub product_name: &'a str,
+    /// Price per unit as ordered.
+    pub unit_price: Money,
+    /// Units.
+    pub quantity: i64,
+    /// `unitPrice × quantity`, exact.
+    pub line_total: Money,
+}
+
+/// The public JSON of an order (responses and event data).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Customer.
+    pub customer_id: &'a str,
+    /// Lines.
+    pub items: Vec<ItemView<'a>>,
+    /// Sum of the line totals, exact.
+    pub total: Money,
+    /// Currency of every amount.
+    pub currency: &'a str,
+    /// Status.
+    pub status: Status,
+    /// Why it was cancelled; `null` unless cancelled.
+    pub cancellation_reason: Option<&'a str>,
+    /// Version (the ETag without quotes).
+    pub version: u64,
+    /// Creation time.
+    pub created_at: &'a str,
+    /// Last change.
+    pub updated_at: &'a str,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn order(items: &[(&str, i64, i64)]) -> Order {
+        Order {
+            id: "o1".into(),
+            customer_id: "c1".into(),
+            items: items
+                .iter()
+                .map(|(p, price, q)| OrderItem {
+                    product_id: (*p).into(),
+                    product_name: format!("name of {p}"),
+                    unit_price_minor: *price,
+                    quantity: *q,
+                    name_version: 1,
+                })
+                .collect(),
+            currency: "USD".into(),
+            status: Status::Pending,
+            cancellation_reason: None,
+            version: 1,
+            created_at: "t0".into(),
+            updated_at: "t0".into(),
+            reservation_id: "o1".into(),
+            stock_held: true,
+        }
+    }
+
+    #[test]
+    fn every_allowed_transition_and_nothing_else() {
+        use Status::*;
+        let allowed = [
+            (Pending, Confirmed),
+            (Confirmed, Shipped),
+            (Shipped, Delivered),
+            (Pending, Cancelled),
+            (Confirmed, Cancelled),
+        ];
+        for from in ALL_STATUSES {
+            for to in ALL_STATUSES {
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        assert!(Pending.is_open() && Confirmed.is_open());
+        assert!(!Shipped.is_open() && !Delivered.is_open() && !Cancelled.is_open());
+    }
+
+    #[test]
+    fn transition_bumps_version_and_names_both_states_when_refused() {
+        let o = order(&[("p", 100, 1)]);
+        let next = o
+            .transition(Status::Confirmed, None, "t1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (next.status, next.version, next.updated_at.as_str()),
+            (Status::Confirmed, 2, "t1")
+        );
+        assert_eq!(next.cancellation_reason, None);
+        assert_eq!(o.transition(Status::Pending, None, "t1").unwrap(), None);
+        let err = o.transition(Status::Shipped, None, "t1").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("from Pending to Shipped"), "{msg}");
+        assert!(msg.contains("Confirmed or Cancelled"), "{msg}");
+        let mut delivered = o.clone();
+        delivered.status = Status::Delivered;
+        let msg = delivered
+            .transition(Status::Cancelled, None, "t1")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("Delivered is final"), "{msg}");
+    }
+
+    #[test]
+    fn cancelling_records_a_reason() {
+        let o = order(&[("p", 100, 1)]);
+        let c = o
+            .transition(Status::Cancelled, None, "t1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c.cancellation_reason.as_deref(),
+            Some(DEFAULT_CANCEL_REASON)
+        );
+        let c = o
+            .transition(Status::Cancelled, Some("changed my mind"), "t1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.cancellation_reason.as_deref(), Some("changed my mind"));
+    }
+
+    #[test]
+    fn totals_are_exact() {
+        // 0.1 × 3 + 19.99 × 2 + 0.07 = 40.35 with no float drift.
+        let o = order(&[("a", 10, 3), ("b", 1999, 2), ("c", 7, 1)]);
+        assert_eq!(o.total().unwrap().minor(), 4035);
+        let json = serde_json::to_string(&o.view()).unwrap();
+        assert!(json.contains(r#""total":40.35"#), "{json}");
+        assert!(json.contains(r#""lineTotal":0.3"#), "{json}");
+        assert!(json.contains(r#""unitPrice":19.99"#), "{json}");
+        assert!(json.contains(r#""cancellationReason":null"#), "{json}");
+        assert!(
+            !json.contains("reservation"),
+            "internal fields stay internal: {json}"
+        );
+        assert_eq!(order(&[("a", i64::MAX / 2, 3)]).total(), None);
+    }
+
+    #[test]
+    fn rename_only_applies_newer_versions_to_open_orders() {
+        let o = order(&[("a", 10, 1), ("b", 20, 1)]);
+        let (r, visible) = o.rename_product("b", "Bee", 2, "t1").unwrap();
+        assert!(visible);
+        assert_eq!((r.items[1].product_name.as_str(), r.version), ("Bee", 2));
+        assert_eq!(r.items[1].unit_price_minor, 20, "prices stay as ordered");
+        assert_eq!(r.rename_product("b", "Old", 2, "t2"), None, "same version");
+        assert_eq!(r.rename_product("b", "Old", 1, "t2"), None, "older version");
+        let (same, visible) = r.rename_product("b", "Bee", 3, "t2").unwrap();
+        assert!(!visible);
+        assert_eq!((same.version, same.items[1].name_version), (2, 3));
+        assert_eq!(o.rename_product("zzz", "x", 9, "t1"), None);
+        let mut shipped = o.clone();
+        shipped.status = Status::Shipped;
+        assert_eq!(shipped.rename_product("a", "x", 9, "t1"), None);
+    }
+
+    #[test]
+    fn status_parse_is_exact() {
+        assert_eq!(Status::parse("Confirmed"), Some(Status::Confirmed));
+        assert_eq!(Status::parse("confirmed"), None);
+        assert_eq!(Status::parse(""), None);
+    }
+}

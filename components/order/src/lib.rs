@@ -1,0 +1,76 @@
+//! The WasmShop order component (DESIGN §4): orders placed against the
+//! product service (price snapshot, stock reservation, compensation),
+//! their status machine, order events, and reactions to product events.
+//!
+//! The business rules live in plain modules ([`domain`], [`validation`],
+//! [`store`], [`products`], [`service`], [`create`], [`api`],
+//! [`reactions`]) that run natively in unit tests; this file is the thin
+//! glue to the WIT world.
+
+pub mod api;
+pub mod create;
+pub mod domain;
+pub mod products;
+pub mod reactions;
+pub mod service;
+pub mod store;
+pub mod validation;
+
+use service_kit::bindings::exports::wasi::http::incoming_handler;
+use service_kit::bindings::exports::wasi::messaging::incoming_handler as messaging_handler;
+use service_kit::bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use service_kit::bindings::wasi::messaging::types::{Error as MessagingError, Message};
+use service_kit::events::{MessagingSink, PUBSUB_CLIENT};
+use service_kit::kv::{DEFAULT_STORE, WasiStore};
+use service_kit::problem::Problem;
+
+use crate::products::WasiTransport;
+use crate::reactions::Outcome;
+use crate::service::OrderService;
+
+/// The exported component. Exported only when compiling to WebAssembly:
+/// the export symbols' names (`wasi:http/...`) cannot be linked into a
+/// native library, and native builds are for unit tests.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+struct Component;
+
+impl incoming_handler::Guest for Component {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        service_kit::wasi_http::serve(request, response_out, |req| {
+            let store = match WasiStore::open(DEFAULT_STORE) {
+                Ok(store) => store,
+                Err(e) => return Problem::from(e).to_response(),
+            };
+            let events = MessagingSink::new(PUBSUB_CLIENT);
+            OrderService::new(&store, &events, &WasiTransport).handle(&req)
+        });
+    }
+}
+
+/// Deliveries of the `products` subscription. An error makes the host
+/// redeliver later; an event that can never be handled is acknowledged.
+impl messaging_handler::Guest for Component {
+    fn handle(message: Message) -> Result<(), MessagingError> {
+        let store =
+            WasiStore::open(DEFAULT_STORE).map_err(|e| MessagingError::Other(e.to_string()))?;
+        let events = MessagingSink::new(PUBSUB_CLIENT);
+        let service = OrderService::new(&store, &events, &WasiTransport);
+        match service.on_product_event(&message.data()) {
+            Ok(Outcome::Ignored(why)) => {
+                eprintln!("order: product event dropped: {why}");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                eprintln!("order: product event will be retried: {e}");
+                Err(MessagingError::Other(e))
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+service_kit::export!(Component with_types_in service_kit::bindings);
+
+#[cfg(test)]
+mod tests;
