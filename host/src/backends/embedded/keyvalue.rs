@@ -45,13 +45,20 @@ struct Namespace {
     ns: Arc<str>,
 }
 
-fn upsert(s: &mut DbState, ns: &str, key: &str, value: &[u8]) -> rusqlite::Result<()> {
-    let v = s.next_version;
-    s.next_version += 1;
-    s.conn.execute(
+/// Writes a value with a fresh version, on a connection or inside a transaction.
+fn upsert(
+    conn: &rusqlite::Connection,
+    next_version: &mut i64,
+    ns: &str,
+    key: &str,
+    value: &[u8],
+) -> rusqlite::Result<()> {
+    let version = *next_version;
+    *next_version += 1;
+    conn.execute(
         "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-        params![ns, key, value, v],
+        params![ns, key, value, version],
     )?;
     Ok(())
 }
@@ -87,7 +94,8 @@ impl KeyValueStore for Namespace {
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let (key, value) = (key.to_string(), value.to_vec());
-        self.call(move |s, ns| upsert(s, ns, &key, &value)).await
+        self.call(move |s, ns| upsert(&s.conn, &mut s.next_version, ns, &key, &value))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -143,13 +151,7 @@ impl KeyValueStore for Namespace {
         self.call(move |s, ns| {
             let tx = s.conn.unchecked_transaction()?;
             for (k, v) in &entries {
-                let version = s.next_version;
-                s.next_version += 1;
-                tx.execute(
-                    "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                    params![ns, k, v, version],
-                )?;
+                upsert(&tx, &mut s.next_version, ns, k, v)?;
             }
             tx.commit()
         })
@@ -190,13 +192,7 @@ impl KeyValueStore for Namespace {
                 let Some(next) = base.checked_add(delta) else {
                     return Ok(Err(format!("incrementing '{key}' by {delta} overflows a 64-bit integer")));
                 };
-                let version = s.next_version;
-                s.next_version += 1;
-                tx.execute(
-                    "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                    params![ns, key, next.to_string().into_bytes(), version],
-                )?;
+                upsert(&tx, &mut s.next_version, ns, &key, next.to_string().as_bytes())?;
                 tx.commit()?;
                 Ok(Ok(next))
             })
