@@ -32,6 +32,46 @@ pub struct Cli {
 pub enum Command {
     /// Run the application described by a Spin manifest.
     Up(UpArgs),
+    /// Print the messages the embedded backend holds for a topic, e.g. the
+    /// dead letters of `products` (`--topic products.deadletter`).
+    Messages(MessagesArgs),
+}
+
+/// Flags of `wasmshop messages`.
+#[derive(Debug, Clone, Args)]
+pub struct MessagesArgs {
+    /// The data directory of the host (as given to `up`).
+    #[arg(long, env = "WASMSHOP_DATA_DIR", default_value = ".wasmshop")]
+    pub data_dir: PathBuf,
+    /// The topic to list.
+    #[arg(long)]
+    pub topic: String,
+}
+
+/// Prints one JSON object per stored message of a topic.
+pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
+    if !args.data_dir.join("wasmshop.db").exists() {
+        return Err(Failure::input(format!(
+            "{} holds no embedded database; pass the --data-dir the host runs with",
+            args.data_dir.display()
+        )));
+    }
+    let db =
+        crate::backends::embedded::EmbeddedDb::open(&args.data_dir).map_err(Failure::runtime)?;
+    let stored = crate::backends::embedded::stored_messages(&db, &args.topic)
+        .await
+        .map_err(Failure::runtime)?;
+    for (seq, m) in stored {
+        let line = serde_json::json!({
+            "seq": seq,
+            "topic": args.topic,
+            "contentType": m.content_type,
+            "metadata": m.metadata,
+            "data": String::from_utf8_lossy(&m.data),
+        });
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Log output format.

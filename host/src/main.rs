@@ -1,18 +1,27 @@
 //! `wasmshop`: see `wasmshop up --help`.
 
 use clap::Parser;
-use wasmshop::cli::{Cli, Command, init_logging, up};
+use wasmshop::cli::{Cli, Command, LogFormat, init_logging, messages, up};
 
 fn main() {
     let cli = Cli::parse();
-    let Command::Up(args) = cli.command;
-    init_logging(args.log_format);
+    let log_format = match &cli.command {
+        Command::Up(args) => args.log_format,
+        Command::Messages(_) => LogFormat::Text,
+    };
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wasmshop")
         .build()
         .expect("starting the tokio runtime");
-    if let Err(failure) = runtime.block_on(up(args)) {
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => up(args).await,
+            Command::Messages(args) => messages(args).await,
+        }
+    });
+    if let Err(failure) = result {
         eprintln!("Error: {}", failure.message);
         std::process::exit(failure.code);
     }

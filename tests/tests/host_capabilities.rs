@@ -594,3 +594,36 @@ fn a_bad_manifest_is_one_clear_line_and_exit_code_2() {
     assert!(line.contains("[component.alpha]"), "{line}");
     assert!(line.contains("key_value_store"), "{line}");
 }
+
+#[test]
+fn dead_letters_without_a_subscriber_stay_inspectable() {
+    let host = fixture_host().start();
+    post(
+        &host,
+        "/alpha/publish/flaky?client=bus",
+        "always-fail:nobody-listens",
+    );
+    let listed = wait_for(Duration::from_secs(10), || {
+        let out = std::process::Command::new(wasmshop_tests::wasmshop_bin())
+            .args(["messages", "--topic", "flaky.deadletter", "--data-dir"])
+            .arg(host.data_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        (!text.trim().is_empty()).then_some(text)
+    })
+    .expect("the dead letter is listed");
+    let lines: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    assert_eq!(lines[0]["data"], "always-fail:nobody-listens");
+    assert_eq!(lines[0]["topic"], "flaky.deadletter");
+    assert!(listed.contains("deadletter-reason"), "{listed}");
+}
