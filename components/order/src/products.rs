@@ -12,7 +12,7 @@ use serde::Deserialize;
 use service_kit::client::{Call, ClientError};
 use service_kit::money::Money;
 use service_kit::problem::Problem;
-use service_kit::tenant::{TENANT_HEADER, TenantId};
+use service_kit::tenant::TenantId;
 use service_kit::web::Response;
 
 /// Base URL of the product service.
@@ -182,9 +182,7 @@ impl<'a, T: Transport> Products<'a, T> {
 
     /// Sends with the tenant header, retrying transport failures and 5xx.
     fn send(&self, tenant: &TenantId, call: Call) -> Result<Response, Unavailable> {
-        let call = call
-            .header(TENANT_HEADER, tenant.as_str())
-            .timeout(self.policy.timeout);
+        let call = call.tenant(tenant).timeout(self.policy.timeout);
         let mut pause = self.policy.pause;
         let mut last = String::new();
         for attempt in 0..self.policy.attempts.max(1) {
