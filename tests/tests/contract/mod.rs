@@ -1,8 +1,7 @@
 //! The REST contract check shared by the end-to-end test files: every
 //! response a test receives is checked against `openapi.yaml` (status
 //! documented for the operation, media type, required headers, body
-//! schema). Same rules as the checker in `product_api.rs`, which could
-//! switch to this module.
+//! schema).
 
 #![allow(dead_code)]
 
