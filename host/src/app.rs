@@ -4,6 +4,7 @@
 //! a fresh instance with memory and time limits.
 
 use crate::backends::embedded::{self, EmbeddedDb};
+use crate::backends::redis::{RedisBroker, RedisConn, RedisConns, RedisConsumer, RedisKeyValue};
 use crate::bindings::SubscriberPre;
 use crate::capabilities::messaging::{BrokerRegistry, Message, MessageBroker, MessagingCtx};
 use crate::capabilities::outbound_http::{OutboundHttp, ResponseFuture, ServiceChaining};
@@ -83,6 +84,8 @@ pub struct App {
     embedded_broker: Arc<embedded::EmbeddedBroker>,
     runtime_config: RuntimeConfig,
     cache_report: Vec<(String, CacheOutcome, Duration)>,
+    /// Connections of the messaging clients served by Redis, for consumers.
+    redis_clients: BTreeMap<String, RedisConn>,
 }
 
 /// Where an HTTP request enters a component.
@@ -132,12 +135,22 @@ impl App {
             .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
 
         let embedded = EmbeddedDb::open(&data_dir).map_err(anyhow::Error::msg)?;
+        let mut redis = RedisConns::default();
+        let mut redis_clients: BTreeMap<String, RedisConn> = BTreeMap::new();
         let mut by_label: BTreeMap<String, Arc<dyn keyvalue::KeyValueBackend>> = BTreeMap::new();
         let embedded_kv: Arc<dyn keyvalue::KeyValueBackend> =
             Arc::new(embedded::EmbeddedKeyValue::new(embedded.clone()));
         for (label, cfg) in &runtime_config.key_value_store {
             match cfg {
                 StoreConfig::Embedded => by_label.insert(label.clone(), embedded_kv.clone()),
+                StoreConfig::Redis { url } => by_label.insert(
+                    label.clone(),
+                    Arc::new(RedisKeyValue::new(
+                        redis
+                            .get(url, &format!("key_value_store.{label}.url"))
+                            .map_err(anyhow::Error::msg)?,
+                    )),
+                ),
             };
         }
         let stores = Arc::new(StoreRegistry::new(by_label, embedded_kv));
@@ -160,6 +173,17 @@ impl App {
         for name in declared {
             match runtime_config.messaging_client(name).backend {
                 MessagingBackend::Embedded => clients.insert(name.clone(), embedded_broker.clone()),
+                MessagingBackend::Redis => {
+                    let cfg = runtime_config.messaging_client(name);
+                    let conn = redis
+                        .get(
+                            cfg.url.as_deref().unwrap_or_default(),
+                            &format!("messaging.{name}.url"),
+                        )
+                        .map_err(anyhow::Error::msg)?;
+                    redis_clients.insert(name.clone(), conn.clone());
+                    clients.insert(name.clone(), Arc::new(RedisBroker::new(conn, cfg.max_len)))
+                }
             };
         }
         let brokers = Arc::new(BrokerRegistry::new(clients));
@@ -250,6 +274,7 @@ impl App {
             embedded_broker,
             runtime_config,
             cache_report,
+            redis_clients,
         }))
     }
 
@@ -284,6 +309,38 @@ impl App {
             .collect();
         self.embedded_broker
             .dispatcher(self.clone() as Arc<dyn Deliverer>, policies, concurrency)
+    }
+
+    /// One Redis Streams consumer per subscription (of a component this
+    /// process runs) whose client is served by Redis; `concurrency` bounds
+    /// their deliveries in flight together.
+    pub fn redis_consumers(
+        self: &Arc<Self>,
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<RedisConsumer>> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut consumers = Vec::new();
+        for (component, sub) in self.manifest.subscriptions() {
+            let Some(conn) = self.redis_clients.get(&sub.client) else {
+                continue;
+            };
+            if !self.components.contains_key(component) {
+                continue;
+            }
+            consumers.push(
+                RedisConsumer::new(
+                    conn.clone(),
+                    &sub.client,
+                    &sub.topic,
+                    component,
+                    self.runtime_config.messaging_client(&sub.client),
+                    self.clone() as Arc<dyn Deliverer>,
+                    permits.clone(),
+                )
+                .map_err(anyhow::Error::msg)?,
+            );
+        }
+        Ok(consumers)
     }
 
     /// Checks every backend; `Err` lists those that are not reachable.

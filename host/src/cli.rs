@@ -267,6 +267,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     }
     let dispatcher = app.embedded_dispatcher(32);
     tasks.push(tokio::spawn(dispatcher.run(stopped.clone(), grace)));
+    for consumer in app
+        .redis_consumers(32)
+        .map_err(|e| Failure::runtime(format!("{e:#}")))?
+    {
+        tasks.push(tokio::spawn(consumer.run(stopped.clone(), grace)));
+    }
     let server = tokio::spawn(crate::trigger::http::serve(
         app.clone(),
         listener,

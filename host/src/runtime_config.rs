@@ -10,6 +10,16 @@
 //! type = "embedded"
 //! max_attempts = 5          # deliveries before dead-lettering
 //! initial_backoff_ms = 200  # doubled after each failed attempt
+//!
+//! [key_value_store.orders]
+//! type = "redis"
+//! url = "redis://127.0.0.1:6379"
+//!
+//! [messaging.order-pubsub]
+//! type = "redis"
+//! url = "redis://127.0.0.1:6379"
+//! max_len = 100000              # stream length bound (MAXLEN ~)
+//! visibility_timeout_ms = 60000 # unacknowledged deliveries are reclaimed after this
 //! ```
 
 use serde::Deserialize;
@@ -35,6 +45,11 @@ pub struct RuntimeConfig {
 pub enum StoreConfig {
     /// The SQLite database in the data directory.
     Embedded,
+    /// A Redis server, shared by every replica of the app.
+    Redis {
+        /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+        url: String,
+    },
 }
 
 /// Backend and delivery policy of one messaging client.
@@ -50,6 +65,18 @@ pub struct MessagingConfig {
     /// Wait before the second attempt; doubled after each failure (capped at 30 s).
     #[serde(default = "default_initial_backoff_ms")]
     pub initial_backoff_ms: u64,
+    /// Redis only: the server (`redis://host:port`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis only: approximate bound of each topic's stream (`XADD MAXLEN ~`);
+    /// the oldest entries are trimmed even if a slow subscriber has not read them.
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    /// Redis only: how long a delivery may stay unacknowledged before another
+    /// consumer takes it over (the holder is presumed dead). Keep it above
+    /// the request timeout and the longest retry backoff.
+    #[serde(default)]
+    pub visibility_timeout_ms: Option<u64>,
 }
 
 /// The backend of a messaging client.
@@ -58,6 +85,8 @@ pub struct MessagingConfig {
 pub enum MessagingBackend {
     /// A durable queue in the embedded database, delivered by the host's dispatcher.
     Embedded,
+    /// Redis Streams with one consumer group per subscribing component.
+    Redis,
 }
 
 fn default_max_attempts() -> u32 {
@@ -73,6 +102,9 @@ impl Default for MessagingConfig {
             backend: MessagingBackend::Embedded,
             max_attempts: default_max_attempts(),
             initial_backoff_ms: default_initial_backoff_ms(),
+            url: None,
+            max_len: None,
+            visibility_timeout_ms: None,
         }
     }
 }
@@ -104,13 +136,57 @@ impl RuntimeConfig {
         let value: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
-        serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
-            format!(
-                "key '{}': {}; see the runtime config section of the README",
-                e.path(),
-                first_line(&e.inner().to_string())
-            )
-        })
+        let config: RuntimeConfig = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| {
+                format!(
+                    "key '{}': {}; see the runtime config section of the README",
+                    e.path(),
+                    first_line(&e.inner().to_string())
+                )
+            })?;
+        config.check_redis_settings()?;
+        Ok(config)
+    }
+
+    /// Redis-only messaging keys: required with `type = "redis"`, refused
+    /// elsewhere (a typo'd backend must not silently ignore them).
+    fn check_redis_settings(&self) -> Result<(), String> {
+        for (name, m) in &self.messaging {
+            let redis = m.backend == MessagingBackend::Redis;
+            if redis && m.url.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "key 'messaging.{name}.url': missing; a redis messaging client needs url = \"redis://host:port\""
+                ));
+            }
+            if !redis {
+                for (key, set) in [
+                    ("url", m.url.is_some()),
+                    ("max_len", m.max_len.is_some()),
+                    ("visibility_timeout_ms", m.visibility_timeout_ms.is_some()),
+                ] {
+                    if set {
+                        return Err(format!(
+                            "key 'messaging.{name}.{key}': only applies to type = \"redis\"; remove it or change the type"
+                        ));
+                    }
+                }
+            }
+            if m.max_len == Some(0) || m.visibility_timeout_ms == Some(0) {
+                return Err(format!(
+                    "key 'messaging.{name}': max_len and visibility_timeout_ms must be positive"
+                ));
+            }
+        }
+        for (label, s) in &self.key_value_store {
+            if let StoreConfig::Redis { url } = s
+                && url.is_empty()
+            {
+                return Err(format!(
+                    "key 'key_value_store.{label}.url': empty; give the server as \"redis://host:port\""
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The backend of a store label (embedded when not configured).
@@ -154,6 +230,40 @@ mod tests {
         assert_eq!(bus.backoff(1), Duration::from_millis(100));
         assert_eq!(bus.backoff(3), Duration::from_millis(400));
         assert_eq!(bus.backoff(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn redis_backends_are_read_and_their_keys_checked() {
+        let rc = RuntimeConfig::parse(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://r:6379\"\n\
+             [messaging.bus]\ntype = \"redis\"\nurl = \"redis://r:6379\"\nmax_len = 10\nvisibility_timeout_ms = 500\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rc.store("default"),
+            StoreConfig::Redis {
+                url: "redis://r:6379".into()
+            }
+        );
+        let bus = rc.messaging_client("bus");
+        assert_eq!(bus.backend, MessagingBackend::Redis);
+        assert_eq!(
+            (bus.max_len, bus.visibility_timeout_ms),
+            (Some(10), Some(500))
+        );
+
+        let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"redis\"\n").unwrap_err();
+        assert!(e.contains("messaging.bus.url"), "{e}");
+        let e = RuntimeConfig::parse("[key_value_store.default]\ntype = \"redis\"\n").unwrap_err();
+        assert!(e.contains("key_value_store.default"), "{e}");
+        let e = RuntimeConfig::parse(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://r\"\nport = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("key_value_store.default"), "{e}");
+        let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"embedded\"\nmax_len = 5\n")
+            .unwrap_err();
+        assert!(e.contains("messaging.bus.max_len"), "{e}");
     }
 
     #[test]

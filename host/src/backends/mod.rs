@@ -3,3 +3,4 @@
 //! runtime config file.
 
 pub mod embedded;
+pub mod redis;

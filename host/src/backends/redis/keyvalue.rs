@@ -1,0 +1,291 @@
+//! Key-value on Redis. Each key is a hash `{v: value, ver: version}` under
+//! `wasmshop:kv:<component>:<label>:<key>`; versions come from one counter
+//! (`wasmshop:kv-version`), so a deleted-and-recreated key never reuses a
+//! version an old `cas` handle holds — the same rule as the embedded backend.
+//! Every write that changes a value is a Lua script, hence atomic with its
+//! version bump.
+
+use super::{Failure, RedisConn, glob_escape};
+use crate::capabilities::keyvalue::{
+    CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
+};
+use async_trait::async_trait;
+use redis::Script;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+/// Keys returned per `list-keys` page (roughly: SCAN's count is a hint).
+const PAGE: usize = 1000;
+/// The global version counter.
+const VERSION_KEY: &str = "wasmshop:kv-version";
+
+/// KEYS = [counter, key1, key2, ...], ARGV = [value1, value2, ...].
+static SET_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 2, #KEYS do
+  local ver = redis.call('INCR', KEYS[1])
+  redis.call('HSET', KEYS[i], 'v', ARGV[i - 1], 'ver', ver)
+end
+return #KEYS - 1",
+    )
+});
+
+/// KEYS = [counter, key], ARGV = [expected version or '' for absent, value];
+/// 1 when written, 0 when the version no longer matches.
+static SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[1] == '' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+elseif redis.call('HGET', KEYS[2], 'ver') ~= ARGV[1] then
+  return 0
+end
+local ver = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], 'v', ARGV[2], 'ver', ver)
+return 1",
+    )
+});
+
+/// KEYS = [counter, key], ARGV = [delta]; HINCRBY keeps 64-bit exactness
+/// (Lua numbers would not) and refuses non-integers without writing.
+static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.pcall('HINCRBY', KEYS[2], 'v', ARGV[1])
+if type(n) == 'table' and n.err then return n end
+redis.call('HSET', KEYS[2], 'ver', redis.call('INCR', KEYS[1]))
+return redis.call('HGET', KEYS[2], 'v')",
+    )
+});
+
+/// The Redis key-value backend of one server.
+pub struct RedisKeyValue {
+    conn: RedisConn,
+}
+
+impl RedisKeyValue {
+    /// A backend over a (lazily connecting) connection.
+    pub fn new(conn: RedisConn) -> Self {
+        RedisKeyValue { conn }
+    }
+}
+
+#[async_trait]
+impl KeyValueBackend for RedisKeyValue {
+    fn open(&self, component: &str, label: &str) -> Result<Arc<dyn KeyValueStore>, StoreError> {
+        Ok(Arc::new(Namespace {
+            conn: self.conn.clone(),
+            prefix: format!("wasmshop:kv:{component}:{label}:"),
+        }))
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.conn.ping().await
+    }
+}
+
+struct Namespace {
+    conn: RedisConn,
+    prefix: String,
+}
+
+fn store_error(f: Failure) -> StoreError {
+    match f {
+        Failure::Unavailable(m) => StoreError::Unavailable(m),
+        Failure::Other(m) => StoreError::Other(m),
+    }
+}
+
+impl Namespace {
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for Namespace {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = self.key(key);
+        self.conn
+            .call(
+                |mut c| async move { redis::cmd("HGET").arg(k).arg("v").query_async(&mut c).await },
+            )
+            .await
+            .map_err(store_error)
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.set_many(&[(key.to_string(), value.to_vec())]).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.delete_many(&[key.to_string()]).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let k = self.key(key);
+        self.conn
+            .call(|mut c| async move { redis::cmd("EXISTS").arg(k).query_async(&mut c).await })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn list_keys(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let mut scan: u64 = match cursor {
+            None => 0,
+            Some(c) => c.parse().map_err(|_| {
+                StoreError::Other(format!(
+                    "list-keys cursor '{c}' was not returned by this store; start again without a cursor"
+                ))
+            })?,
+        };
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut keys = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let (p, s) = (pattern.clone(), scan);
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .conn
+                .call(|mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(s)
+                        .arg("MATCH")
+                        .arg(p)
+                        .arg("COUNT")
+                        .arg(PAGE)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await
+                .map_err(store_error)?;
+            for raw in batch {
+                let full = String::from_utf8_lossy(&raw);
+                if let Some(k) = full.strip_prefix(&self.prefix)
+                    && seen.insert(k.to_string())
+                {
+                    keys.push(k.to_string());
+                }
+            }
+            scan = next;
+            if scan == 0 || keys.len() >= PAGE {
+                break;
+            }
+        }
+        Ok((keys, (scan != 0).then(|| scan.to_string())))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HGET").arg(self.key(k)).arg("v");
+        }
+        self.conn
+            .call(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut inv = SET_MANY.prepare_invoke();
+        inv.key(VERSION_KEY);
+        for (k, v) in entries {
+            inv.key(self.key(k)).arg(v.as_slice());
+        }
+        self.conn
+            .call(|mut c| async move { inv.invoke_async::<()>(&mut c).await })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        self.conn
+            .call(
+                |mut c| async move { redis::cmd("DEL").arg(full).query_async::<()>(&mut c).await },
+            )
+            .await
+            .map_err(store_error)
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        let mut inv = INCREMENT.prepare_invoke();
+        inv.key(VERSION_KEY).key(self.key(key)).arg(delta);
+        let result = self
+            .conn
+            .call(|mut c| async move { inv.invoke_async::<String>(&mut c).await })
+            .await;
+        match result {
+            Ok(text) => text.parse().map_err(|_| {
+                StoreError::Other(format!(
+                    "Redis returned '{text}' for the counter '{key}', not an integer"
+                ))
+            }),
+            Err(Failure::Other(m)) if m.contains("not an integer") => {
+                Err(StoreError::Other(format!(
+                    "the value at '{key}' is not an integer; increment only works on keys it created or that hold decimal text"
+                )))
+            }
+            Err(Failure::Other(m)) if m.contains("overflow") => Err(StoreError::Other(format!(
+                "incrementing '{key}' by {delta} overflows a 64-bit integer"
+            ))),
+            Err(f) => Err(store_error(f)),
+        }
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
+        let k = self.key(key);
+        let (value, version): (Option<Vec<u8>>, Option<String>) = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(k)
+                    .arg("v")
+                    .arg("ver")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(match (value, version) {
+            (None, _) => (None, CasVersion::Absent),
+            // Written by something other than this host: a version that never matches.
+            (Some(v), None) => (Some(v), CasVersion::Version("unversioned".into())),
+            (Some(v), Some(ver)) => (Some(v), CasVersion::Version(ver)),
+        })
+    }
+
+    async fn swap(&self, key: &str, version: &CasVersion, value: &[u8]) -> Result<(), SwapError> {
+        let expected = match version {
+            CasVersion::Absent => String::new(),
+            CasVersion::Version(v) => v.clone(),
+        };
+        let mut inv = SWAP.prepare_invoke();
+        inv.key(VERSION_KEY)
+            .key(self.key(key))
+            .arg(expected)
+            .arg(value);
+        let written: i64 = self
+            .conn
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+            .map_err(store_error)?;
+        if written == 1 {
+            Ok(())
+        } else {
+            Err(SwapError::CasFailed)
+        }
+    }
+}

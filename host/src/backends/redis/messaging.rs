@@ -1,0 +1,485 @@
+//! Messaging on Redis Streams. A topic of a messaging client is the stream
+//! `wasmshop:topic:<client>:<topic>`; `send` is `XADD` (trimmed with
+//! `MAXLEN ~`) and returns once Redis accepted it. Each subscribing
+//! component is a consumer group, each host process a consumer in it, so
+//! across replicas every message is handled by one of them. An entry is
+//! acknowledged after the handler succeeded; one left pending by a dead
+//! process is taken over (`XAUTOCLAIM`) after the visibility timeout.
+//! Failed attempts are retried with the embedded backend's exponential
+//! backoff; Redis' delivery counter bounds them across processes, and the
+//! last failure moves the message to `<topic>.deadletter` with the same
+//! metadata the embedded backend adds.
+
+use super::{Failure, RedisConn};
+use crate::backends::embedded::DEAD_LETTER_SUFFIX;
+use crate::capabilities::messaging::{BrokerError, BrokerMessage, Message, MessageBroker};
+use crate::runtime_config::MessagingConfig;
+use crate::trigger::messaging::Deliverer;
+use async_trait::async_trait;
+use redis::Value;
+use redis::streams::{
+    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// Stream length bound when the runtime config sets none.
+pub const DEFAULT_MAX_LEN: u64 = 100_000;
+/// Visibility timeout when the runtime config sets none: above the default
+/// request timeout (30 s), so a slow handler is not taken over while it runs.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one `XREADGROUP` waits server-side for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Entries read or reclaimed per call.
+const BATCH: usize = 16;
+
+/// The stream of a topic.
+fn stream_key(client: &str, topic: &str) -> String {
+    format!("wasmshop:topic:{client}:{topic}")
+}
+
+/// The producer side of one messaging client.
+pub struct RedisBroker {
+    conn: RedisConn,
+    max_len: u64,
+}
+
+impl RedisBroker {
+    /// `max_len` bounds each stream approximately (`None`: [`DEFAULT_MAX_LEN`]).
+    pub fn new(conn: RedisConn, max_len: Option<u64>) -> Self {
+        RedisBroker {
+            conn,
+            max_len: max_len.unwrap_or(DEFAULT_MAX_LEN),
+        }
+    }
+}
+
+fn broker_error(f: Failure) -> BrokerError {
+    match f {
+        Failure::Unavailable(m) => BrokerError::Unavailable(m),
+        Failure::Other(m) => BrokerError::Other(m),
+    }
+}
+
+/// `XADD` arguments of a message (after the stream key and MAXLEN).
+fn xadd(key: &str, max_len: u64, message: &BrokerMessage) -> redis::Cmd {
+    let metadata = serde_json::to_string(&message.metadata).unwrap_or_else(|_| "[]".into());
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .arg("*")
+        .arg("data")
+        .arg(message.data.as_slice())
+        .arg("metadata")
+        .arg(metadata);
+    if let Some(ct) = &message.content_type {
+        cmd.arg("content-type").arg(ct);
+    }
+    cmd
+}
+
+#[async_trait]
+impl MessageBroker for RedisBroker {
+    async fn send(
+        &self,
+        client: &str,
+        topic: &str,
+        message: BrokerMessage,
+    ) -> Result<(), BrokerError> {
+        let cmd = xadd(&stream_key(client, topic), self.max_len, &message);
+        self.conn
+            .call(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+            .await
+            .map_err(broker_error)
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.conn.ping().await
+    }
+}
+
+/// Reads a stream entry back into a message.
+fn parse_entry(entry: &StreamId) -> BrokerMessage {
+    let bytes = |field: &str| match entry.map.get(field) {
+        Some(Value::BulkString(b)) => Some(b.clone()),
+        Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+        _ => None,
+    };
+    BrokerMessage {
+        data: bytes("data").unwrap_or_default(),
+        content_type: bytes("content-type").map(|b| String::from_utf8_lossy(&b).into_owned()),
+        metadata: bytes("metadata")
+            .and_then(|m| serde_json::from_slice(&m).ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// Delivers one (client, topic) to one subscribing component: a consumer
+/// of the component's group, named uniquely for this process.
+#[derive(Clone)]
+pub struct RedisConsumer {
+    conn: RedisConn,
+    reader: RedisConn,
+    client: String,
+    topic: String,
+    component: String,
+    consumer: String,
+    policy: MessagingConfig,
+    visibility: Duration,
+    max_len: u64,
+    deliverer: Arc<dyn Deliverer>,
+    permits: Arc<Semaphore>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RedisConsumer {
+    /// A consumer for `component`'s subscription to `client`/`topic`;
+    /// `permits` bounds concurrent deliveries across all consumers.
+    pub fn new(
+        conn: RedisConn,
+        client: &str,
+        topic: &str,
+        component: &str,
+        policy: MessagingConfig,
+        deliverer: Arc<dyn Deliverer>,
+        permits: Arc<Semaphore>,
+    ) -> Result<Self, String> {
+        let mut id = [0u8; 6];
+        let _ = getrandom::fill(&mut id);
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+        Ok(RedisConsumer {
+            reader: conn.dedicated(BLOCK)?,
+            conn,
+            client: client.into(),
+            topic: topic.into(),
+            component: component.into(),
+            consumer: format!("{host}-{}-{}", std::process::id(), hex::encode(id)),
+            visibility: policy
+                .visibility_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_VISIBILITY_TIMEOUT),
+            max_len: policy.max_len.unwrap_or(DEFAULT_MAX_LEN),
+            policy,
+            deliverer,
+            permits,
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    fn key(&self) -> String {
+        stream_key(&self.client, &self.topic)
+    }
+
+    /// Runs until `shutdown` turns true, then waits (at most `drain`) for
+    /// deliveries in progress; what is left stays pending for another process.
+    /// Survives Redis outages: it logs, backs off and tries again.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let mut failures = 0u32;
+        let mut group_ready = false;
+        let mut autoclaim_from = "0-0".to_string();
+        tracing::info!(component = %self.component, topic = %self.topic, consumer = %self.consumer, "consuming a Redis stream");
+        while !*shutdown.borrow() {
+            let step = async {
+                if !group_ready {
+                    self.ensure_group().await?;
+                    group_ready = true;
+                }
+                autoclaim_from = self.reclaim(&autoclaim_from).await?;
+                self.read_new().await
+            };
+            match step.await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(component = %self.component, topic = %self.topic, "Redis reachable again; consuming");
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    if e.to_string().contains("NOGROUP") {
+                        // Redis lost the group (restarted without persistence): recreate it.
+                        group_ready = false;
+                    }
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(component = %self.component, topic = %self.topic, error = %e, "cannot consume the Redis stream; retrying");
+                    }
+                    let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(drain, async {
+            while !self.in_flight.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Creates the component's group, from the start of the stream so that
+    /// nothing sent before the first subscriber ran is missed.
+    async fn ensure_group(&self) -> Result<(), Failure> {
+        let (key, group) = (self.key(), self.component.clone());
+        let created = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        match created {
+            Err(Failure::Other(m)) if m.contains("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Takes over entries another consumer left unacknowledged past the
+    /// visibility timeout; returns where the next scan starts.
+    async fn reclaim(&self, from: &str) -> Result<String, Failure> {
+        let (key, group, me, idle, from) = (
+            self.key(),
+            self.component.clone(),
+            self.consumer.clone(),
+            self.visibility.as_millis() as u64,
+            from.to_string(),
+        );
+        let reply: StreamAutoClaimReply = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(key)
+                    .arg(group)
+                    .arg(me)
+                    .arg(idle)
+                    .arg(from)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        for entry in reply.claimed {
+            if self.in_flight.lock().unwrap().contains(&entry.id) {
+                continue; // ours, in a retry backoff
+            }
+            let attempts = self.times_delivered(&entry.id).await?.unwrap_or(1);
+            tracing::info!(component = %self.component, topic = %self.topic, id = %entry.id, attempts, "took over a delivery left unacknowledged");
+            self.spawn(entry, attempts).await;
+        }
+        Ok(reply.next_stream_id)
+    }
+
+    async fn times_delivered(&self, id: &str) -> Result<Option<u32>, Failure> {
+        let (key, group, id) = (self.key(), self.component.clone(), id.to_string());
+        let reply: StreamPendingCountReply = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(group)
+                    .arg(&id)
+                    .arg(&id)
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(reply.ids.first().map(|p| p.times_delivered as u32))
+    }
+
+    /// Reads entries never delivered to the group, waiting up to [`BLOCK`].
+    async fn read_new(&self) -> Result<(), Failure> {
+        let count = self.permits.available_permits().clamp(1, BATCH);
+        let (key, group, me) = (self.key(), self.component.clone(), self.consumer.clone());
+        let reply: Option<StreamReadReply> = self
+            .reader
+            .call_within(BLOCK + Duration::from_secs(3), |mut c| async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(me)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(">")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            self.spawn(entry, 1).await;
+        }
+        Ok(())
+    }
+
+    /// Hands an entry to a task once a delivery permit is free.
+    async fn spawn(&self, entry: StreamId, attempts: u32) {
+        if !self.in_flight.lock().unwrap().insert(entry.id.clone()) {
+            return;
+        }
+        let permit = self.permits.clone().acquire_owned().await.ok();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = entry.id.clone();
+            this.handle(entry, attempts).await;
+            this.in_flight.lock().unwrap().remove(&id);
+            drop(permit);
+        });
+    }
+
+    /// Delivers until success, the last attempt, or losing the entry to
+    /// another consumer.
+    async fn handle(&self, entry: StreamId, mut attempts: u32) {
+        let message = parse_entry(&entry);
+        let max = self.policy.max_attempts.max(1);
+        loop {
+            if attempts > max {
+                // Reclaimed after a crash with its attempts used up.
+                let reason =
+                    "the consumer holding the message stopped before acknowledging it".to_string();
+                self.finish(&entry.id, Some((&message, attempts - 1, reason)))
+                    .await;
+                return;
+            }
+            let delivery = Message {
+                topic: Some(self.topic.clone()),
+                inner: message.clone(),
+            };
+            match self.deliverer.deliver(&self.component, delivery).await {
+                Ok(()) => {
+                    self.finish(&entry.id, None).await;
+                    return;
+                }
+                Err(error) if attempts < max => {
+                    tracing::warn!(
+                        subscriber = %self.component, topic = %self.topic, attempt = attempts,
+                        max_attempts = max, %error, "delivery failed; will retry"
+                    );
+                    tokio::time::sleep(self.policy.backoff(attempts)).await;
+                    match self.claim_again(&entry.id).await {
+                        Ok(true) => attempts += 1,
+                        Ok(false) => return, // acknowledged or taken over meanwhile
+                        Err(e) => {
+                            tracing::warn!(subscriber = %self.component, topic = %self.topic, error = %e,
+                                "cannot renew a delivery for its retry; it will be taken over after the visibility timeout");
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(
+                        subscriber = %self.component, topic = %self.topic, attempts, %error,
+                        "delivery failed for the last time; moving the message to {}{}", self.topic, DEAD_LETTER_SUFFIX
+                    );
+                    self.finish(&entry.id, Some((&message, attempts, error)))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Re-claims an entry this consumer still owns, counting one more
+    /// delivery in Redis (so the bound holds if this process dies) and
+    /// resetting its idle time.
+    async fn claim_again(&self, id: &str) -> Result<bool, Failure> {
+        let (key, group, me, id) = (
+            self.key(),
+            self.component.clone(),
+            self.consumer.clone(),
+            id.to_string(),
+        );
+        let owner: StreamPendingCountReply = {
+            let (key, group, id) = (key.clone(), group.clone(), id.clone());
+            self.conn
+                .call(|mut c| async move {
+                    redis::cmd("XPENDING")
+                        .arg(key)
+                        .arg(group)
+                        .arg(&id)
+                        .arg(&id)
+                        .arg(1)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?
+        };
+        if owner.ids.first().is_none_or(|p| p.consumer != me) {
+            return Ok(false);
+        }
+        let claimed: StreamClaimReply = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("XCLAIM")
+                    .arg(key)
+                    .arg(group)
+                    .arg(me)
+                    .arg(0)
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(!claimed.ids.is_empty())
+    }
+
+    /// Acknowledges an entry, after publishing it to the dead-letter stream
+    /// when `dead` is set (atomically: both or neither). Retries while Redis
+    /// is briefly unreachable; if it stays so, the entry remains pending and
+    /// is delivered again later (at least once).
+    async fn finish(&self, id: &str, dead: Option<(&BrokerMessage, u32, String)>) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Some((message, attempts, reason)) = dead
+            && !self.topic.ends_with(DEAD_LETTER_SUFFIX)
+        {
+            let mut message = message.clone();
+            message.metadata.extend([
+                ("deadletter-original-topic".to_string(), self.topic.clone()),
+                ("deadletter-subscriber".to_string(), self.component.clone()),
+                ("deadletter-attempts".to_string(), attempts.to_string()),
+                ("deadletter-reason".to_string(), reason),
+            ]);
+            let dead_key = stream_key(&self.client, &format!("{}{DEAD_LETTER_SUFFIX}", self.topic));
+            pipe.add_command(xadd(&dead_key, self.max_len, &message))
+                .ignore();
+        }
+        pipe.cmd("XACK")
+            .arg(self.key())
+            .arg(&self.component)
+            .arg(id)
+            .ignore();
+        for attempt in 0..5u64 {
+            let p = pipe.clone();
+            match self
+                .conn
+                .call(|mut c| async move { p.query_async::<()>(&mut c).await })
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(subscriber = %self.component, topic = %self.topic, %id, error = %e, "cannot acknowledge a delivery; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+                }
+            }
+        }
+        tracing::error!(subscriber = %self.component, topic = %self.topic, %id,
+            "gave up acknowledging a delivery; it will be delivered again after the visibility timeout");
+    }
+}
