@@ -3,6 +3,7 @@
 //! ways a component runs — an HTTP request or a message delivery — each in
 //! a fresh instance with memory and time limits.
 
+use crate::backends::dapr::{self, DaprSidecar};
 use crate::backends::embedded::{self, EmbeddedDb};
 use crate::backends::redis::{RedisBroker, RedisConn, RedisConns, RedisConsumer, RedisKeyValue};
 use crate::bindings::SubscriberPre;
@@ -86,6 +87,8 @@ pub struct App {
     cache_report: Vec<(String, CacheOutcome, Duration)>,
     /// Connections of the messaging clients served by Redis, for consumers.
     redis_clients: BTreeMap<String, RedisConn>,
+    /// The Dapr sidecar, when the runtime config uses Dapr.
+    dapr: Option<Arc<DaprSidecar>>,
 }
 
 /// Where an HTTP request enters a component.
@@ -135,6 +138,9 @@ impl App {
             .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
 
         let embedded = EmbeddedDb::open(&data_dir).map_err(anyhow::Error::msg)?;
+        let dapr = DaprSidecar::from_runtime_config(&runtime_config)
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new);
         let mut redis = RedisConns::default();
         let mut redis_clients: BTreeMap<String, RedisConn> = BTreeMap::new();
         let mut by_label: BTreeMap<String, Arc<dyn keyvalue::KeyValueBackend>> = BTreeMap::new();
@@ -149,6 +155,13 @@ impl App {
                         redis
                             .get(url, &format!("key_value_store.{label}.url"))
                             .map_err(anyhow::Error::msg)?,
+                    )),
+                ),
+                StoreConfig::Dapr { store } => by_label.insert(
+                    label.clone(),
+                    Arc::new(dapr::state::DaprKeyValue::new(
+                        dapr.as_ref().expect("dapr is configured").client().clone(),
+                        store,
                     )),
                 ),
             };
@@ -184,6 +197,13 @@ impl App {
                     redis_clients.insert(name.clone(), conn.clone());
                     clients.insert(name.clone(), Arc::new(RedisBroker::new(conn, cfg.max_len)))
                 }
+                MessagingBackend::Dapr => clients.insert(
+                    name.clone(),
+                    Arc::new(dapr::pubsub::DaprPubSub::new(
+                        dapr.as_ref().expect("dapr is configured").client().clone(),
+                        &dapr::pubsub_name(&runtime_config, name).unwrap_or_else(|| name.clone()),
+                    )),
+                ),
             };
         }
         let brokers = Arc::new(BrokerRegistry::new(clients));
@@ -275,6 +295,7 @@ impl App {
             runtime_config,
             cache_report,
             redis_clients,
+            dapr,
         }))
     }
 
@@ -291,6 +312,21 @@ impl App {
     /// How each component was loaded (cache hit or compiled) and how long it took.
     pub fn cache_report(&self) -> &[(String, CacheOutcome, Duration)] {
         &self.cache_report
+    }
+
+    /// The Dapr sidecar, when the runtime config uses Dapr.
+    pub fn dapr(&self) -> Option<&Arc<DaprSidecar>> {
+        self.dapr.as_ref()
+    }
+
+    /// The runtime config being run.
+    pub fn runtime_config(&self) -> &RuntimeConfig {
+        &self.runtime_config
+    }
+
+    /// Whether this process runs `component`.
+    pub fn runs(&self, component: &str) -> bool {
+        self.components.contains_key(component)
     }
 
     /// The embedded database (for inspection tools and tests).
@@ -551,6 +587,15 @@ impl App {
         depth: u32,
     ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
         let Some(component) = self.components.get(component_id) else {
+            if let Some(sidecar) = &self.dapr {
+                let app_id = self
+                    .manifest
+                    .components
+                    .get(component_id)
+                    .and_then(|c| c.tool.dapr_app_id.clone())
+                    .unwrap_or_else(|| component_id.to_string());
+                return sidecar.invoke(&app_id, request).await;
+            }
             tracing::warn!(
                 callee = component_id,
                 "chained call refused: component '{component_id}' is not run by this process; run it here (--component-id) or configure service invocation"

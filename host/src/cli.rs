@@ -147,6 +147,15 @@ pub struct UpArgs {
     #[arg(long, env = "WASMSHOP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
     pub shutdown_grace_secs: f64,
 
+    /// With a Dapr backend: how long to wait at start-up for the sidecar
+    /// (GET /v1.0/healthz/outbound) before giving up, in seconds.
+    #[arg(
+        long,
+        env = "WASMSHOP_DAPR_STARTUP_TIMEOUT_SECS",
+        default_value_t = 60.0
+    )]
+    pub dapr_startup_timeout_secs: f64,
+
     /// Log format.
     #[arg(long, env = "WASMSHOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
@@ -237,6 +246,20 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             took_ms = took.as_millis() as u64,
             "component loaded"
         );
+    }
+
+    // Dapr: the sidecar must answer before we listen (backends::dapr).
+    if let Some(sidecar) = app.dapr() {
+        let timeout =
+            Duration::try_from_secs_f64(args.dapr_startup_timeout_secs).map_err(|_| {
+                Failure::input(
+                    "--dapr-startup-timeout-secs must be a non-negative number of seconds",
+                )
+            })?;
+        sidecar
+            .wait_until_ready(timeout)
+            .await
+            .map_err(Failure::runtime)?;
     }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)

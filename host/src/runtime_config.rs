@@ -20,6 +20,14 @@
 //! url = "redis://127.0.0.1:6379"
 //! max_len = 100000              # stream length bound (MAXLEN ~)
 //! visibility_timeout_ms = 60000 # unacknowledged deliveries are reclaimed after this
+//!
+//! [key_value_store.catalog]
+//! type = "dapr"
+//! store = "statestore"          # Dapr state store component
+//!
+//! [messaging.product-pubsub]
+//! type = "dapr"
+//! pubsub = "product-pubsub"     # Dapr pub/sub component (default: the client name)
 //! ```
 
 use serde::Deserialize;
@@ -50,6 +58,11 @@ pub enum StoreConfig {
         /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
         url: String,
     },
+    /// A Dapr state store component, through the sidecar (see `backends::dapr`).
+    Dapr {
+        /// The state store component's name (`statestore`).
+        store: String,
+    },
 }
 
 /// Backend and delivery policy of one messaging client.
@@ -77,6 +90,9 @@ pub struct MessagingConfig {
     /// the request timeout and the longest retry backoff.
     #[serde(default)]
     pub visibility_timeout_ms: Option<u64>,
+    /// Dapr only: the pub/sub component (default: the client's name).
+    #[serde(default)]
+    pub pubsub: Option<String>,
 }
 
 /// The backend of a messaging client.
@@ -87,6 +103,8 @@ pub enum MessagingBackend {
     Embedded,
     /// Redis Streams with one consumer group per subscribing component.
     Redis,
+    /// Dapr pub/sub through the sidecar; Dapr delivers through the app channel.
+    Dapr,
 }
 
 fn default_max_attempts() -> u32 {
@@ -105,6 +123,7 @@ impl Default for MessagingConfig {
             url: None,
             max_len: None,
             visibility_timeout_ms: None,
+            pubsub: None,
         }
     }
 }
@@ -170,6 +189,11 @@ impl RuntimeConfig {
                         ));
                     }
                 }
+            }
+            if m.pubsub.is_some() && m.backend != MessagingBackend::Dapr {
+                return Err(format!(
+                    "key 'messaging.{name}.pubsub': only applies to type = \"dapr\"; remove it or change the type"
+                ));
             }
             if m.max_len == Some(0) || m.visibility_timeout_ms == Some(0) {
                 return Err(format!(
@@ -264,6 +288,29 @@ mod tests {
         let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"embedded\"\nmax_len = 5\n")
             .unwrap_err();
         assert!(e.contains("messaging.bus.max_len"), "{e}");
+    }
+
+    #[test]
+    fn dapr_backends_are_read() {
+        let rc = RuntimeConfig::parse(
+            "[key_value_store.default]\ntype = \"dapr\"\nstore = \"statestore\"\n\
+             [messaging.product-pubsub]\ntype = \"dapr\"\npubsub = \"product-pubsub\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rc.store("default"),
+            StoreConfig::Dapr {
+                store: "statestore".into()
+            }
+        );
+        let bus = rc.messaging_client("product-pubsub");
+        assert_eq!(bus.backend, MessagingBackend::Dapr);
+        assert_eq!(bus.pubsub.as_deref(), Some("product-pubsub"));
+        let e = RuntimeConfig::parse("[key_value_store.default]\ntype = \"dapr\"\n").unwrap_err();
+        assert!(e.contains("key_value_store.default"), "{e}");
+        let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"embedded\"\npubsub = \"x\"\n")
+            .unwrap_err();
+        assert!(e.contains("messaging.bus.pubsub"), "{e}");
     }
 
     #[test]

@@ -4,3 +4,4 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod dapr;
