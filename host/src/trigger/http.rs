@@ -89,6 +89,11 @@ async fn route(
             ),
         };
     }
+    // Dapr's app channel and the APP_API_TOKEN check (dapr_app_channel.rs).
+    let req = match crate::trigger::dapr_app_channel::intercept(app, req).await {
+        Ok(response) => return response,
+        Err(req) => req,
+    };
     let Some((route, component, matched)) = app.router().route(&path) else {
         let routes: Vec<&str> = app.router().routes().map(|(r, _)| r.as_str()).collect();
         return problem(

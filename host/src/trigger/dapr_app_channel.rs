@@ -1,0 +1,228 @@
+//! The Dapr app channel: what daprd calls on the host's main listener
+//! (<https://docs.dapr.io/reference/api/pubsub_api/#provide-a-route-for-dapr-to-discover-topic-subscriptions>).
+//!
+//! - `GET /dapr/subscribe`: one subscription per (pub/sub, topic) that a
+//!   component run here subscribes to through a Dapr messaging client, with
+//!   the route `/dapr/events/<component>/<topic>` and the dead-letter topic
+//!   `<topic>.deadletter`. Dapr accepts one subscription per topic and app,
+//!   so components of one process sharing a topic share the route and each
+//!   gets the event.
+//! - `POST` on such a route: the CloudEvent goes to each subscriber's
+//!   `wasi:messaging/incoming-handler` as the message data (content type
+//!   `application/cloudevents+json`, topic set, `traceparent` in the
+//!   metadata). The answer is `{"status":"SUCCESS"}`, `"RETRY"` when a
+//!   handler fails (Dapr redelivers per its resiliency policy; handlers are
+//!   idempotent), or `"DROP"` when the body is not a JSON CloudEvent.
+//! - `APP_API_TOKEN` (<https://docs.dapr.io/operations/security/app-api-token/>):
+//!   when set, every request except `GET`/`HEAD` of `/healthz` and `/readyz`
+//!   must carry it in `dapr-api-token`, else 401. That covers the app
+//!   channel and service invocations, which arrive on the same port and are
+//!   indistinguishable from direct calls; with the token set, clients reach
+//!   the services through Dapr only.
+
+use crate::app::App;
+use crate::backends::dapr::{client::TOKEN_HEADER, client::encode_segment, pubsub_name};
+use crate::capabilities::messaging::{BrokerMessage, Message};
+use crate::problem::{json, problem};
+use crate::trigger::messaging::Deliverer;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::{Arc, OnceLock};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Where Dapr discovers subscriptions.
+pub const SUBSCRIBE_PATH: &str = "/dapr/subscribe";
+/// Prefix of the delivery routes.
+pub const EVENTS_PREFIX: &str = "/dapr/events/";
+/// Suffix of dead-letter topics, as the embedded broker names them.
+pub const DEAD_LETTER_SUFFIX: &str = ".deadletter";
+/// Largest CloudEvent accepted.
+const MAX_EVENT_BYTES: usize = 4 << 20;
+
+/// One subscription as advertised to Dapr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaprSubscription {
+    /// The Dapr pub/sub component.
+    pub pubsub: String,
+    /// The topic.
+    pub topic: String,
+    /// The delivery route.
+    pub route: String,
+    /// Local components receiving it.
+    pub components: Vec<String>,
+}
+
+/// The subscriptions this process advertises.
+pub fn subscriptions(app: &App) -> Vec<DaprSubscription> {
+    let mut out: Vec<DaprSubscription> = Vec::new();
+    for (component, sub) in app.manifest().subscriptions() {
+        if !app.runs(component) {
+            continue;
+        }
+        let Some(pubsub) = pubsub_name(app.runtime_config(), &sub.client) else {
+            continue;
+        };
+        match out
+            .iter_mut()
+            .find(|s| s.pubsub == pubsub && s.topic == sub.topic)
+        {
+            Some(existing) => existing.components.push(component.to_string()),
+            None => out.push(DaprSubscription {
+                route: format!(
+                    "{EVENTS_PREFIX}{}/{}",
+                    encode_segment(component),
+                    encode_segment(&sub.topic)
+                ),
+                pubsub,
+                topic: sub.topic.clone(),
+                components: vec![component.to_string()],
+            }),
+        }
+    }
+    out
+}
+
+fn app_token() -> Option<&'static str> {
+    static TOKEN: OnceLock<Option<String>> = OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            std::env::var("APP_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        })
+        .as_deref()
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Answers the app-channel requests and enforces `APP_API_TOKEN`; hands
+/// every other request back for normal routing. Probes are answered
+/// before this is called.
+pub async fn intercept(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<HyperOutgoingBody>, Request<Incoming>> {
+    if let Some(expected) = app_token() {
+        let given = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !constant_time_eq(given, expected.as_bytes()) {
+            return Ok(problem(
+                StatusCode::UNAUTHORIZED,
+                "invalid-app-api-token",
+                "this host requires the APP_API_TOKEN in the dapr-api-token header (sent by the Dapr sidecar); call it through Dapr",
+            ));
+        }
+    }
+    if app.dapr().is_none() || !req.uri().path().starts_with("/dapr/") {
+        return Err(req);
+    }
+    let path = req.uri().path().to_string();
+    if path == SUBSCRIBE_PATH && req.method() == Method::GET {
+        let list: Vec<serde_json::Value> = subscriptions(app)
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "pubsubname": s.pubsub,
+                    "topic": s.topic,
+                    "routes": {"default": s.route},
+                    "deadLetterTopic": format!("{}{DEAD_LETTER_SUFFIX}", s.topic),
+                })
+            })
+            .collect();
+        return Ok(json(StatusCode::OK, &serde_json::Value::Array(list)));
+    }
+    if path.starts_with(EVENTS_PREFIX) && req.method() == Method::POST {
+        let Some(sub) = subscriptions(app).into_iter().find(|s| s.route == path) else {
+            // 404 tells Dapr to drop the event (pubsub_api.md).
+            return Ok(problem(
+                StatusCode::NOT_FOUND,
+                "no-subscription",
+                format!(
+                    "no component of this host subscribes at {path}; check GET {SUBSCRIBE_PATH}"
+                ),
+            ));
+        };
+        return Ok(deliver(app, sub, req).await);
+    }
+    Err(req)
+}
+
+fn status(s: &str) -> Response<HyperOutgoingBody> {
+    json(StatusCode::OK, &serde_json::json!({ "status": s }))
+}
+
+async fn deliver(
+    app: &Arc<App>,
+    sub: DaprSubscription,
+    req: Request<Incoming>,
+) -> Response<HyperOutgoingBody> {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_EVENT_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            tracing::warn!(topic = %sub.topic, error = %e, "dropping an event whose body could not be read");
+            return status("DROP");
+        }
+    };
+    let event: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(topic = %sub.topic, error = %e, "dropping an event that is not a JSON CloudEvent");
+            return status("DROP");
+        }
+    };
+    let mut metadata = vec![("pubsubname".to_string(), sub.pubsub.clone())];
+    for key in ["traceparent", "tracestate", "id", "type", "source"] {
+        if let Some(v) = event
+            .get(key)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+        {
+            let name = if matches!(key, "id" | "type" | "source") {
+                format!("cloudevent-{key}")
+            } else {
+                key.to_string()
+            };
+            metadata.push((name, v.to_string()));
+        }
+    }
+    let message = Message {
+        topic: Some(sub.topic.clone()),
+        inner: BrokerMessage {
+            data: body.to_vec(),
+            content_type: Some(crate::backends::dapr::pubsub::CLOUDEVENTS_JSON.into()),
+            metadata,
+        },
+    };
+    let mut failed = false;
+    for component in &sub.components {
+        if let Err(error) = app.deliver(component, message.clone()).await {
+            tracing::warn!(component, topic = %sub.topic, %error, "delivery failed; asking Dapr to retry");
+            failed = true;
+        }
+    }
+    status(if failed { "RETRY" } else { "SUCCESS" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"secret", b""));
+        assert!(!constant_time_eq(b"secret-longer", b"secret"));
+    }
+}
