@@ -360,3 +360,4 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+pub mod daprd;

@@ -1,0 +1,773 @@
+//! The Dapr backend end to end: the real `wasmshop` binary next to the
+//! sidecar double of `wasmshop_tests::daprd`. Run
+//! `cargo build -p wasmshop-host` and
+//! `cargo build --target wasm32-wasip2 --release -p product -p order -p capabilities-fixture` first.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wasmshop_tests::daprd::{DaprCluster, PUBSUB, STATE_STORE, Sidecar, SidecarOptions};
+use wasmshop_tests::{
+    Host, HostBuilder, Value, client, json, wait_for, wasm, wasmshop_bin, workspace_root,
+};
+
+/// The runtime config the deployment uses (infra/runtime-config/dapr.toml).
+fn dapr_runtime_config() -> String {
+    std::fs::read_to_string(workspace_root().join("infra/runtime-config/dapr.toml")).unwrap()
+}
+
+/// A host running `components` next to `sidecar`, its app channel attached.
+fn start_host(
+    sidecar: &Sidecar,
+    builder: HostBuilder,
+    app_token: Option<&str>,
+    dapr_token: Option<&str>,
+) -> Host {
+    let mut b = builder
+        .runtime_config(dapr_runtime_config())
+        .env("DAPR_HTTP_PORT", &sidecar.port().to_string());
+    if let Some(t) = app_token {
+        b = b.env("APP_API_TOKEN", t);
+    }
+    if let Some(t) = dapr_token {
+        b = b.env("DAPR_API_TOKEN", t);
+    }
+    let host = b.start();
+    sidecar.attach_app(host.base());
+    host
+}
+
+/// The capabilities fixture alone, as app `recorder`, subscribed to `products`.
+fn recorder_manifest() -> String {
+    format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "dapr-recorder"
+[[trigger.http]]
+route = "/recorder/..."
+component = "recorder"
+[component.recorder]
+source = "{}"
+key_value_stores = ["default"]
+[component.recorder.tool.wasmshop]
+messaging_clients = ["product-pubsub"]
+[[component.recorder.tool.wasmshop.subscriptions]]
+client = "product-pubsub"
+topic = "products"
+"#,
+        wasm("capabilities-fixture").display()
+    )
+}
+
+// ---------------------------------------------------------------- the double
+
+#[test]
+fn the_sidecar_double_follows_the_reference() {
+    let cluster = DaprCluster::new();
+    let d = cluster.sidecar(
+        "app",
+        SidecarOptions {
+            dapr_token: Some("tok".into()),
+            ..Default::default()
+        },
+    );
+    let c = client();
+    let state = |p: &str| d.url(&format!("/v1.0/state/{STATE_STORE}{p}"));
+    let send =
+        |r: reqwest::blocking::RequestBuilder| r.header("dapr-api-token", "tok").send().unwrap();
+
+    // Tokens: 401 plain text without it, except the two health endpoints.
+    let r = c.get(state("/k")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.text().unwrap(), "invalid api token");
+    assert_eq!(
+        c.get(d.url("/v1.0/healthz/outbound"))
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        c.get(d.url("/v1.0/healthz")).send().unwrap().status(),
+        500,
+        "no app channel yet"
+    );
+
+    // Save, get with ETag, 204 on a missing key.
+    assert_eq!(
+        send(
+            c.post(state(""))
+                .json(&json!([{"key": "product-42", "value": {"name": "Widget"}}]))
+        )
+        .status(),
+        204
+    );
+    let r = send(c.get(state("/product-42")));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "1");
+    assert_eq!(r.json::<Value>().unwrap(), json!({"name": "Widget"}));
+    assert_eq!(send(c.get(state("/missing"))).status(), 204);
+    // A `/` in the key is an unknown route (dapr#8746).
+    assert_eq!(send(c.get(state("/a/b"))).status(), 404);
+
+    // ETags: a wrong one is 409, a non-numeric one 400, the right one saves.
+    let save = |etag: &str| {
+        send(c.post(state("")).json(&json!([{"key": "product-42", "value": 2, "etag": etag, "options": {"concurrency": "first-write"}}]))).status()
+    };
+    assert_eq!(save("7"), 409);
+    assert_eq!(save("x"), 400);
+    assert_eq!(save("1"), 204);
+    // First-write without an etag is create-only; afterwards the key needs its etag.
+    let create =
+        |k: &str| {
+            send(c.post(state("")).json(
+                &json!([{"key": k, "value": "v", "options": {"concurrency": "first-write"}}]),
+            ))
+            .status()
+        };
+    assert_eq!(create("fresh"), 204);
+    assert_eq!(create("fresh"), 500);
+    assert_eq!(
+        send(
+            c.post(state(""))
+                .json(&json!([{"key": "fresh", "value": "w"}]))
+        )
+        .status(),
+        500
+    );
+
+    // Bulk get answers `data`; a missing key is just its key.
+    let r: Value = send(
+        c.post(state("/bulk"))
+            .json(&json!({"keys": ["product-42", "nope"], "parallelism": 10})),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(
+        r,
+        json!([{"key": "product-42", "data": 2, "etag": "2"}, {"key": "nope"}])
+    );
+
+    // Transaction; an etag mismatch in it is 500, not 409.
+    let tx = json!({"operations": [{"operation": "upsert", "request": {"key": "k1", "value": "v"}}, {"operation": "delete", "request": {"key": "product-42"}}]});
+    assert_eq!(send(c.post(state("/transaction")).json(&tx)).status(), 204);
+    assert_eq!(send(c.get(state("/product-42"))).status(), 204);
+    let bad = json!({"operations": [{"operation": "upsert", "request": {"key": "k1", "value": "v", "etag": "9"}}]});
+    assert_eq!(send(c.post(state("/transaction")).json(&bad)).status(), 500);
+    // Delete with If-Match.
+    assert_eq!(
+        send(c.delete(state("/k1")).header("if-match", "5")).status(),
+        409
+    );
+    assert_eq!(
+        send(c.delete(state("/k1")).header("if-match", "1")).status(),
+        204
+    );
+
+    // Publish: text is wrapped in a CloudEvent; a CloudEvent passes with `source` defaulted.
+    let publish = |ct: &str, body: &str| {
+        send(
+            c.post(d.url(&format!("/v1.0/publish/{PUBSUB}/t")))
+                .header("content-type", ct)
+                .body(body.to_string()),
+        )
+        .status()
+    };
+    assert_eq!(publish("text/plain", "hello"), 204);
+    assert_eq!(
+        publish(
+            "application/cloudevents+json",
+            r#"{"specversion":"1.0","id":"e1","type":"X","data":{"a":1}}"#
+        ),
+        204
+    );
+    let events = cluster.published("t");
+    assert_eq!(events[0]["data"], "hello");
+    assert_eq!(events[0]["datacontenttype"], "text/plain");
+    assert_eq!(events[0]["type"], "com.dapr.event.sent");
+    assert_eq!(
+        (
+            events[1]["id"].clone(),
+            events[1]["source"].clone(),
+            events[1]["data"].clone()
+        ),
+        (json!("e1"), json!("Dapr"), json!({"a": 1}))
+    );
+    assert_eq!(
+        send(c.post(d.url("/v1.0/publish/nope/t")).body("x")).status(),
+        404
+    );
+    // Invocation of an unknown app id.
+    assert_eq!(
+        send(c.get(d.url("/v1.0/invoke/ghost/method/x"))).status(),
+        500
+    );
+}
+
+// --------------------------------------------------- two-process deployment
+
+struct Deployment {
+    cluster: DaprCluster,
+    product: Host,
+    order: Host,
+    _sidecars: (Sidecar, Sidecar),
+}
+
+fn deploy() -> Deployment {
+    let cluster = DaprCluster::new();
+    let ps = cluster.sidecar("productservice", SidecarOptions::default());
+    let os = cluster.sidecar("orderservice", SidecarOptions::default());
+    let product = start_host(&ps, Host::builder().component_ids(&["product"]), None, None);
+    let order = start_host(&os, Host::builder().component_ids(&["order"]), None, None);
+    Deployment {
+        cluster,
+        product,
+        order,
+        _sidecars: (ps, os),
+    }
+}
+
+fn create_product(host: &Host, id: &str, stock: i64) {
+    let r = client()
+        .post(host.url("/api/products"))
+        .json(&json!({"id": id, "name": format!("{id} v1"), "price": 4.5, "stock": stock}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+}
+
+fn stock(host: &Host, id: &str) -> i64 {
+    let p: Value = host.get(&format!("/api/products/{id}")).json().unwrap();
+    p["stock"].as_i64().expect("stock")
+}
+
+fn order(host: &Host, customer: &str, product: &str, quantity: i64) -> (u16, Value) {
+    let r = client()
+        .post(host.url("/api/orders"))
+        .json(&json!({"customerId": customer, "items": [{"productId": product, "quantity": quantity}]}))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn orders_reach_products_through_invocation_and_react_to_product_events() {
+    let d = deploy();
+    // Only the order service subscribes, to `products`, with a dead-letter topic.
+    let subs: Value = d.order.get("/dapr/subscribe").json().unwrap();
+    assert_eq!(
+        subs,
+        json!([{"pubsubname": "product-pubsub", "topic": "products",
+                "routes": {"default": "/dapr/events/order/products"}, "deadLetterTopic": "products.deadletter"}])
+    );
+    assert_eq!(
+        d.product.get("/dapr/subscribe").json::<Value>().unwrap(),
+        json!([])
+    );
+    // The order host does not run `product`: it is reached by service invocation.
+    assert_eq!(
+        d.order.get("/api/products/x").status(),
+        404,
+        "no local route"
+    );
+
+    create_product(&d.product, "widget", 5);
+    let (status, created) = order(&d.order, "alice", "widget", 2);
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "Pending");
+    assert_eq!(created["items"][0]["productName"], "widget v1");
+    assert_eq!(stock(&d.product, "widget"), 3);
+    // State lives in the shared store under each app id.
+    assert!(
+        d.cluster
+            .stored(
+                "productservice",
+                "product.default.tenant/default/product/widget"
+            )
+            .is_some()
+    );
+    // Unknown products through invocation: 422.
+    assert_eq!(order(&d.order, "alice", "ghost", 1).0, 422);
+
+    // A product rename reaches the open order.
+    let r = client()
+        .put(d.product.url("/api/products/widget"))
+        .json(&json!({"name": "widget v2", "price": 4.5, "stock": 3}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let id = created["id"].as_str().unwrap().to_string();
+    let renamed = wait_for(Duration::from_secs(30), || {
+        let o: Value = d.order.get(&format!("/api/orders/{id}")).json().ok()?;
+        (o["items"][0]["productName"] == "widget v2").then_some(o)
+    });
+    assert!(
+        renamed.is_some(),
+        "ProductUpdated did not reach the order; deliveries: {:?}",
+        d.cluster.deliveries()
+    );
+
+    // Deleting the product cancels the open order.
+    assert_eq!(
+        client()
+            .delete(d.product.url("/api/products/widget"))
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    let cancelled = wait_for(Duration::from_secs(30), || {
+        let o: Value = d.order.get(&format!("/api/orders/{id}")).json().ok()?;
+        (o["status"] == "Cancelled").then_some(o)
+    });
+    let cancelled = cancelled.unwrap_or_else(|| {
+        panic!(
+            "ProductDeleted did not cancel the order; deliveries: {:?}\n{}",
+            d.cluster.deliveries(),
+            d.order.logs()
+        )
+    });
+    assert!(
+        cancelled["cancellationReason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    // Events went out as CloudEvents with the services' own types.
+    let types: Vec<Value> = d
+        .cluster
+        .published("products")
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert!(
+        types.contains(&json!("ProductCreated")) && types.contains(&json!("ProductDeleted")),
+        "{types:?}"
+    );
+    assert!(
+        d.cluster
+            .deliveries()
+            .iter()
+            .all(|x| x.outcome == "SUCCESS"),
+        "{:?}",
+        d.cluster.deliveries()
+    );
+}
+
+#[test]
+fn sixty_concurrent_orders_never_oversell() {
+    let d = deploy();
+    create_product(&d.product, "hot", 20);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..60)
+            .map(|i| {
+                let host = &d.order;
+                s.spawn(move || order(host, &format!("c{i}"), "hot", 1).0)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut counts = BTreeMap::new();
+    for s in statuses {
+        *counts.entry(s).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([(201, 20), (409, 40)]),
+        "{}",
+        d.order.logs()
+    );
+    assert_eq!(stock(&d.product, "hot"), 0);
+}
+
+// ------------------------------------------------------------------ tokens
+
+#[test]
+fn tokens_are_required_both_ways() {
+    let cluster = DaprCluster::new();
+    let opts = SidecarOptions {
+        dapr_token: Some("to-dapr".into()),
+        app_token: Some("to-app".into()),
+        ..Default::default()
+    };
+    let sidecar = cluster.sidecar("productservice", opts);
+    // attach_app sends the app token on GET /dapr/subscribe.
+    let host = start_host(
+        &sidecar,
+        Host::builder().component_ids(&["product"]),
+        Some("to-app"),
+        Some("to-dapr"),
+    );
+    let c = client();
+
+    // Missing or wrong app token: 401 problem; probes stay open.
+    let r = c.get(host.url("/api/products")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        c.get(host.url("/api/products"))
+            .header("dapr-api-token", "to-apq")
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(host.url("/dapr/subscribe")).send().unwrap().status(),
+        401
+    );
+    assert_eq!(host.get("/healthz").status(), 200);
+    assert_eq!(host.get("/readyz").status(), 200);
+
+    // Through the sidecar (invocation carries the app token) it works, and
+    // the host's own state calls carry DAPR_API_TOKEN, or the double would 401.
+    let r = c
+        .post(sidecar.url("/v1.0/invoke/productservice/method/api/products"))
+        .header("dapr-api-token", "to-dapr")
+        .json(&json!({"id": "p1", "name": "P", "price": 1, "stock": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    assert!(
+        cluster
+            .stored(
+                "productservice",
+                "product.default.tenant/default/product/p1"
+            )
+            .is_some()
+    );
+}
+
+#[test]
+fn a_wrong_dapr_token_fails_backend_calls_clearly() {
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar(
+        "recorder",
+        SidecarOptions {
+            dapr_token: Some("right".into()),
+            ..Default::default()
+        },
+    );
+    let host = start_host(
+        &sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        None,
+        Some("wrong"),
+    );
+    let r = host.get("/recorder/kv/k");
+    assert_eq!(r.status(), 500);
+    let text = r.text().unwrap();
+    assert!(text.contains("401"), "{text}");
+}
+
+// ------------------------------------------------------------- key-value
+
+#[test]
+fn key_value_maps_onto_the_state_api() {
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_host(
+        &sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        None,
+        None,
+    );
+    let c = client();
+
+    // CAS conflict → cas-failed; a clean CAS swaps (also creating a key).
+    let r = c
+        .put(host.url("/recorder/kv-cas-conflict/doc"))
+        .body("{\"v\":2}")
+        .send()
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().unwrap()),
+        (409, "cas-failed".to_string())
+    );
+    assert_eq!(
+        c.put(host.url("/recorder/kv-cas/new"))
+            .body("{\"v\":1}")
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.put(host.url("/recorder/kv-cas/new"))
+            .body("{\"v\":2}")
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        cluster.stored("recorder", "recorder.default.new"),
+        Some(json!({"v": 2}))
+    );
+    // A plain set on a key created with first-write still works.
+    assert_eq!(
+        c.put(host.url("/recorder/kv/new"))
+            .body("{\"v\":3}")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+            / 100,
+        2
+    );
+    assert_eq!(
+        cluster.stored("recorder", "recorder.default.new"),
+        Some(json!({"v": 3}))
+    );
+
+    // JSON stays JSON; other bytes are enveloped and come back intact; keys may contain '/'.
+    assert_eq!(
+        c.put(host.url("/recorder/kv/a/json"))
+            .body("[1,2]")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+            / 100,
+        2
+    );
+    assert_eq!(
+        cluster.stored("recorder", "recorder.default.a/json"),
+        Some(json!([1, 2]))
+    );
+    assert_eq!(
+        c.put(host.url("/recorder/kv/a/text"))
+            .body("plain text")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+            / 100,
+        2
+    );
+    assert_eq!(
+        cluster.stored("recorder", "recorder.default.a/text"),
+        Some(json!({"$wasmshop.bytes": "cGxhaW4gdGV4dA=="}))
+    );
+    assert_eq!(
+        host.get("/recorder/kv/a/text").text().unwrap(),
+        "plain text"
+    );
+    assert_eq!(
+        host.get("/recorder/kv-exists/a/text").text().unwrap(),
+        "true"
+    );
+    assert_eq!(host.get("/recorder/kv/absent").status(), 404);
+    assert_eq!(
+        c.delete(host.url("/recorder/kv/a/text"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+            / 100,
+        2
+    );
+    assert_eq!(host.get("/recorder/kv/a/text").status(), 404);
+
+    // increment is a CAS loop; batch uses bulk and transaction.
+    for _ in 0..3 {
+        c.post(host.url("/recorder/kv-incr/n?delta=2"))
+            .send()
+            .unwrap();
+    }
+    assert_eq!(host.get("/recorder/kv/n").text().unwrap(), "6");
+    let r: Value = c
+        .post(host.url("/recorder/kv-batch"))
+        .json(&json!({"set": {"b1": "x", "b2": "{\"y\":1}"}, "delete": ["n"], "get": ["b1", "b2", "n"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r, json!([["b1", "x"], ["b2", "{\"y\":1}"], ["n", null]]));
+
+    // list-keys has no Dapr equivalent.
+    let r = host.get("/recorder/kv-keys/");
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("not supported by the Dapr state API"),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------- delivery
+
+#[test]
+fn a_failing_delivery_is_retried_until_it_succeeds() {
+    let cluster = DaprCluster::new();
+    cluster.set_max_attempts(20);
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_host(
+        &sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        None,
+        None,
+    );
+    // The handler needs the state store: while it is down, the handler fails.
+    cluster.set_state_fault(true);
+    let r = client()
+        .post(host.url("/recorder/publish/products?client=product-pubsub"))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap());
+    let retried = wait_for(Duration::from_secs(30), || {
+        cluster
+            .deliveries()
+            .iter()
+            .any(|d| d.outcome == "RETRY")
+            .then_some(())
+    });
+    assert!(retried.is_some(), "no RETRY: {:?}", cluster.deliveries());
+    cluster.set_state_fault(false);
+    let ok = wait_for(Duration::from_secs(60), || {
+        cluster
+            .deliveries()
+            .iter()
+            .any(|d| d.outcome == "SUCCESS")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "never SUCCESS: {:?}", cluster.deliveries());
+    // The handler saw the CloudEvent (once successfully), with the payload as `data`.
+    let events = host.recorded_events("products");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"], "hello");
+    assert_eq!(events[0]["topic"], "products");
+    assert!(cluster.published("products.deadletter").is_empty());
+}
+
+#[test]
+fn an_undecodable_event_is_dropped() {
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_host(
+        &sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        None,
+        None,
+    );
+    let r = client()
+        .post(host.url("/dapr/events/recorder/products"))
+        .body("not json {")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap(), json!({"status": "DROP"}));
+    // A route nobody subscribes at is 404 (Dapr drops it too).
+    assert_eq!(
+        client()
+            .post(host.url("/dapr/events/recorder/nope"))
+            .body("{}")
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    // A valid CloudEvent posted the way daprd does is SUCCESS and recorded.
+    let r = client()
+        .post(host.url("/dapr/events/recorder/products"))
+        .header("content-type", "application/cloudevents+json")
+        .body(
+            json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": "x"})
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.json::<Value>().unwrap(), json!({"status": "SUCCESS"}));
+    assert_eq!(host.recorded_events("products").len(), 1);
+}
+
+// ---------------------------------------------------------------- start-up
+
+#[test]
+fn startup_waits_for_outbound_health() {
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar(
+        "recorder",
+        SidecarOptions {
+            outbound_not_ready: true,
+            ..Default::default()
+        },
+    );
+    let port = sidecar.port().to_string();
+    let started = std::thread::spawn(move || {
+        Host::builder()
+            .manifest(recorder_manifest())
+            .runtime_config(dapr_runtime_config())
+            .env("DAPR_HTTP_PORT", &port)
+            .start()
+    });
+    // The host keeps asking /v1.0/healthz/outbound and does not serve meanwhile.
+    assert!(
+        wait_for(Duration::from_secs(120), || (sidecar.outbound_checks()
+            >= 4)
+            .then_some(()))
+        .is_some()
+    );
+    assert!(
+        !started.is_finished(),
+        "the host served before the sidecar was ready"
+    );
+    sidecar.set_outbound_ready(true);
+    let host = started.join().unwrap();
+    assert_eq!(host.get("/readyz").status(), 200);
+    assert!(
+        host.logs().contains("waiting for the Dapr sidecar"),
+        "{}",
+        host.logs()
+    );
+    // Readiness follows the sidecar.
+    sidecar.set_outbound_ready(false);
+    assert_eq!(host.get("/readyz").status(), 503);
+}
+
+#[test]
+fn startup_gives_up_when_the_sidecar_never_gets_ready() {
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar(
+        "recorder",
+        SidecarOptions {
+            outbound_not_ready: true,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spin.toml"), recorder_manifest()).unwrap();
+    std::fs::write(dir.path().join("rc.toml"), dapr_runtime_config()).unwrap();
+    let started = Instant::now();
+    let out = Command::new(wasmshop_bin())
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--dapr-startup-timeout-secs",
+            "2",
+        ])
+        .arg("--from")
+        .arg(dir.path().join("spin.toml"))
+        .arg("--runtime-config-file")
+        .arg(dir.path().join("rc.toml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("DAPR_HTTP_PORT", sidecar.port().to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Serving"));
+    assert!(
+        stderr.contains("gave up waiting for the Dapr sidecar"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("healthz/outbound"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(170),
+        "the timeout was not honoured"
+    );
+}
