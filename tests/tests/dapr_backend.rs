@@ -637,6 +637,41 @@ fn a_failing_delivery_is_retried_until_it_succeeds() {
     assert_eq!(events[0]["data"], "hello");
     assert_eq!(events[0]["topic"], "products");
     assert!(cluster.published("products.deadletter").is_empty());
+    // The publish carried the request's trace context.
+    let tp = cluster.published("products")[0]["traceparent"].clone();
+    assert!(tp.as_str().is_some_and(|t| t.len() == 55), "{tp}");
+}
+
+#[test]
+fn an_event_that_keeps_failing_is_dead_lettered() {
+    let cluster = DaprCluster::new();
+    cluster.set_max_attempts(3);
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_host(
+        &sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        None,
+        None,
+    );
+    cluster.set_state_fault(true);
+    let r = client()
+        .post(host.url("/recorder/publish/products?client=product-pubsub"))
+        .body("doomed")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dead = wait_for(Duration::from_secs(30), || {
+        let d = cluster.published("products.deadletter");
+        (!d.is_empty()).then_some(d)
+    });
+    let dead = dead.unwrap_or_else(|| panic!("not dead-lettered: {:?}", cluster.deliveries()));
+    assert_eq!(dead[0]["data"], "doomed");
+    let attempts: Vec<String> = cluster
+        .deliveries()
+        .iter()
+        .map(|d| d.outcome.clone())
+        .collect();
+    assert_eq!(attempts, ["RETRY", "RETRY", "RETRY"]);
 }
 
 #[test]
