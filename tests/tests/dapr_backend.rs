@@ -583,6 +583,15 @@ fn key_value_maps_onto_the_state_api() {
         .json()
         .unwrap();
     assert_eq!(r, json!([["b1", "x"], ["b2", "{\"y\":1}"], ["n", null]]));
+    // A batch write over a key created with first-write (CAS) still lands.
+    let r = c
+        .post(host.url("/recorder/kv-batch"))
+        .json(&json!({"set": {"new": "{\"v\":4}", "b3": "z"}, "get": ["new", "b3"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = r.json().unwrap();
+    assert_eq!(r, json!([["new", "{\"v\":4}"], ["b3", "z"]]));
 
     // list-keys has no Dapr equivalent.
     let r = host.get("/recorder/kv-keys/");

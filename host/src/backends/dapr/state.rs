@@ -260,10 +260,16 @@ impl DaprStore {
         .await
     }
 
-    async fn transaction(&self, operations: Vec<Value>, what: &str) -> Result<(), StoreError> {
+    /// `POST .../transaction`; `operations` are JSON texts (values stay
+    /// byte for byte as encoded, not re-serialised).
+    async fn transaction(&self, operations: Vec<String>) -> Result<DaprResponse, StoreError> {
         let path = format!("/v1.0/state/{}/transaction", encode_segment(&self.store));
-        let body = json!({ "operations": operations }).to_string().into_bytes();
-        let r = self.send(Method::POST, &path, body).await?;
+        let body = format!("{{\"operations\":[{}]}}", operations.join(","));
+        self.send(Method::POST, &path, body.into_bytes()).await
+    }
+
+    async fn transaction_ok(&self, operations: Vec<String>, what: &str) -> Result<(), StoreError> {
+        let r = self.transaction(operations).await?;
         if r.status.is_success() {
             Ok(())
         } else {
@@ -321,8 +327,8 @@ impl KeyValueStore for DaprStore {
         let full = self.full(key);
         if !path_safe(&full) {
             return self
-                .transaction(
-                    vec![json!({"operation": "delete", "request": {"key": full}})],
+                .transaction_ok(
+                    vec![json!({"operation": "delete", "request": {"key": full}}).to_string()],
                     &format!("deleting key '{key}'"),
                 )
                 .await;
@@ -367,11 +373,25 @@ impl KeyValueStore for DaprStore {
         let ops = entries
             .iter()
             .map(|(k, v)| {
-                let value: Value = serde_json::from_slice(&encode_value(v)).unwrap_or(Value::Null);
-                json!({"operation": "upsert", "request": {"key": self.full(k), "value": value}})
+                format!(
+                    "{{\"operation\":\"upsert\",\"request\":{}}}",
+                    save_item(&self.full(k), &encode_value(v), None, false)
+                )
             })
             .collect();
-        self.transaction(ops, "a batch write").await
+        let r = self.transaction(ops).await?;
+        if r.status.is_success() {
+            return Ok(());
+        }
+        if !is_conflict(&r) {
+            return Err(self.unexpected("a batch write", &r));
+        }
+        // state.redis refuses etag-less upserts of first-write keys, and
+        // its transactions are not all-or-nothing anyway: set one by one.
+        for (k, v) in entries {
+            self.set(k, v).await?;
+        }
+        Ok(())
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -380,9 +400,9 @@ impl KeyValueStore for DaprStore {
         }
         let ops = keys
             .iter()
-            .map(|k| json!({"operation": "delete", "request": {"key": self.full(k)}}))
+            .map(|k| json!({"operation": "delete", "request": {"key": self.full(k)}}).to_string())
             .collect();
-        self.transaction(ops, "a batch delete").await
+        self.transaction_ok(ops, "a batch delete").await
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
