@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod backend;
+pub use backend::{Backend, RedisServer, TEST_VISIBILITY_TIMEOUT_MS};
 pub use reqwest::blocking::{Client, Response};
 pub use serde_json::{Value, json};
 

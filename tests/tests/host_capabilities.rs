@@ -2,7 +2,7 @@
 //! component against the real `wasmshop` binary (issue: runtime core).
 
 use std::time::Duration;
-use wasmshop_tests::{Host, HostBuilder, Value, client, wait_for, wasm};
+use wasmshop_tests::{Backend, Host, HostBuilder, Value, client, wait_for, wasm};
 
 /// Two fixture components: `alpha` (public, may call `beta`, subscribes to
 /// several topics of client `bus`) and `beta` (private: chaining only).
@@ -51,23 +51,39 @@ key_value_stores = ["default"]
     )
 }
 
-/// Fast retries so the retry and dead-letter tests take about a second.
-const FAST_RETRIES: &str = r#"
-[messaging.bus]
-type = "embedded"
-max_attempts = 3
-initial_backoff_ms = 100
-"#;
-
-fn fixture_host() -> HostBuilder {
+/// The fixture's stores and client on `backend`, with fast retries so the
+/// retry and dead-letter tests take about a second.
+fn fixture_host_on(backend: &Backend) -> HostBuilder {
     Host::builder()
         .manifest(fixture_manifest())
-        .runtime_config(FAST_RETRIES)
+        .runtime_config(backend.runtime_config(
+            &["default", "other"],
+            &[("bus", "max_attempts = 3\ninitial_backoff_ms = 100")],
+        ))
         .arg("--request-timeout-secs")
         .arg("2")
         .arg("--max-memory-mb")
         .arg("32")
 }
+
+fn fixture_host() -> HostBuilder {
+    fixture_host_on(&Backend::Embedded)
+}
+
+// The capability tests that depend on the backend run on each of them.
+wasmshop_tests::backend_tests!(
+    keyvalue_get_set_delete_exists_and_list_keys,
+    list_keys_pages_through_more_than_one_page,
+    increment_is_atomic_under_concurrency,
+    compare_and_swap_succeeds_unless_the_value_changed,
+    batch_sets_gets_and_deletes_many,
+    stores_are_limited_to_the_manifest_list_and_private_per_component,
+    published_messages_are_delivered_to_subscribers,
+    messaging_clients_are_limited_to_the_manifest_list,
+    a_handler_that_fails_twice_is_retried_until_it_succeeds,
+    a_handler_that_always_fails_ends_in_the_dead_letter_topic,
+    acknowledged_writes_and_accepted_messages_survive_kill_9,
+);
 
 fn put(host: &Host, path: &str, body: &str) -> (u16, String) {
     let r = client()
@@ -102,9 +118,8 @@ fn received(host: &Host, topic: &str) -> Vec<Value> {
         .clone()
 }
 
-#[test]
-fn keyvalue_get_set_delete_exists_and_list_keys() {
-    let host = fixture_host().start();
+fn keyvalue_get_set_delete_exists_and_list_keys(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     assert_eq!(get(&host, "/alpha/kv/colour").0, 404);
     assert_eq!(put(&host, "/alpha/kv/colour", "blue").0, 204);
     assert_eq!(get(&host, "/alpha/kv/colour"), (200, "blue".into()));
@@ -126,9 +141,8 @@ fn keyvalue_get_set_delete_exists_and_list_keys() {
     assert_eq!(get(&host, "/alpha/kv-keys"), (200, r#"["size"]"#.into()));
 }
 
-#[test]
-fn list_keys_pages_through_more_than_one_page() {
-    let host = fixture_host().start();
+fn list_keys_pages_through_more_than_one_page(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     let mut set = serde_json::Map::new();
     for i in 0..2500 {
         set.insert(format!("k{i:05}"), Value::String("v".into()));
@@ -146,9 +160,8 @@ fn list_keys_pages_through_more_than_one_page() {
     assert_eq!(keys[2499], "k02499");
 }
 
-#[test]
-fn increment_is_atomic_under_concurrency() {
-    let host = fixture_host().start();
+fn increment_is_atomic_under_concurrency(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     assert_eq!(
         post(&host, "/alpha/kv-incr/counter?delta=5", ""),
         (200, "5".into())
@@ -171,9 +184,8 @@ fn increment_is_atomic_under_concurrency() {
     assert_eq!(get(&host, "/alpha/kv/word"), (200, "abc".into()));
 }
 
-#[test]
-fn compare_and_swap_succeeds_unless_the_value_changed() {
-    let host = fixture_host().start();
+fn compare_and_swap_succeeds_unless_the_value_changed(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     // Absent key: swap creates it.
     let (status, body) = put(&host, "/alpha/kv-cas/doc", "v1");
     assert_eq!(status, 200, "{body}");
@@ -198,9 +210,8 @@ fn compare_and_swap_succeeds_unless_the_value_changed() {
     );
 }
 
-#[test]
-fn batch_sets_gets_and_deletes_many() {
-    let host = fixture_host().start();
+fn batch_sets_gets_and_deletes_many(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     let (status, body) = post(
         &host,
         "/alpha/kv-batch",
@@ -216,9 +227,8 @@ fn batch_sets_gets_and_deletes_many() {
     assert_eq!(body, r#"[["a",null],["b","2"],["c",null]]"#);
 }
 
-#[test]
-fn stores_are_limited_to_the_manifest_list_and_private_per_component() {
-    let host = fixture_host().start();
+fn stores_are_limited_to_the_manifest_list_and_private_per_component(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     assert_eq!(get(&host, "/alpha/kv-open/other"), (200, "opened".into()));
     let (status, body) = get(&host, "/alpha/kv-open/secret");
     assert_eq!(status, 403);
@@ -236,9 +246,8 @@ fn stores_are_limited_to_the_manifest_list_and_private_per_component() {
     assert_eq!(v["status"], 404, "beta must not see alpha's data: {v}");
 }
 
-#[test]
-fn published_messages_are_delivered_to_subscribers() {
-    let host = fixture_host().start();
+fn published_messages_are_delivered_to_subscribers(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     assert_eq!(
         post(&host, "/alpha/publish/events?client=bus", "first").0,
         202
@@ -269,17 +278,15 @@ fn published_messages_are_delivered_to_subscribers() {
     );
 }
 
-#[test]
-fn messaging_clients_are_limited_to_the_manifest_list() {
-    let host = fixture_host().start();
+fn messaging_clients_are_limited_to_the_manifest_list(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     let (status, body) = post(&host, "/alpha/publish/events?client=elsewhere", "x");
     assert_eq!(status, 403);
     assert!(body.contains("messaging_clients"), "{body}");
 }
 
-#[test]
-fn a_handler_that_fails_twice_is_retried_until_it_succeeds() {
-    let host = fixture_host().start();
+fn a_handler_that_fails_twice_is_retried_until_it_succeeds(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     post(
         &host,
         "/alpha/publish/flaky?client=bus",
@@ -297,9 +304,8 @@ fn a_handler_that_fails_twice_is_retried_until_it_succeeds() {
     );
 }
 
-#[test]
-fn a_handler_that_always_fails_ends_in_the_dead_letter_topic() {
-    let host = fixture_host().start();
+fn a_handler_that_always_fails_ends_in_the_dead_letter_topic(backend: &Backend) {
+    let host = fixture_host_on(backend).start();
     post(
         &host,
         "/alpha/publish/broken?client=bus",
@@ -332,13 +338,15 @@ fn a_handler_that_always_fails_ends_in_the_dead_letter_topic() {
     );
 }
 
-#[test]
-fn acknowledged_writes_and_accepted_messages_survive_kill_9() {
+fn acknowledged_writes_and_accepted_messages_survive_kill_9(backend: &Backend) {
     // Slow retries: the first attempt fails on purpose and the retry is due
     // 3 s later, so the message is certainly pending when the host dies.
     let mut host = Host::builder()
         .manifest(fixture_manifest())
-        .runtime_config("[messaging.bus]\ntype = \"embedded\"\ninitial_backoff_ms = 3000\n")
+        .runtime_config(backend.runtime_config(
+            &["default", "other"],
+            &[("bus", "initial_backoff_ms = 3000")],
+        ))
         .start();
     assert_eq!(put(&host, "/alpha/kv/durable", "yes").0, 204);
     assert_eq!(
