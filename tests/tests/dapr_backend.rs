@@ -399,22 +399,31 @@ fn tokens_are_required_both_ways() {
     );
     let c = client();
 
-    // Missing or wrong app token: 401 problem; probes stay open.
-    let r = c.get(host.url("/api/products")).send().unwrap();
+    // What comes (or claims to come) from the sidecar needs the app token.
+    let r = c.get(host.url("/dapr/subscribe")).send().unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    assert_eq!(
-        c.get(host.url("/api/products"))
-            .header("dapr-api-token", "to-apq")
-            .send()
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        c.get(host.url("/dapr/subscribe")).send().unwrap().status(),
-        401
-    );
+    let as_invocation = c
+        .get(host.url("/api/products"))
+        .header("dapr-caller-app-id", "orderservice")
+        .send()
+        .unwrap();
+    assert_eq!(as_invocation.status(), 401);
+    let wrong = c
+        .get(host.url("/api/products"))
+        .header("dapr-api-token", "to-apq")
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let r = c
+        .post(host.url("/dapr/events/product/products"))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Plain ingress traffic and probes are served (Azure Container Apps
+    // injects APP_API_TOKEN while its ingress calls the app directly).
+    assert_eq!(host.get("/api/products").status(), 200);
     assert_eq!(host.get("/healthz").status(), 200);
     assert_eq!(host.get("/readyz").status(), 200);
 
@@ -435,6 +444,31 @@ fn tokens_are_required_both_ways() {
             )
             .is_some()
     );
+
+    // With WASMSHOP_APP_API_TOKEN_SCOPE=all, plain requests need it too.
+    let strict = cluster.sidecar(
+        "strict",
+        SidecarOptions {
+            app_token: Some("to-app".into()),
+            ..Default::default()
+        },
+    );
+    let host = start_host(
+        &strict,
+        Host::builder()
+            .component_ids(&["product"])
+            .env("WASMSHOP_APP_API_TOKEN_SCOPE", "all"),
+        Some("to-app"),
+        None,
+    );
+    assert_eq!(host.get("/api/products").status(), 401);
+    assert_eq!(host.get("/healthz").status(), 200);
+    let r = c
+        .get(host.url("/api/products"))
+        .header("dapr-api-token", "to-app")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[test]

@@ -14,11 +14,18 @@
 //!   handler fails (Dapr redelivers per its resiliency policy; handlers are
 //!   idempotent), or `"DROP"` when the body is not a JSON CloudEvent.
 //! - `APP_API_TOKEN` (<https://docs.dapr.io/operations/security/app-api-token/>):
-//!   when set, every request except `GET`/`HEAD` of `/healthz` and `/readyz`
-//!   must carry it in `dapr-api-token`, else 401. That covers the app
-//!   channel and service invocations, which arrive on the same port and are
-//!   indistinguishable from direct calls; with the token set, clients reach
-//!   the services through Dapr only.
+//!   when set, Dapr sends it as `dapr-api-token` on every call to the app,
+//!   and the host answers 401 (constant-time compare) to every request that
+//!   comes, or claims to come, from the sidecar without it: anything under
+//!   `/dapr/`, any request carrying `dapr-api-token`, and any request
+//!   carrying `dapr-caller-app-id` (which daprd adds to service
+//!   invocations). Plain requests are served: Azure Container Apps injects
+//!   `APP_API_TOKEN` into Dapr-enabled apps
+//!   (<https://learn.microsoft.com/azure/container-apps/dapr-authentication-token>)
+//!   while its ingress calls the same port directly. Where the port is
+//!   reachable only through Dapr, `WASMSHOP_APP_API_TOKEN_SCOPE=all`
+//!   requires the token on every request except `GET`/`HEAD` of `/healthz`
+//!   and `/readyz` (answered before this module runs).
 
 use crate::app::App;
 use crate::backends::dapr::{client::TOKEN_HEADER, client::encode_segment, pubsub_name};
@@ -83,6 +90,26 @@ pub fn subscriptions(app: &App) -> Vec<DaprSubscription> {
     out
 }
 
+/// Header daprd adds to service invocations (pkg/messaging/v1/util.go).
+const CALLER_HEADER: &str = "dapr-caller-app-id";
+
+/// Whether `WASMSHOP_APP_API_TOKEN_SCOPE=all`; an unknown value also
+/// means all (fail closed), with a warning.
+fn token_everywhere() -> bool {
+    static ALL: OnceLock<bool> = OnceLock::new();
+    *ALL.get_or_init(|| match std::env::var("WASMSHOP_APP_API_TOKEN_SCOPE").as_deref() {
+        Err(_) | Ok("") | Ok("dapr") => false,
+        Ok("all") => true,
+        Ok(other) => {
+            tracing::warn!(
+                value = other,
+                "WASMSHOP_APP_API_TOKEN_SCOPE must be 'dapr' or 'all'; requiring APP_API_TOKEN on every request"
+            );
+            true
+        }
+    })
+}
+
 fn app_token() -> Option<&'static str> {
     static TOKEN: OnceLock<Option<String>> = OnceLock::new();
     TOKEN
@@ -106,7 +133,12 @@ pub async fn intercept(
     app: &Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<HyperOutgoingBody>, Request<Incoming>> {
-    if let Some(expected) = app_token() {
+    let claims_dapr = req.uri().path().starts_with("/dapr/")
+        || req.headers().contains_key(TOKEN_HEADER)
+        || req.headers().contains_key(CALLER_HEADER);
+    if let Some(expected) = app_token()
+        && (claims_dapr || token_everywhere())
+    {
         let given = req
             .headers()
             .get(TOKEN_HEADER)
@@ -116,7 +148,7 @@ pub async fn intercept(
             return Ok(problem(
                 StatusCode::UNAUTHORIZED,
                 "invalid-app-api-token",
-                "this host requires the APP_API_TOKEN in the dapr-api-token header (sent by the Dapr sidecar); call it through Dapr",
+                "this request comes from, or claims to come from, the Dapr sidecar but lacks the APP_API_TOKEN in its dapr-api-token header; check that daprd and the host share APP_API_TOKEN",
             ));
         }
     }
