@@ -11,7 +11,7 @@ use std::time::Duration;
 use contract::{Resp, call, openapi, schema_errors};
 use reqwest::Method;
 use serde_json::{Value, json};
-use wasmshop_tests::{Host, wait_for};
+use wasmshop_tests::{Backend, Host, wait_for};
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -98,9 +98,21 @@ fn counts(statuses: &[u16]) -> BTreeMap<u16, usize> {
 // Tests.
 // ---------------------------------------------------------------------------
 
-#[test]
-fn every_endpoint_and_status_code() {
-    let host = Host::start_app();
+// Every test that runs a host runs on each backend.
+wasmshop_tests::backend_tests!(
+    every_endpoint_and_status_code,
+    status_machine,
+    failed_item_is_compensated_and_nothing_is_saved,
+    idempotency_key,
+    cancel_and_delete_release_stock,
+    lists_filter_page_and_isolate_tenants,
+    product_events_cancel_and_rename_open_orders,
+    sixty_concurrent_orders_for_twenty_units,
+    events_are_cloudevents_with_tenant_trace_and_snapshot,
+);
+
+fn every_endpoint_and_status_code(backend: &Backend) {
+    let host = Host::start_app_on(backend);
     let t = "crud";
     product(&host, t, "pen", 1.5, 10);
     product(&host, t, "ink", 0.1, 1);
@@ -219,9 +231,8 @@ fn product_service_unreachable_is_503_and_saves_nothing() {
     assert!(list(&host, "t", "").is_empty());
 }
 
-#[test]
-fn status_machine() {
-    let host = Host::start_app();
+fn status_machine(backend: &Backend) {
+    let host = Host::start_app_on(backend);
     let t = "machine";
     product(&host, t, "p", 1.0, 100);
     // Every allowed transition.
@@ -271,9 +282,8 @@ fn status_machine() {
     assert_eq!(set_status(&host, t, &id, "Lost").status, 400);
 }
 
-#[test]
-fn failed_item_is_compensated_and_nothing_is_saved() {
-    let host = Host::start_app_with_recorder();
+fn failed_item_is_compensated_and_nothing_is_saved(backend: &Backend) {
+    let host = Host::start_app_with_recorder_on(backend);
     let t = "comp";
     product(&host, t, "first", 2.0, 10);
     product(&host, t, "second", 3.0, 1);
@@ -302,9 +312,8 @@ fn failed_item_is_compensated_and_nothing_is_saved() {
     assert_eq!(events[0]["data"]["id"], ok.as_str());
 }
 
-#[test]
-fn idempotency_key() {
-    let host = Host::start_app();
+fn idempotency_key(backend: &Backend) {
+    let host = Host::start_app_on(backend);
     let t = "idem";
     product(&host, t, "p", 5.0, 50);
     let keyed = |key: &str, b: Value| {
@@ -352,9 +361,8 @@ fn idempotency_key() {
     assert_eq!(list(&host, t, "").len(), 2);
 }
 
-#[test]
-fn cancel_and_delete_release_stock() {
-    let host = Host::start_app();
+fn cancel_and_delete_release_stock(backend: &Backend) {
+    let host = Host::start_app_on(backend);
     let t = "release";
     product(&host, t, "a", 1.0, 10);
     product(&host, t, "b", 1.0, 10);
@@ -385,9 +393,8 @@ fn cancel_and_delete_release_stock() {
     assert_eq!(stock(&host, t, "a"), 5);
 }
 
-#[test]
-fn lists_filter_page_and_isolate_tenants() {
-    let host = Host::start_app();
+fn lists_filter_page_and_isolate_tenants(backend: &Backend) {
+    let host = Host::start_app_on(backend);
     let t = "lists";
     product(&host, t, "a", 1.0, 100);
     product(&host, t, "b", 1.0, 100);
@@ -447,9 +454,8 @@ fn lists_filter_page_and_isolate_tenants() {
     assert_eq!(delete(&host, "someone-else", &ids[0]).status, 404);
 }
 
-#[test]
-fn product_events_cancel_and_rename_open_orders() {
-    let host = Host::start_app();
+fn product_events_cancel_and_rename_open_orders(backend: &Backend) {
+    let host = Host::start_app_on(backend);
     let t = "reactions";
     product(&host, t, "doomed", 4.25, 10);
     product(&host, t, "stays", 2.0, 10);
@@ -516,9 +522,8 @@ fn product_events_cancel_and_rename_open_orders() {
     );
 }
 
-#[test]
-fn sixty_concurrent_orders_for_twenty_units() {
-    let host = Host::start_app_with_recorder();
+fn sixty_concurrent_orders_for_twenty_units(backend: &Backend) {
+    let host = Host::start_app_with_recorder_on(backend);
     let t = "rush";
     product(&host, t, "hot", 9.99, 20);
     let statuses: Vec<u16> = std::thread::scope(|s| {
@@ -552,9 +557,8 @@ fn sixty_concurrent_orders_for_twenty_units() {
     assert_eq!(ids.len(), 20, "one event per order");
 }
 
-#[test]
-fn events_are_cloudevents_with_tenant_trace_and_snapshot() {
-    let host = Host::start_app_with_recorder();
+fn events_are_cloudevents_with_tenant_trace_and_snapshot(backend: &Backend) {
+    let host = Host::start_app_with_recorder_on(backend);
     let t = "events";
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     product(&host, t, "p", 12.5, 5);

@@ -1,5 +1,5 @@
 //! End-to-end tests of the product catalog (issue 3) against the real
-//! `wasmshop` host on the embedded backend. Every response any test
+//! `wasmshop` host, on each backend (embedded, Redis). Every response any test
 //! receives is also checked against `openapi.yaml` (status documented for
 //! the operation, media type, required headers, body schema).
 
@@ -12,7 +12,7 @@ use contract::*;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use wasmshop_tests::{Host, client, wait_for};
+use wasmshop_tests::{Backend, Host, client, wait_for};
 
 fn create(host: &Host, tenant: &str, body: Value) -> Value {
     let r = call(host, Method::POST, "/api/products")
@@ -58,13 +58,17 @@ fn release(host: &Host, tenant: &str, id: &str, order: &str) -> Resp {
 
 /// The app's product component alone (`--component-id product`), so these
 /// tests do not depend on the order service.
-fn start_product() -> Host {
-    Host::builder().component_ids(&["product"]).start()
+fn start_product(backend: &Backend) -> Host {
+    Host::builder()
+        .backend(backend)
+        .component_ids(&["product"])
+        .start()
 }
 
 /// The product component plus the recorder fixture subscribed to `products`.
-fn start_product_with_recorder() -> Host {
+fn start_product_with_recorder(backend: &Backend) -> Host {
     Host::builder()
+        .backend(backend)
         .manifest(wasmshop_tests::app_manifest_with_recorder())
         .component_ids(&["product", "recorder"])
         .start()
@@ -81,6 +85,20 @@ fn ids(list: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // Tests.
 // ---------------------------------------------------------------------------
+
+// Every test that runs a host runs on each backend.
+wasmshop_tests::backend_tests!(
+    every_endpoint_and_status_code,
+    every_field_rule,
+    list_order_filter_and_paging,
+    tenants_are_isolated,
+    etag_and_if_match,
+    money_is_exact,
+    reservations_are_idempotent_and_survive_restart,
+    concurrent_reservations_never_oversell,
+    events_carry_type_tenant_trace_and_snapshot,
+    oversized_body_is_a_problem_not_a_crash,
+);
 
 #[test]
 fn contract_checker_rejects_responses_that_break_openapi() {
@@ -140,9 +158,8 @@ fn contract_checker_rejects_responses_that_break_openapi() {
     assert!(check_contract(&Method::GET, "/api/nowhere", &good).is_err());
 }
 
-#[test]
-fn every_endpoint_and_status_code() {
-    let host = start_product();
+fn every_endpoint_and_status_code(backend: &Backend) {
+    let host = start_product(backend);
     let t = "crud";
     // POST 201 with Location and ETag; defaults filled in.
     let r = call(&host, Method::POST, "/api/products")
@@ -287,9 +304,8 @@ fn every_endpoint_and_status_code() {
     );
 }
 
-#[test]
-fn every_field_rule() {
-    let host = start_product();
+fn every_field_rule(backend: &Backend) {
+    let host = start_product(backend);
     let t = "fields";
     let post = |body: Value| {
         call(&host, Method::POST, "/api/products")
@@ -450,9 +466,8 @@ fn every_field_rule() {
     assert_eq!(stock(&host, t, "r"), 5);
 }
 
-#[test]
-fn list_order_filter_and_paging() {
-    let host = start_product();
+fn list_order_filter_and_paging(backend: &Backend) {
+    let host = start_product(backend);
     let t = "lists";
     let mut made = Vec::new();
     for i in 0..105 {
@@ -522,9 +537,8 @@ fn list_order_filter_and_paging() {
     }
 }
 
-#[test]
-fn tenants_are_isolated() {
-    let host = start_product();
+fn tenants_are_isolated(backend: &Backend) {
+    let host = start_product(backend);
     create(
         &host,
         "acme",
@@ -622,9 +636,8 @@ fn tenants_are_isolated() {
     assert_eq!(r.status, 200, "64 characters are allowed");
 }
 
-#[test]
-fn etag_and_if_match() {
-    let host = start_product();
+fn etag_and_if_match(backend: &Backend) {
+    let host = start_product(backend);
     let t = "etags";
     create(
         &host,
@@ -695,9 +708,8 @@ fn etag_and_if_match() {
     assert_eq!(del("*").status, 404, "`*` does not match a missing product");
 }
 
-#[test]
-fn money_is_exact() {
-    let host = start_product();
+fn money_is_exact(backend: &Backend) {
+    let host = start_product(backend);
     let t = "money";
     // 0.1 three times: each price comes back exactly, and three reserved
     // units of 0.1 are priced exactly 0.1 each.
@@ -756,9 +768,8 @@ fn money_is_exact() {
     assert!(get(&host, t, "dime2").text.contains(r#""price":0.1,"#));
 }
 
-#[test]
-fn reservations_are_idempotent_and_survive_restart() {
-    let mut host = start_product();
+fn reservations_are_idempotent_and_survive_restart(backend: &Backend) {
+    let mut host = start_product(backend);
     let t = "stock";
     create(
         &host,
@@ -836,9 +847,8 @@ fn reservations_are_idempotent_and_survive_restart() {
     assert_eq!(stock(&host, t, "p"), 2);
 }
 
-#[test]
-fn concurrent_reservations_never_oversell() {
-    let host = start_product();
+fn concurrent_reservations_never_oversell(backend: &Backend) {
+    let host = start_product(backend);
     let t = "rush";
     create(
         &host,
@@ -868,9 +878,8 @@ fn concurrent_reservations_never_oversell() {
     );
 }
 
-#[test]
-fn events_carry_type_tenant_trace_and_snapshot() {
-    let host = start_product_with_recorder();
+fn events_carry_type_tenant_trace_and_snapshot(backend: &Backend) {
+    let host = start_product_with_recorder(backend);
     let t = "events";
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = call(&host, Method::POST, "/api/products")
@@ -988,9 +997,8 @@ fn events_carry_type_tenant_trace_and_snapshot() {
     );
 }
 
-#[test]
-fn oversized_body_is_a_problem_not_a_crash() {
-    let host = start_product();
+fn oversized_body_is_a_problem_not_a_crash(backend: &Backend) {
+    let host = start_product(backend);
     let big = format!(
         r#"{{"name":"x","price":1,"description":"{}"}}"#,
         "d".repeat(1_100_000)
