@@ -849,3 +849,20 @@ fn startup_gives_up_when_the_sidecar_never_gets_ready() {
         "the timeout was not honoured"
     );
 }
+
+#[test]
+fn an_unreachable_product_service_is_503() {
+    // daprd answers 500 ERR_DIRECT_INVOKE for an app id it cannot reach.
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar("orderservice", SidecarOptions::default());
+    let host = start_host(
+        &sidecar,
+        Host::builder().component_ids(&["order"]),
+        None,
+        None,
+    );
+    let (status, body) = order(&host, "alice", "widget", 1);
+    assert_eq!(status, 503, "{body}");
+    let list: Value = host.get("/api/orders").json().unwrap();
+    assert_eq!(list, json!([]), "nothing is saved");
+}
