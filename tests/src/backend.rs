@@ -56,6 +56,14 @@ impl Backend {
         }
     }
 
+    /// The Redis server, to stop and restart it.
+    pub fn redis_server_mut(&mut self) -> Option<&mut RedisServer> {
+        match self {
+            Backend::Embedded => None,
+            Backend::Redis(r) => Some(r),
+        }
+    }
+
     /// A runtime config serving the key-value `stores` and the messaging
     /// `clients` (name, extra settings such as `max_attempts = 3`) here.
     pub fn runtime_config(&self, stores: &[&str], clients: &[(&str, &str)]) -> String {
