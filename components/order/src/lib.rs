@@ -36,6 +36,15 @@ struct Component;
 
 impl incoming_handler::Guest for Component {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        // Under `spin up` product events arrive here, on the private event
+        // route, from the messaging adapter: same handler as the host's.
+        if service_kit::events::is_event_route(&request) {
+            return service_kit::events::serve_event_route(
+                request,
+                response_out,
+                <Component as messaging_handler::Guest>::handle,
+            );
+        }
         service_kit::wasi_http::serve(request, response_out, |req| {
             let store = match WasiStore::open(DEFAULT_STORE) {
                 Ok(store) => store,

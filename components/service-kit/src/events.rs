@@ -3,6 +3,11 @@
 //! Services build a [`CloudEvent`] and hand it to an [`EventSink`]:
 //! [`MessagingSink`] publishes through a `wasi:messaging` client,
 //! [`RecordingSink`] keeps events in memory for native tests.
+//!
+//! Under `spin up`, which has no `wasi:messaging`, messages arrive instead
+//! as HTTP POSTs on a private event route ([`EVENT_ROUTE_PATH`]), sent by
+//! the messaging adapter; [`serve_event_route`] hands them to the
+//! component's own `wasi:messaging/incoming-handler` implementation.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -205,6 +210,123 @@ impl EventSink for RecordingSink {
     }
 }
 
+/// Path of the private event route: where the Spin messaging adapter
+/// (`components/messaging-adapter`) POSTs each message through service
+/// chaining. Keep it outside every public route.
+pub const EVENT_ROUTE_PATH: &str = "/_wasmshop/events";
+/// Header carrying the topic of a message on the event route.
+pub const TOPIC_HEADER: &str = "x-wasmshop-topic";
+/// Header carrying a message's metadata, form-urlencoded.
+pub const METADATA_HEADER: &str = "x-wasmshop-metadata";
+
+/// A message as it arrives on the event route (binding-free, so the
+/// decoding is unit-tested natively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDelivery {
+    /// The topic it was sent on.
+    pub topic: String,
+    /// The message content type, if the publisher set one.
+    pub content_type: Option<String>,
+    /// The message metadata, in order.
+    pub metadata: Vec<(String, String)>,
+    /// The message data, byte for byte.
+    pub data: Vec<u8>,
+}
+
+impl EventDelivery {
+    /// Whether a request path (without query) is the event route.
+    pub fn is_event_route(path: &str) -> bool {
+        path == EVENT_ROUTE_PATH
+    }
+
+    /// Decodes an event-route request; the problem says what the sender
+    /// must fix.
+    pub fn from_request(
+        req: &crate::web::Request,
+    ) -> Result<EventDelivery, crate::problem::Problem> {
+        use crate::problem::Problem;
+        if req.method != http::Method::POST {
+            return Err(Problem::method_not_allowed(&req.method, "POST"));
+        }
+        let topic = req
+            .header(TOPIC_HEADER)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "an event delivery needs the {TOPIC_HEADER} header naming its topic"
+                ))
+            })?;
+        let metadata = form_urlencoded::parse(req.header(METADATA_HEADER).unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        Ok(EventDelivery {
+            topic: topic.to_owned(),
+            content_type: req.header("content-type").map(str::to_owned),
+            metadata,
+            data: req.body.clone(),
+        })
+    }
+
+    /// The answer to the adapter: 204 once handled, else a 500 problem
+    /// carrying the handler's error (the adapter reports it to the
+    /// publisher; nothing redelivers it).
+    pub fn response(&self, outcome: Result<(), String>) -> crate::web::Response {
+        match outcome {
+            Ok(()) => crate::web::Response::empty(http::StatusCode::NO_CONTENT),
+            Err(m) => crate::problem::Problem::internal(format!(
+                "the subscriber could not handle the message of topic '{}': {m}",
+                self.topic
+            ))
+            .to_response(),
+        }
+    }
+}
+
+/// Whether `request` is a delivery on the event route, to be passed to
+/// [`serve_event_route`] instead of the REST API.
+pub fn is_event_route(request: &crate::bindings::wasi::http::types::IncomingRequest) -> bool {
+    let path = request.path_with_query().unwrap_or_default();
+    EventDelivery::is_event_route(path.split('?').next().unwrap_or(""))
+}
+
+/// Serves the event route with the component's own
+/// `wasi:messaging/incoming-handler` implementation, so a message reaches
+/// the same code whether the host delivers it natively or the Spin adapter
+/// POSTs it here. Use it from the component's HTTP handler:
+///
+/// ```ignore
+/// if service_kit::events::is_event_route(&request) {
+///     return service_kit::events::serve_event_route(request, out, <Component as messaging_handler::Guest>::handle);
+/// }
+/// ```
+pub fn serve_event_route(
+    request: crate::bindings::wasi::http::types::IncomingRequest,
+    out: crate::bindings::wasi::http::types::ResponseOutparam,
+    handler: impl FnOnce(
+        crate::bindings::wasi::messaging::types::Message,
+    ) -> Result<(), crate::bindings::wasi::messaging::types::Error>,
+) {
+    use crate::bindings::wasi::messaging::types::{Error, Message};
+    crate::wasi_http::serve(request, out, |req| {
+        let delivery = match EventDelivery::from_request(&req) {
+            Ok(d) => d,
+            Err(p) => return p.to_response(),
+        };
+        let message = Message::new(&delivery.data);
+        if let Some(ct) = &delivery.content_type {
+            message.set_content_type(ct);
+        }
+        if !delivery.metadata.is_empty() {
+            message.set_metadata(&delivery.metadata);
+        }
+        let outcome = handler(message).map_err(|e| match e {
+            Error::Timeout => "timed out".to_owned(),
+            Error::Connection(m) | Error::PermissionDenied(m) | Error::Other(m) => m,
+        });
+        delivery.response(outcome)
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +410,53 @@ mod tests {
         assert_eq!(sink.events()[0].0, "products");
         sink.fail_with("broker down");
         assert_eq!(sink.publish("products", &e).unwrap_err().0, "broker down");
+    }
+
+    #[test]
+    fn event_route_requests_decode_to_the_message_sent() {
+        use crate::web::Request;
+        assert!(EventDelivery::is_event_route("/_wasmshop/events"));
+        assert!(!EventDelivery::is_event_route(
+            "/api/orders/_wasmshop/events"
+        ));
+        let req = Request::new(http::Method::POST, EVENT_ROUTE_PATH)
+            .with_header("content-type", CLOUDEVENTS_JSON)
+            .with_header(TOPIC_HEADER, "products")
+            .with_header(METADATA_HEADER, "ce-type=ProductDeleted&odd+key%26=%C3%A9")
+            .with_body(b"{\"a\":1}".to_vec());
+        let d = EventDelivery::from_request(&req).unwrap();
+        assert_eq!(d.topic, "products");
+        assert_eq!(d.content_type.as_deref(), Some(CLOUDEVENTS_JSON));
+        assert_eq!(
+            d.metadata,
+            vec![
+                ("ce-type".to_owned(), "ProductDeleted".to_owned()),
+                ("odd key&".to_owned(), "é".to_owned())
+            ]
+        );
+        assert_eq!(d.data, b"{\"a\":1}");
+        assert_eq!(d.response(Ok(())).status, http::StatusCode::NO_CONTENT);
+        let failed = d.response(Err("store down".into()));
+        assert_eq!(failed.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(String::from_utf8_lossy(&failed.body).contains("store down"));
+    }
+
+    #[test]
+    fn event_route_refuses_what_is_not_a_delivery() {
+        use crate::web::Request;
+        let get = Request::new(http::Method::GET, EVENT_ROUTE_PATH).with_header(TOPIC_HEADER, "t");
+        assert_eq!(
+            EventDelivery::from_request(&get)
+                .unwrap_err()
+                .to_response()
+                .status,
+            http::StatusCode::METHOD_NOT_ALLOWED
+        );
+        let no_topic = Request::new(http::Method::POST, EVENT_ROUTE_PATH);
+        let p = EventDelivery::from_request(&no_topic)
+            .unwrap_err()
+            .to_response();
+        assert_eq!(p.status, http::StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&p.body).contains(TOPIC_HEADER));
     }
 }
