@@ -12,7 +12,7 @@ command -v redis-server >/dev/null || (apt-get update && apt-get install -y redi
 
 # Guest components (release: small and fast to compile for wasmtime).
 cargo build --target wasm32-wasip2 --release \
-  -p product -p order -p capabilities-fixture
+  -p product -p order -p messaging-adapter -p capabilities-fixture
 
 # The host binary the end-to-end tests start; `cargo test` below reuses
 # this build of wasmtime.
