@@ -108,6 +108,27 @@ fn two_hosts_share_the_deliveries_and_handle_each_event_once() {
         handled(port_a),
         handled(port_b)
     );
+
+    // A host stopping cleanly with nothing pending leaves the group, so
+    // restarts do not pile up consumer names.
+    let consumers = || {
+        backend
+            .redis_server()
+            .unwrap()
+            .cli(&[
+                "XINFO",
+                "CONSUMERS",
+                "wasmshop:topic:product-pubsub:orders",
+                "recorder",
+            ])
+            .lines()
+            .filter(|l| l.trim() == "name")
+            .count()
+    };
+    assert_eq!(consumers(), 2);
+    let mut b = b;
+    assert_eq!(b.terminate().code(), Some(0));
+    assert_eq!(consumers(), 1);
 }
 
 #[test]

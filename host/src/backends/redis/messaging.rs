@@ -221,6 +221,44 @@ impl RedisConsumer {
             }
         })
         .await;
+        self.leave_group().await;
+    }
+
+    /// Removes this process's consumer from the group when it holds nothing
+    /// pending, so restarts do not pile up dead consumer names. One with
+    /// pending entries stays: removing it would drop them from the group.
+    async fn leave_group(&self) {
+        let (key, group, me) = (self.key(), self.component.clone(), self.consumer.clone());
+        let held: Result<StreamPendingCountReply, _> = {
+            let (key, group, me) = (key.clone(), group.clone(), me.clone());
+            self.conn
+                .call(|mut c| async move {
+                    redis::cmd("XPENDING")
+                        .arg(key)
+                        .arg(group)
+                        .arg("-")
+                        .arg("+")
+                        .arg(1)
+                        .arg(me)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await
+        };
+        if matches!(&held, Ok(p) if p.ids.is_empty()) {
+            let _ = self
+                .conn
+                .call(|mut c| async move {
+                    redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(key)
+                        .arg(group)
+                        .arg(me)
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        }
     }
 
     /// Creates the component's group, from the start of the stream so that
