@@ -177,6 +177,9 @@ impl RuntimeConfig {
                     "key 'messaging.{name}.url': missing; a redis messaging client needs url = \"redis://host:port\""
                 ));
             }
+            if let (true, Some(url)) = (redis, &m.url) {
+                check_redis_url(url, &format!("messaging.{name}.url"))?;
+            }
             if !redis {
                 for (key, set) in [
                     ("url", m.url.is_some()),
@@ -202,12 +205,8 @@ impl RuntimeConfig {
             }
         }
         for (label, s) in &self.key_value_store {
-            if let StoreConfig::Redis { url } = s
-                && url.is_empty()
-            {
-                return Err(format!(
-                    "key 'key_value_store.{label}.url': empty; give the server as \"redis://host:port\""
-                ));
+            if let StoreConfig::Redis { url } = s {
+                check_redis_url(url, &format!("key_value_store.{label}.url"))?;
             }
         }
         Ok(())
@@ -225,6 +224,14 @@ impl RuntimeConfig {
     pub fn messaging_client(&self, name: &str) -> MessagingConfig {
         self.messaging.get(name).cloned().unwrap_or_default()
     }
+}
+
+/// A Redis URL the client accepts (parsing only, no connection).
+fn check_redis_url(url: &str, key: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().map(|_| ()).map_err(|e| {
+        format!("key '{key}': '{url}' is not a Redis URL ({e}); use \"redis://host:port\"")
+    })
 }
 
 /// toml's messages end with a second line repeating the path; keep one line.
@@ -285,6 +292,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("key_value_store.default"), "{e}");
+        let e = RuntimeConfig::parse(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"http://r:6379\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("key_value_store.default.url"), "{e}");
         let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"embedded\"\nmax_len = 5\n")
             .unwrap_err();
         assert!(e.contains("messaging.bus.max_len"), "{e}");
