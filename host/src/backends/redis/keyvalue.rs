@@ -289,3 +289,129 @@ impl KeyValueStore for Namespace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Semantics the end-to-end tests do not reach, on a real redis-server
+    //! (scripts/test.sh installs it).
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    struct Server(Child, u16);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn server() -> (Server, RedisKeyValue) {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let server = Server(child, port);
+        let conn = RedisConn::open(&format!("redis://127.0.0.1:{port}"), "test").unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while conn.ping().await.is_err() {
+            assert!(Instant::now() < end, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (server, RedisKeyValue::new(conn))
+    }
+
+    #[tokio::test]
+    async fn cas_versions_are_never_reused_and_increment_bumps_them() {
+        let (_server, kv) = server().await;
+        let s = kv.open("c", "default").unwrap();
+        s.set("k", b"1").await.unwrap();
+        let (_, old) = s.read_versioned("k").await.unwrap();
+        s.delete("k").await.unwrap();
+        s.set("k", b"1").await.unwrap();
+        assert!(matches!(
+            s.swap("k", &old, b"2").await,
+            Err(SwapError::CasFailed)
+        ));
+
+        let (_, before) = s.read_versioned("k").await.unwrap();
+        assert_eq!(s.increment("k", 41).await.unwrap(), 42);
+        assert!(matches!(
+            s.swap("k", &before, b"x").await,
+            Err(SwapError::CasFailed)
+        ));
+        assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"42"[..]));
+        assert_eq!(s.increment("fresh", -3).await.unwrap(), -3);
+
+        s.set("big", i64::MAX.to_string().as_bytes()).await.unwrap();
+        let e = s.increment("big", 1).await.unwrap_err().to_string();
+        assert!(e.contains("overflows"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_separate_and_pages_carry_a_cursor() {
+        let (_server, kv) = server().await;
+        let (a, b) = (
+            kv.open("a", "default").unwrap(),
+            kv.open("a*", "default").unwrap(),
+        );
+        let entries: Vec<(String, Vec<u8>)> = (0..2100)
+            .map(|i| (format!("k{i}"), b"v".to_vec()))
+            .collect();
+        a.set_many(&entries).await.unwrap();
+        b.set("only-b", b"v").await.unwrap();
+        let (mut all, mut cursor, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let (keys, next) = a.list_keys(cursor.as_deref()).await.unwrap();
+            all.extend(keys);
+            pages += 1;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            2100,
+            "no key of the glob-like namespace 'a*' leaks in"
+        );
+        assert!(pages >= 2);
+        assert_eq!(
+            b.list_keys(None).await.unwrap().0,
+            vec!["only-b".to_string()]
+        );
+        let e = a.list_keys(Some("nonsense")).await.unwrap_err().to_string();
+        assert!(e.contains("cursor"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_unavailable_quickly() {
+        let port = free_port(); // nothing listens there
+        let kv = RedisKeyValue::new(
+            RedisConn::open(&format!("redis://127.0.0.1:{port}"), "test").unwrap(),
+        );
+        let s = kv.open("c", "default").unwrap();
+        let started = Instant::now();
+        let e = s.get("k").await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        assert!(
+            e.to_string().contains(&port.to_string()),
+            "names the server: {e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(kv.ready().await.is_err());
+    }
+}
