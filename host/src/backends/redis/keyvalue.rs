@@ -298,7 +298,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    struct Server(Child, u16);
+    struct Server(Child);
     impl Drop for Server {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -322,7 +322,7 @@ mod tests {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        let server = Server(child, port);
+        let server = Server(child);
         let conn = RedisConn::open(&format!("redis://127.0.0.1:{port}"), "test").unwrap();
         let end = Instant::now() + Duration::from_secs(10);
         while conn.ping().await.is_err() {
