@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 
 # The Redis backend's tests start their own redis-server on a free port.
-command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+command -v redis-server >/dev/null ||
+  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
 
 # Guest components (release: small and fast to compile for wasmtime).
 cargo build --target wasm32-wasip2 --release \
