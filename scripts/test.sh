@@ -15,9 +15,11 @@ command -v redis-server >/dev/null ||
 cargo build --target wasm32-wasip2 --release \
   -p product -p order -p messaging-adapter -p capabilities-fixture
 
-# The host binary the end-to-end tests start; `cargo test` below reuses
-# this build of wasmtime.
-cargo build -p wasmshop-host
+# One build of every crate and test target, the `wasmshop` binary the
+# end-to-end tests start included. It resolves features exactly as the
+# `cargo test` below does, so wasmtime is compiled once (building the host
+# alone first would compile it twice, with two feature sets).
+cargo build --workspace --exclude capabilities-fixture --all-targets
 
 # Unit tests of every crate (components natively) and the end-to-end tests.
 cargo test --workspace --exclude capabilities-fixture
