@@ -163,7 +163,14 @@ def test_runtime_config_is_baked_in_and_selected() -> None:
 def test_final_stage_holds_only_binary_wasm_manifest_config_and_state_dir() -> None:
     copies = copied_destinations()
     kinds = sorted(Path(src).suffix or Path(src).name for src in copies.values())
-    assert len(copies) == len(spin_manifest()["component"]) + 4, copies
+    # Every .wasm spin.toml names (component sources and the Spin dependency
+    # paths), plus the binary, spin.toml, the Dapr runtime config and the
+    # state directory.
+    components = spin_manifest()["component"].values()
+    wasm = {c["source"] for c in components} | {
+        d["path"] for c in components for d in c.get("dependencies", {}).values() if "path" in d
+    }
+    assert len(copies) == len(wasm) + 4, copies
     assert all(kw in {"FROM", "WORKDIR", "COPY", "ENV", "USER", "EXPOSE", "ENTRYPOINT", "CMD"}
                for kw, _ in stages()[-1]), kinds
 
