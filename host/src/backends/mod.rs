@@ -2,6 +2,6 @@
 //! the default; others are chosen per store label / messaging client in the
 //! runtime config file.
 
+pub mod dapr;
 pub mod embedded;
 pub mod redis;
-pub mod dapr;
