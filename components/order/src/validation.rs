@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use service_kit::ids::{ID_RULE, is_valid_id};
 use service_kit::json::{JsonObject, MAX_INT};
+pub use service_kit::paging::{DEFAULT_LIMIT, MAX_LIMIT};
+use service_kit::paging::{Page, query_param};
 use service_kit::problem::{FieldErrors, Problem};
 use service_kit::web::Request;
 use sha2::{Digest, Sha256};
@@ -23,10 +25,6 @@ pub const REASON_MAX: usize = 500;
 pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// The idempotency header.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
-/// Default page size of a list.
-pub const DEFAULT_LIMIT: usize = 100;
-/// Largest page size of a list.
-pub const MAX_LIMIT: usize = 1000;
 
 /// One requested line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -269,7 +267,7 @@ impl ListQuery {
     /// filter.
     pub fn from_request(req: &Request) -> Result<ListQuery, Problem> {
         let mut errors = FieldErrors::new();
-        let status = param(req, "status", &mut errors)
+        let status = query_param(req, "status", &mut errors)
             .filter(|s| !s.is_empty())
             .and_then(|s| {
                 let parsed = Status::parse(&s);
@@ -281,7 +279,7 @@ impl ListQuery {
                 }
                 parsed
             });
-        let customer_id = param(req, "customerId", &mut errors).filter(|c| !c.is_empty());
+        let customer_id = query_param(req, "customerId", &mut errors).filter(|c| !c.is_empty());
         if customer_id
             .as_ref()
             .is_some_and(|c| c.chars().count() > CUSTOMER_ID_MAX)
@@ -291,36 +289,11 @@ impl ListQuery {
                 format!("must be at most {CUSTOMER_ID_MAX} characters"),
             );
         }
-        let product_id = param(req, "productId", &mut errors).filter(|p| !p.is_empty());
+        let product_id = query_param(req, "productId", &mut errors).filter(|p| !p.is_empty());
         if product_id.as_ref().is_some_and(|p| !is_valid_id(p)) {
             errors.add("productId", ID_RULE);
         }
-        let limit = match param(req, "limit", &mut errors) {
-            None => DEFAULT_LIMIT,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errors.add(
-                        "limit",
-                        format!("must be a whole number from 1 to {MAX_LIMIT}, not '{v}'"),
-                    );
-                    DEFAULT_LIMIT
-                }
-            },
-        };
-        let offset = match param(req, "offset", &mut errors) {
-            None => 0,
-            Some(v) => match v.parse::<u32>() {
-                Ok(n) => n as usize,
-                Err(_) => {
-                    errors.add(
-                        "offset",
-                        format!("must be a whole number of at least 0, not '{v}'"),
-                    );
-                    0
-                }
-            },
-        };
+        let Page { limit, offset } = Page::from_request(req, &mut errors);
         errors.into_result(ListQuery {
             status,
             customer_id,
@@ -328,21 +301,6 @@ impl ListQuery {
             limit,
             offset,
         })
-    }
-}
-
-/// A query parameter given at most once; a repeat is recorded as an error.
-fn param(req: &Request, name: &str, errors: &mut FieldErrors) -> Option<String> {
-    match req.query_param(name) {
-        Ok(v) => v.map(str::to_owned),
-        Err(p) => {
-            for (field, messages) in p.errors {
-                for m in messages {
-                    errors.add(&field, m);
-                }
-            }
-            None
-        }
     }
 }
 

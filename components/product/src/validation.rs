@@ -4,6 +4,8 @@
 use service_kit::ids::{ID_RULE, is_valid_id};
 use service_kit::json::{JsonObject, MAX_INT};
 use service_kit::money::Money;
+pub use service_kit::paging::{DEFAULT_LIMIT, MAX_LIMIT};
+use service_kit::paging::{Page, query_param};
 use service_kit::problem::{FieldErrors, Problem};
 use service_kit::web::Request;
 
@@ -27,11 +29,6 @@ const KNOWN_FIELDS: &[&str] = &[
     "createdAt",
     "updatedAt",
 ];
-
-/// Default page size of a list.
-pub const DEFAULT_LIMIT: usize = 100;
-/// Largest page size of a list.
-pub const MAX_LIMIT: usize = 1000;
 
 /// Reads the editable fields, recording every problem in `errors`.
 fn read_fields(obj: &JsonObject, errors: &mut FieldErrors) -> ProductPatch {
@@ -157,53 +154,13 @@ impl ListQuery {
     /// the parameter. An empty `category=` means no filter.
     pub fn from_request(req: &Request) -> Result<ListQuery, Problem> {
         let mut errors = FieldErrors::new();
-        let category = param(req, "category", &mut errors).filter(|c| !c.is_empty());
-        let limit = match param(req, "limit", &mut errors) {
-            None => DEFAULT_LIMIT,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errors.add(
-                        "limit",
-                        format!("must be a whole number from 1 to {MAX_LIMIT}, not '{v}'"),
-                    );
-                    DEFAULT_LIMIT
-                }
-            },
-        };
-        let offset = match param(req, "offset", &mut errors) {
-            None => 0,
-            Some(v) => match v.parse::<u32>() {
-                Ok(n) => n as usize,
-                Err(_) => {
-                    errors.add(
-                        "offset",
-                        format!("must be a whole number of at least 0, not '{v}'"),
-                    );
-                    0
-                }
-            },
-        };
+        let category = query_param(req, "category", &mut errors).filter(|c| !c.is_empty());
+        let Page { limit, offset } = Page::from_request(req, &mut errors);
         errors.into_result(ListQuery {
             category,
             limit,
             offset,
         })
-    }
-}
-
-/// A query parameter given at most once; a repeat is recorded as an error.
-fn param(req: &Request, name: &str, errors: &mut FieldErrors) -> Option<String> {
-    match req.query_param(name) {
-        Ok(v) => v.map(str::to_owned),
-        Err(p) => {
-            for (field, messages) in p.errors {
-                for m in messages {
-                    errors.add(&field, m);
-                }
-            }
-            None
-        }
     }
 }
 

@@ -56,6 +56,7 @@ pub mod ids;
 pub mod json;
 pub mod kv;
 pub mod money;
+pub mod paging;
 pub mod problem;
 pub mod tenant;
 pub mod trace;
