@@ -540,7 +540,7 @@ fn sixty_concurrent_orders_for_twenty_units(backend: &Backend) {
     assert_eq!(c.get(&409), Some(&40), "{c:?}");
     assert_eq!(stock(&host, t, "hot"), 0);
     assert_eq!(list(&host, t, "?productId=hot").len(), 20);
-    let created = wait_for(Duration::from_secs(30), || {
+    let created = wait_for(Duration::from_secs(90), || {
         let e: Vec<Value> = host
             .recorded_events("orders")
             .into_iter()
