@@ -224,7 +224,5 @@ fn order_response(status: StatusCode, order: &Order) -> Response {
 }
 
 fn not_allowed(method: &Method, allowed: &str) -> Result<Response, Problem> {
-    Ok(Problem::method_not_allowed(method, allowed)
-        .to_response()
-        .with_header("allow", allowed))
+    Ok(Problem::method_not_allowed_response(method, allowed))
 }

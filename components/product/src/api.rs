@@ -371,9 +371,7 @@ fn product_response(status: StatusCode, product: &Product) -> Response {
 }
 
 fn not_allowed(method: &Method, allowed: &str) -> Result<Response, Problem> {
-    Ok(Problem::method_not_allowed(method, allowed)
-        .to_response()
-        .with_header("allow", allowed))
+    Ok(Problem::method_not_allowed_response(method, allowed))
 }
 
 fn not_found(ctx: &Ctx, id: &str) -> Problem {

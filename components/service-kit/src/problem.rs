@@ -100,6 +100,13 @@ impl Problem {
         )
     }
 
+    /// The 405 response, with the `Allow` header RFC 9110 §15.5.6 requires.
+    pub fn method_not_allowed_response(method: &http::Method, allowed: &str) -> Response {
+        Problem::method_not_allowed(method, allowed)
+            .to_response()
+            .with_header("allow", allowed)
+    }
+
     /// 409 for a request that conflicts with the current state.
     pub fn conflict(slug: &str, detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::CONFLICT, slug, "Conflict", detail)
