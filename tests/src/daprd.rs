@@ -257,6 +257,8 @@ impl Sidecar {
             );
             let list: Value = r.json().await.expect("subscriptions are JSON");
             let mut subs = shared.subs.lock().unwrap();
+            // Attaching again (the app restarted) replaces its subscriptions.
+            subs.retain(|s| s.app_id != cfg.app_id);
             for s in list.as_array().cloned().unwrap_or_default() {
                 subs.push(Sub {
                     app_id: cfg.app_id.clone(),
@@ -688,13 +690,15 @@ fn publish(shared: &Arc<Shared>, pubsub: &str, topic: &str, event: Value) {
 }
 
 async fn deliver(shared: Arc<Shared>, sub: Sub, event: Value) {
-    let Some((base, token)) = shared.apps.lock().unwrap().get(&sub.app_id).cloned() else {
-        return;
-    };
     let max = shared.max_attempts.load(Ordering::SeqCst);
     let event_id = event["id"].as_str().unwrap_or_default().to_string();
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=max {
+        // The app channel is looked up per attempt: an app that restarted
+        // (new port, attached again) gets the retries.
+        let Some((base, token)) = shared.apps.lock().unwrap().get(&sub.app_id).cloned() else {
+            return;
+        };
         let mut r = shared
             .http
             .post(format!("{base}{}", sub.route))
