@@ -1,9 +1,11 @@
 //! Running the same end-to-end tests on each backend: [`Backend`] says
 //! which one a host uses, [`RedisServer`] is a real `redis-server` on a
-//! free port in a temporary directory, and [`backend_tests!`] turns a test
-//! function taking `&Backend` into one `#[test]` per backend.
+//! free port in a temporary directory, [`backend_tests!`] turns a test
+//! function taking `&Backend` into one `#[test]` per host backend, and
+//! [`app_tests!`] adds the two-process Dapr deployment for the service suites.
 
-use crate::{Host, HostBuilder, app_manifest_with_recorder};
+use crate::daprd::{PUBSUB, STATE_STORE};
+use crate::{HostBuilder, workspace_root};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -24,12 +26,28 @@ macro_rules! backend_tests {
     };
 }
 
+/// [`backend_tests!`] plus `mod dapr`: the listed functions start their app
+/// with [`crate::Deployment`], which on Dapr runs one host per component, each
+/// next to its own sidecar double.
+#[macro_export]
+macro_rules! app_tests {
+    ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!($($name),*);
+        mod dapr {
+            $( #[test] fn $name() { super::$name(&$crate::Backend::Dapr); } )*
+        }
+    };
+}
+
 /// Where a host keeps key-value data and messages.
 pub enum Backend {
     /// The embedded database in the host's data directory (no runtime config).
     Embedded,
     /// A Redis server started for this test.
     Redis(RedisServer),
+    /// A Dapr sidecar double per host ([`crate::daprd`]); the host needs
+    /// `DAPR_HTTP_PORT`, which [`crate::Deployment`] and [`crate::start_next_to`] set.
+    Dapr,
 }
 
 /// Unacknowledged Redis deliveries are taken over after this in tests, so
@@ -51,16 +69,16 @@ impl Backend {
     /// The Redis server, if this is the Redis backend.
     pub fn redis_server(&self) -> Option<&RedisServer> {
         match self {
-            Backend::Embedded => None,
             Backend::Redis(r) => Some(r),
+            _ => None,
         }
     }
 
     /// The Redis server, to stop and restart it.
     pub fn redis_server_mut(&mut self) -> Option<&mut RedisServer> {
         match self {
-            Backend::Embedded => None,
             Backend::Redis(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -68,15 +86,25 @@ impl Backend {
     /// `clients` (name, extra settings such as `max_attempts = 3`) here.
     pub fn runtime_config(&self, stores: &[&str], clients: &[(&str, &str)]) -> String {
         let mut out = String::new();
-        let backend = match self {
-            Backend::Embedded => "type = \"embedded\"\n".to_string(),
-            Backend::Redis(r) => format!("type = \"redis\"\nurl = \"{}\"\n", r.url()),
+        let (store, client) = match self {
+            Backend::Embedded => (
+                "type = \"embedded\"\n".to_string(),
+                "type = \"embedded\"\n".to_string(),
+            ),
+            Backend::Redis(r) => {
+                let b = format!("type = \"redis\"\nurl = \"{}\"\n", r.url());
+                (b.clone(), b)
+            }
+            Backend::Dapr => (
+                format!("type = \"dapr\"\nstore = \"{STATE_STORE}\"\n"),
+                format!("type = \"dapr\"\npubsub = \"{PUBSUB}\"\n"),
+            ),
         };
         for s in stores {
-            out += &format!("[key_value_store.{s}]\n{backend}\n");
+            out += &format!("[key_value_store.{s}]\n{store}\n");
         }
         for (name, extra) in clients {
-            out += &format!("[messaging.{name}]\n{backend}{}\n", extra.trim_end());
+            out += &format!("[messaging.{name}]\n{client}{}\n", extra.trim_end());
             if let Backend::Redis(_) = self {
                 out += &format!("visibility_timeout_ms = {TEST_VISIBILITY_TIMEOUT_MS}\n");
             }
@@ -86,11 +114,16 @@ impl Backend {
     }
 
     /// The runtime config of the repository's `spin.toml` (store `default`,
-    /// client `product-pubsub`); `None` for embedded, the host's default.
+    /// client `product-pubsub`); `None` for embedded, the host's default,
+    /// and on Dapr the deployed infra/runtime-config/dapr.toml.
     pub fn app_runtime_config(&self) -> Option<String> {
         match self {
             Backend::Embedded => None,
             Backend::Redis(_) => Some(self.runtime_config(&["default"], &[("product-pubsub", "")])),
+            Backend::Dapr => Some(
+                std::fs::read_to_string(workspace_root().join("infra/runtime-config/dapr.toml"))
+                    .expect("infra/runtime-config/dapr.toml"),
+            ),
         }
     }
 }
@@ -102,21 +135,6 @@ impl HostBuilder {
             Some(rc) => self.runtime_config(rc),
             None => self,
         }
-    }
-}
-
-impl Host {
-    /// [`Host::start_app`] on `backend`.
-    pub fn start_app_on(backend: &Backend) -> Host {
-        Host::builder().backend(backend).start()
-    }
-
-    /// [`Host::start_app_with_recorder`] on `backend`.
-    pub fn start_app_with_recorder_on(backend: &Backend) -> Host {
-        Host::builder()
-            .manifest(app_manifest_with_recorder())
-            .backend(backend)
-            .start()
     }
 }
 

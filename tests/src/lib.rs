@@ -10,7 +10,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod backend;
+pub mod daprd;
+mod deployment;
 pub use backend::{Backend, RedisServer, TEST_VISIBILITY_TIMEOUT_MS};
+pub use deployment::{Deployment, start_next_to};
 pub use reqwest::blocking::{Client, Response};
 pub use serde_json::{Value, json};
 
@@ -321,12 +324,8 @@ pub fn client() -> Client {
 
 /// The repository's manifest with absolute sources, plus the recorder.
 pub fn app_manifest_with_recorder() -> String {
-    let root = workspace_root();
-    let text = std::fs::read_to_string(root.join("spin.toml")).unwrap();
-    let text = text.replace(
-        "source = \"target/",
-        &format!("source = \"{}/target/", root.display()),
-    );
+    let text = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
+    let text = with_absolute_paths(&text);
     format!(
         r#"{text}
 [[trigger.http]]
@@ -349,6 +348,16 @@ topic = "orders"
     )
 }
 
+/// `text`, a manifest in the repository root, with its `target/...` paths
+/// (component sources, dependencies) made absolute, so it can run from
+/// anywhere.
+pub fn with_absolute_paths(text: &str) -> String {
+    text.replace(
+        "= \"target/",
+        &format!("= \"{}/target/", workspace_root().display()),
+    )
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
@@ -362,4 +371,3 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-pub mod daprd;

@@ -1,5 +1,6 @@
 //! End-to-end tests of the product catalog (issue 3) against the real
-//! `wasmshop` host, on each backend (embedded, Redis). Every response any test
+//! `wasmshop` host, on each backend (embedded, Redis, and Dapr with the
+//! product service behind its own sidecar double). Every response any test
 //! receives is also checked against `openapi.yaml` (status documented for
 //! the operation, media type, required headers, body schema).
 
@@ -12,9 +13,9 @@ use contract::*;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use wasmshop_tests::{Backend, Host, client, wait_for};
+use wasmshop_tests::{Backend, Deployment, app_manifest_with_recorder, client, wait_for};
 
-fn create(host: &Host, tenant: &str, body: Value) -> Value {
+fn create(host: &Deployment, tenant: &str, body: Value) -> Value {
     let r = call(host, Method::POST, "/api/products")
         .tenant(tenant)
         .json(body)
@@ -23,19 +24,19 @@ fn create(host: &Host, tenant: &str, body: Value) -> Value {
     r.json()
 }
 
-fn get(host: &Host, tenant: &str, id: &str) -> Resp {
+fn get(host: &Deployment, tenant: &str, id: &str) -> Resp {
     call(host, Method::GET, &format!("/api/products/{id}"))
         .tenant(tenant)
         .send()
 }
 
-fn stock(host: &Host, tenant: &str, id: &str) -> i64 {
+fn stock(host: &Deployment, tenant: &str, id: &str) -> i64 {
     let r = get(host, tenant, id);
     assert_eq!(r.status, 200, "{}", r.text);
     r.json()["stock"].as_i64().unwrap()
 }
 
-fn reserve(host: &Host, tenant: &str, id: &str, order: &str, quantity: i64) -> Resp {
+fn reserve(host: &Deployment, tenant: &str, id: &str, order: &str, quantity: i64) -> Resp {
     call(
         host,
         Method::POST,
@@ -46,7 +47,7 @@ fn reserve(host: &Host, tenant: &str, id: &str, order: &str, quantity: i64) -> R
     .send()
 }
 
-fn release(host: &Host, tenant: &str, id: &str, order: &str) -> Resp {
+fn release(host: &Deployment, tenant: &str, id: &str, order: &str) -> Resp {
     call(
         host,
         Method::DELETE,
@@ -58,20 +59,17 @@ fn release(host: &Host, tenant: &str, id: &str, order: &str) -> Resp {
 
 /// The app's product component alone (`--component-id product`), so these
 /// tests do not depend on the order service.
-fn start_product(backend: &Backend) -> Host {
-    Host::builder()
-        .backend(backend)
-        .component_ids(&["product"])
-        .start()
+fn start_product(backend: &Backend) -> Deployment {
+    Deployment::start(backend, None, &["product"])
 }
 
 /// The product component plus the recorder fixture subscribed to `products`.
-fn start_product_with_recorder(backend: &Backend) -> Host {
-    Host::builder()
-        .backend(backend)
-        .manifest(wasmshop_tests::app_manifest_with_recorder())
-        .component_ids(&["product", "recorder"])
-        .start()
+fn start_product_with_recorder(backend: &Backend) -> Deployment {
+    Deployment::start(
+        backend,
+        Some(app_manifest_with_recorder()),
+        &["product", "recorder"],
+    )
 }
 
 fn ids(list: &Value) -> Vec<String> {
@@ -87,7 +85,7 @@ fn ids(list: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------
 
 // Every test that runs a host runs on each backend.
-wasmshop_tests::backend_tests!(
+wasmshop_tests::app_tests!(
     every_endpoint_and_status_code,
     every_field_rule,
     list_order_filter_and_paging,

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use wasmshop_tests::{Host, client, workspace_root};
+use wasmshop_tests::{Deployment, client, workspace_root};
 
 // ---------------------------------------------------------------------------
 // The contract: openapi.yaml, and a checker for real responses.
@@ -187,7 +187,7 @@ impl Resp {
 
 /// One request: method, path, optional tenant, headers and body.
 pub struct Call<'a> {
-    host: &'a Host,
+    host: &'a Deployment,
     method: Method,
     path: String,
     headers: Vec<(String, String)>,
@@ -234,7 +234,7 @@ impl<'a> Call<'a> {
     }
 }
 
-pub fn call<'a>(host: &'a Host, method: Method, path: &str) -> Call<'a> {
+pub fn call<'a>(host: &'a Deployment, method: Method, path: &str) -> Call<'a> {
     Call {
         host,
         method,
