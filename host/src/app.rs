@@ -3,20 +3,19 @@
 //! ways a component runs — an HTTP request or a message delivery — each in
 //! a fresh instance with memory and time limits.
 
-use crate::backends::dapr::{self, DaprSidecar};
+use crate::backends::dapr::DaprSidecar;
 use crate::backends::embedded::{self, EmbeddedDb};
-use crate::backends::redis::{RedisBroker, RedisConn, RedisConns, RedisConsumer, RedisKeyValue};
+use crate::backends::redis::RedisConsumer;
+use crate::backends::wiring::Backends;
 use crate::bindings::SubscriberPre;
-use crate::capabilities::messaging::{BrokerRegistry, Message, MessageBroker, MessagingCtx};
+use crate::capabilities::messaging::{Message, MessagingCtx};
 use crate::capabilities::outbound_http::{OutboundHttp, ResponseFuture, ServiceChaining};
-use crate::capabilities::{
-    config::ConfigCtx, keyvalue, keyvalue::KeyValueCtx, keyvalue::StoreRegistry,
-};
+use crate::capabilities::{config::ConfigCtx, keyvalue, keyvalue::KeyValueCtx};
 use crate::engine::{self, CacheOutcome, EngineLimits, EpochTicker};
 use crate::manifest::{AllowedHosts, AppManifest, ComponentSpec, RouteMatch, Router, Variables};
 use crate::metrics::Metrics;
 use crate::problem::problem;
-use crate::runtime_config::{MessagingBackend, RuntimeConfig, StoreConfig};
+use crate::runtime_config::RuntimeConfig;
 use crate::state::{InstanceState, MemoryLimiter};
 use crate::trigger::messaging::Deliverer;
 use async_trait::async_trait;
@@ -75,20 +74,13 @@ pub struct App {
     _ticker: EpochTicker,
     components: BTreeMap<String, LoadedComponent>,
     router: Router<String>,
-    stores: Arc<StoreRegistry>,
-    brokers: Arc<BrokerRegistry>,
+    backends: Backends,
     request_timeout: Duration,
     max_memory: usize,
     metrics: Arc<Metrics>,
     myself: Weak<App>,
-    embedded: Arc<EmbeddedDb>,
-    embedded_broker: Arc<embedded::EmbeddedBroker>,
     runtime_config: RuntimeConfig,
     cache_report: Vec<(String, CacheOutcome, Duration)>,
-    /// Connections of the messaging clients served by Redis, for consumers.
-    redis_clients: BTreeMap<String, RedisConn>,
-    /// The Dapr sidecar, when the runtime config uses Dapr.
-    dapr: Option<Arc<DaprSidecar>>,
 }
 
 /// Where an HTTP request enters a component.
@@ -137,76 +129,13 @@ impl App {
         let variables = Variables::resolve(&manifest, |k| std::env::var(k).ok())
             .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
 
-        let embedded = EmbeddedDb::open(&data_dir).map_err(anyhow::Error::msg)?;
-        let dapr = DaprSidecar::from_runtime_config(&runtime_config)
-            .map_err(anyhow::Error::msg)?
-            .map(Arc::new);
-        let mut redis = RedisConns::default();
-        let mut redis_clients: BTreeMap<String, RedisConn> = BTreeMap::new();
-        let mut by_label: BTreeMap<String, Arc<dyn keyvalue::KeyValueBackend>> = BTreeMap::new();
-        let embedded_kv: Arc<dyn keyvalue::KeyValueBackend> =
-            Arc::new(embedded::EmbeddedKeyValue::new(embedded.clone()));
-        for (label, cfg) in &runtime_config.key_value_store {
-            match cfg {
-                StoreConfig::Embedded => by_label.insert(label.clone(), embedded_kv.clone()),
-                StoreConfig::Redis { url } => by_label.insert(
-                    label.clone(),
-                    Arc::new(RedisKeyValue::new(
-                        redis
-                            .get(url, &format!("key_value_store.{label}.url"))
-                            .map_err(anyhow::Error::msg)?,
-                    )),
-                ),
-                StoreConfig::Dapr { store } => by_label.insert(
-                    label.clone(),
-                    Arc::new(dapr::state::DaprKeyValue::new(
-                        dapr.as_ref().expect("dapr is configured").client().clone(),
-                        store,
-                    )),
-                ),
-            };
-        }
-        let stores = Arc::new(StoreRegistry::new(by_label, embedded_kv));
-
         let subscriptions: Vec<(String, String, String)> = manifest
             .subscriptions()
             .filter(|(c, _)| selected.contains(*c))
             .map(|(c, s)| (c.to_string(), s.client.clone(), s.topic.clone()))
             .collect();
-        let embedded_broker = Arc::new(embedded::EmbeddedBroker::new(
-            embedded.clone(),
-            &subscriptions,
-        ));
-        let mut clients: BTreeMap<String, Arc<dyn MessageBroker>> = BTreeMap::new();
-        let declared: BTreeSet<&String> = manifest
-            .components
-            .values()
-            .flat_map(|c| c.tool.messaging_clients.iter())
-            .collect();
-        for name in declared {
-            match runtime_config.messaging_client(name).backend {
-                MessagingBackend::Embedded => clients.insert(name.clone(), embedded_broker.clone()),
-                MessagingBackend::Redis => {
-                    let cfg = runtime_config.messaging_client(name);
-                    let conn = redis
-                        .get(
-                            cfg.url.as_deref().unwrap_or_default(),
-                            &format!("messaging.{name}.url"),
-                        )
-                        .map_err(anyhow::Error::msg)?;
-                    redis_clients.insert(name.clone(), conn.clone());
-                    clients.insert(name.clone(), Arc::new(RedisBroker::new(conn, cfg.max_len)))
-                }
-                MessagingBackend::Dapr => clients.insert(
-                    name.clone(),
-                    Arc::new(dapr::pubsub::DaprPubSub::new(
-                        dapr.as_ref().expect("dapr is configured").client().clone(),
-                        &dapr::pubsub_name(&runtime_config, name).unwrap_or_else(|| name.clone()),
-                    )),
-                ),
-            };
-        }
-        let brokers = Arc::new(BrokerRegistry::new(clients));
+        let backends = Backends::open(&manifest, &runtime_config, &subscriptions, &data_dir)
+            .map_err(anyhow::Error::msg)?;
 
         let engine = engine::build_engine(limits)?;
         let mut linker = Linker::<InstanceState>::new(&engine);
@@ -284,18 +213,13 @@ impl App {
             _ticker: ticker,
             components,
             router,
-            stores,
-            brokers,
+            backends,
             request_timeout,
             max_memory: limits.max_memory_bytes,
             metrics,
             myself: myself.clone(),
-            embedded,
-            embedded_broker,
             runtime_config,
             cache_report,
-            redis_clients,
-            dapr,
         }))
     }
 
@@ -316,7 +240,7 @@ impl App {
 
     /// The Dapr sidecar, when the runtime config uses Dapr.
     pub fn dapr(&self) -> Option<&Arc<DaprSidecar>> {
-        self.dapr.as_ref()
+        self.backends.dapr.as_ref()
     }
 
     /// The runtime config being run.
@@ -331,7 +255,7 @@ impl App {
 
     /// The embedded database (for inspection tools and tests).
     pub fn embedded_db(&self) -> &Arc<EmbeddedDb> {
-        &self.embedded
+        &self.backends.embedded
     }
 
     /// The dispatcher delivering embedded messages to this process's subscribers.
@@ -343,8 +267,11 @@ impl App {
             .flat_map(|c| c.tool.messaging_clients.iter())
             .map(|name| (name.clone(), self.runtime_config.messaging_client(name)))
             .collect();
-        self.embedded_broker
-            .dispatcher(self.clone() as Arc<dyn Deliverer>, policies, concurrency)
+        self.backends.embedded_broker.dispatcher(
+            self.clone() as Arc<dyn Deliverer>,
+            policies,
+            concurrency,
+        )
     }
 
     /// One Redis Streams consumer per subscription (of a component this
@@ -357,7 +284,7 @@ impl App {
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut consumers = Vec::new();
         for (component, sub) in self.manifest.subscriptions() {
-            let Some(conn) = self.redis_clients.get(&sub.client) else {
+            let Some(conn) = self.backends.redis_clients.get(&sub.client) else {
                 continue;
             };
             if !self.components.contains_key(component) {
@@ -382,12 +309,12 @@ impl App {
     /// Checks every backend; `Err` lists those that are not reachable.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let mut failures = Vec::new();
-        for (name, backend) in self.stores.backends() {
+        for (name, backend) in self.backends.stores.backends() {
             if let Err(e) = backend.ready().await {
                 failures.push(format!("{name}: {e}"));
             }
         }
-        for (name, broker) in self.brokers.clients() {
+        for (name, broker) in self.backends.brokers.clients() {
             if let Err(e) = broker.ready().await {
                 failures.push(format!("messaging.{name}: {e}"));
             }
@@ -423,11 +350,15 @@ impl App {
                 depth,
                 traceparent.clone(),
             ),
-            kv: KeyValueCtx::new(id.clone(), component.stores.clone(), self.stores.clone()),
+            kv: KeyValueCtx::new(
+                id.clone(),
+                component.stores.clone(),
+                self.backends.stores.clone(),
+            ),
             messaging: MessagingCtx::new(
                 id,
                 component.clients.clone(),
-                self.brokers.clone(),
+                self.backends.brokers.clone(),
                 traceparent,
             ),
             config: ConfigCtx::new(component.variables.clone()),
@@ -587,7 +518,7 @@ impl App {
         depth: u32,
     ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
         let Some(component) = self.components.get(component_id) else {
-            if let Some(sidecar) = &self.dapr {
+            if let Some(sidecar) = &self.backends.dapr {
                 let app_id = self
                     .manifest
                     .components
