@@ -325,10 +325,26 @@ pub fn client() -> Client {
 /// The repository's manifest with absolute sources, plus the recorder.
 pub fn app_manifest_with_recorder() -> String {
     let text = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
-    let text = with_absolute_paths(&text);
     format!(
-        r#"{text}
-[[trigger.http]]
+        "{}\n{}",
+        with_absolute_paths(&text),
+        recorder_component(&["products", "orders"])
+    )
+}
+
+/// A manifest running only the recorder (the capabilities fixture at
+/// `/recorder/...`), subscribed to `topics` of client `product-pubsub`.
+pub fn recorder_manifest(topics: &[&str]) -> String {
+    format!(
+        "spin_manifest_version = 2\n[application]\nname = \"recorder\"\n{}",
+        recorder_component(topics)
+    )
+}
+
+/// The recorder's trigger and component tables.
+fn recorder_component(topics: &[&str]) -> String {
+    let mut text = format!(
+        r#"[[trigger.http]]
 route = "/recorder/..."
 component = "recorder"
 
@@ -337,15 +353,15 @@ source = "{}"
 key_value_stores = ["default"]
 [component.recorder.tool.wasmshop]
 messaging_clients = ["product-pubsub"]
-[[component.recorder.tool.wasmshop.subscriptions]]
-client = "product-pubsub"
-topic = "products"
-[[component.recorder.tool.wasmshop.subscriptions]]
-client = "product-pubsub"
-topic = "orders"
 "#,
         wasm("capabilities-fixture").display()
-    )
+    );
+    for topic in topics {
+        text += &format!(
+            "[[component.recorder.tool.wasmshop.subscriptions]]\nclient = \"product-pubsub\"\ntopic = \"{topic}\"\n"
+        );
+    }
+    text
 }
 
 /// `text`, a manifest in the repository root, with its `target/...` paths

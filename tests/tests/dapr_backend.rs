@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wasmshop_tests::daprd::{DaprCluster, PUBSUB, STATE_STORE, Sidecar, SidecarOptions};
 use wasmshop_tests::{
-    Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to, wait_for, wasm,
+    Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to, wait_for,
     wasmshop_bin,
 };
 
@@ -34,24 +34,7 @@ fn start_host(
 
 /// The capabilities fixture alone, as app `recorder`, subscribed to `products`.
 fn recorder_manifest() -> String {
-    format!(
-        r#"spin_manifest_version = 2
-[application]
-name = "dapr-recorder"
-[[trigger.http]]
-route = "/recorder/..."
-component = "recorder"
-[component.recorder]
-source = "{}"
-key_value_stores = ["default"]
-[component.recorder.tool.wasmshop]
-messaging_clients = ["product-pubsub"]
-[[component.recorder.tool.wasmshop.subscriptions]]
-client = "product-pubsub"
-topic = "products"
-"#,
-        wasm("capabilities-fixture").display()
-    )
+    wasmshop_tests::recorder_manifest(&["products"])
 }
 
 // ---------------------------------------------------------------- the double
