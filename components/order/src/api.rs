@@ -17,7 +17,7 @@ use service_kit::web::{Request, Response};
 use crate::domain::{Order, Status};
 use crate::products::Transport;
 use crate::service::{Ctx, OrderService, check_if_match, not_found};
-use crate::store::{OrderDoc, OrderIndex, index_key, order_key};
+use crate::store::{OrderDoc, OrderIndex, index_key, matching, order_key};
 use crate::validation::{ListQuery, idempotency_key, parse_new_order, parse_status_change};
 
 /// Orders fetched per batch while filling a list page.
@@ -61,7 +61,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     fn list(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
         let q = ListQuery::from_request(req)?;
         let index: OrderIndex = get_json(self.store, &index_key(&ctx.tenant))?.unwrap_or_default();
-        let ids = index.matching(q.customer_id.as_deref(), q.product_id.as_deref());
+        let ids = matching(&index, q.customer_id.as_deref(), q.product_id.as_deref());
         let mut skipped = 0;
         let mut page: Vec<Order> = Vec::new();
         'batches: for chunk in ids.chunks(LIST_BATCH) {

@@ -11,6 +11,7 @@
 //! store.
 
 use serde::{Deserialize, Serialize};
+use service_kit::index::{CreationIndex, Indexed};
 use service_kit::tenant::TenantId;
 use sha2::{Digest, Sha256};
 
@@ -120,44 +121,30 @@ impl IndexEntry {
     }
 }
 
-/// A tenant's order index: entries sorted by `(createdAt, id)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderIndex {
-    /// The entries.
-    pub entries: Vec<IndexEntry>,
+impl Indexed for IndexEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created_at(&self) -> &str {
+        &self.created_at
+    }
 }
 
-impl OrderIndex {
-    /// Adds or replaces the entry for `entry.id`; returns whether anything
-    /// changed.
-    pub fn upsert(&mut self, entry: IndexEntry) -> bool {
-        if self.entries.contains(&entry) {
-            return false;
-        }
-        self.entries.retain(|e| e.id != entry.id);
-        let at = self
-            .entries
-            .partition_point(|e| (&e.created_at, &e.id) < (&entry.created_at, &entry.id));
-        self.entries.insert(at, entry);
-        true
-    }
+/// A tenant's order index (see [`service_kit::index`]).
+pub type OrderIndex = CreationIndex<IndexEntry>;
 
-    /// Removes the entry for `id`; returns whether it was there.
-    pub fn remove(&mut self, id: &str) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|e| e.id != id);
-        self.entries.len() != before
-    }
-
-    /// Ids of the entries matching the immutable filters, in order.
-    pub fn matching(&self, customer_id: Option<&str>, product_id: Option<&str>) -> Vec<String> {
-        self.entries
-            .iter()
-            .filter(|e| customer_id.is_none_or(|c| e.customer_id == c))
-            .filter(|e| product_id.is_none_or(|p| e.product_ids.iter().any(|x| x == p)))
-            .map(|e| e.id.clone())
-            .collect()
-    }
+/// Ids of the orders matching the immutable filters, oldest first.
+pub fn matching(
+    index: &OrderIndex,
+    customer_id: Option<&str>,
+    product_id: Option<&str>,
+) -> Vec<String> {
+    index
+        .ids_where(|e| {
+            customer_id.is_none_or(|c| e.customer_id == c)
+                && product_id.is_none_or(|p| e.product_ids.iter().any(|x| x == p))
+        })
+        .collect()
 }
 
 /// The ids of a tenant's orders that contain one product.
@@ -207,13 +194,13 @@ mod tests {
         assert!(ix.upsert(entry("z", "t1", "c2", &["x", "y"])));
         assert!(ix.upsert(entry("a", "t2", "c1", &["y"])));
         assert!(!ix.upsert(entry("a", "t2", "c1", &["y"])));
-        assert_eq!(ix.matching(None, None), vec!["z", "a", "b"]);
-        assert_eq!(ix.matching(Some("c1"), None), vec!["a", "b"]);
-        assert_eq!(ix.matching(None, Some("y")), vec!["z", "a"]);
-        assert_eq!(ix.matching(Some("c1"), Some("y")), vec!["a"]);
+        assert_eq!(matching(&ix, None, None), vec!["z", "a", "b"]);
+        assert_eq!(matching(&ix, Some("c1"), None), vec!["a", "b"]);
+        assert_eq!(matching(&ix, None, Some("y")), vec!["z", "a"]);
+        assert_eq!(matching(&ix, Some("c1"), Some("y")), vec!["a"]);
         assert!(ix.remove("a"));
         assert!(!ix.remove("a"));
-        assert_eq!(ix.matching(None, None), vec!["z", "b"]);
+        assert_eq!(matching(&ix, None, None), vec!["z", "b"]);
     }
 
     #[test]

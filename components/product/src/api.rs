@@ -17,7 +17,7 @@ use service_kit::trace::traceparent_from;
 use service_kit::web::{Request, Response};
 
 use crate::domain::product::Product;
-use crate::index::{IndexEntry, ProductIndex};
+use crate::index::{IndexEntry, ProductIndex, page};
 use crate::reservation::{self, Reserved};
 use crate::validation::{ListQuery, parse_new_product, parse_patch};
 
@@ -115,8 +115,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         let query = ListQuery::from_request(req)?;
         let index: ProductIndex =
             get_json(self.store, &index_key(&ctx.tenant))?.unwrap_or_default();
-        let keys: Vec<String> = index
-            .page(query.category.as_deref(), query.offset, query.limit)
+        let keys: Vec<String> = page(&index, query.category.as_deref(), query.offset, query.limit)
             .iter()
             .map(|id| product_key(&ctx.tenant, id))
             .collect();

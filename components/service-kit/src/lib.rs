@@ -4,7 +4,8 @@
 //! world, so the product and order components share one copy, and it keeps
 //! everything that is not business logic out of them: the HTTP model and
 //! its `wasi:http` glue, outbound calls, problem details, tenancy, exact
-//! money, JSON field validation, ETags, key-value helpers, CloudEvents, clock and ids.
+//! money, JSON field validation, ETags, key-value helpers, per-tenant index
+//! documents, CloudEvents, clock and ids.
 //!
 //! A component exports itself with
 //!
@@ -18,7 +19,7 @@
 //! linker rejects.
 //!
 //! Binding-free modules ([`web`], [`problem`], [`tenant`], [`money`],
-//! [`etag`], [`ids`], [`clock`], [`trace`], most of [`kv`] and [`events`])
+//! [`etag`], [`ids`], [`index`], [`clock`], [`trace`], most of [`kv`] and [`events`])
 //! run in native unit tests; [`wasi_http`], [`client`], [`kv::WasiStore`]
 //! and [`events::MessagingSink`] are the thin glue over the bindings.
 
@@ -53,6 +54,7 @@ pub mod clock;
 pub mod etag;
 pub mod events;
 pub mod ids;
+pub mod index;
 pub mod json;
 pub mod kv;
 pub mod money;
