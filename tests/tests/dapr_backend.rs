@@ -37,6 +37,13 @@ fn recorder_manifest() -> String {
     wasmshop_tests::recorder_manifest(&["products"])
 }
 
+/// The recorder as Dapr app `recorder`, next to its own sidecar, no tokens.
+fn recorder_app(cluster: &DaprCluster) -> (Sidecar, Host) {
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_next_to(&sidecar, Host::builder().manifest(recorder_manifest()));
+    (sidecar, host)
+}
+
 // ---------------------------------------------------------------- the double
 
 #[test]
@@ -409,13 +416,7 @@ fn a_wrong_dapr_token_fails_backend_calls_clearly() {
 #[test]
 fn key_value_maps_onto_the_state_api() {
     let cluster = DaprCluster::new();
-    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
-    let host = start_host(
-        &sidecar,
-        Host::builder().manifest(recorder_manifest()),
-        None,
-        None,
-    );
+    let (_sidecar, host) = recorder_app(&cluster);
     let c = client();
 
     // CAS conflict → cas-failed; a clean CAS swaps (also creating a key).
@@ -553,13 +554,7 @@ fn key_value_maps_onto_the_state_api() {
 fn a_failing_delivery_is_retried_until_it_succeeds() {
     let cluster = DaprCluster::new();
     cluster.set_max_attempts(20);
-    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
-    let host = start_host(
-        &sidecar,
-        Host::builder().manifest(recorder_manifest()),
-        None,
-        None,
-    );
+    let (_sidecar, host) = recorder_app(&cluster);
     // The handler needs the state store: while it is down, the handler fails.
     cluster.set_state_fault(true);
     let r = client()
@@ -600,13 +595,7 @@ fn a_failing_delivery_is_retried_until_it_succeeds() {
 fn an_event_that_keeps_failing_is_dead_lettered() {
     let cluster = DaprCluster::new();
     cluster.set_max_attempts(3);
-    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
-    let host = start_host(
-        &sidecar,
-        Host::builder().manifest(recorder_manifest()),
-        None,
-        None,
-    );
+    let (_sidecar, host) = recorder_app(&cluster);
     cluster.set_state_fault(true);
     let r = client()
         .post(host.url("/recorder/publish/products?client=product-pubsub"))
@@ -631,13 +620,7 @@ fn an_event_that_keeps_failing_is_dead_lettered() {
 #[test]
 fn an_undecodable_event_is_dropped() {
     let cluster = DaprCluster::new();
-    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
-    let host = start_host(
-        &sidecar,
-        Host::builder().manifest(recorder_manifest()),
-        None,
-        None,
-    );
+    let (_sidecar, host) = recorder_app(&cluster);
     let r = client()
         .post(host.url("/dapr/events/recorder/products"))
         .body("not json {")
