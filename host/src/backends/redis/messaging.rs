@@ -18,7 +18,8 @@ use crate::trigger::messaging::Deliverer;
 use async_trait::async_trait;
 use redis::Value;
 use redis::streams::{
-    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
+    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamPendingId,
+    StreamReadReply,
 };
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -313,14 +314,19 @@ impl RedisConsumer {
             if self.in_flight.lock().unwrap().contains(&entry.id) {
                 continue; // ours, in a retry backoff
             }
-            let attempts = self.times_delivered(&entry.id).await?.unwrap_or(1);
+            let attempts = self
+                .pending_entry(&entry.id)
+                .await?
+                .map_or(1, |p| p.times_delivered as u32);
             tracing::info!(component = %self.component, topic = %self.topic, id = %entry.id, attempts, "took over a delivery left unacknowledged");
             self.spawn(entry, attempts).await;
         }
         Ok(reply.next_stream_id)
     }
 
-    async fn times_delivered(&self, id: &str) -> Result<Option<u32>, Failure> {
+    /// The group's pending-entry record of `id` (owner, delivery count),
+    /// if it is still pending.
+    async fn pending_entry(&self, id: &str) -> Result<Option<StreamPendingId>, Failure> {
         let (key, group, id) = (self.key(), self.component.clone(), id.to_string());
         let reply: StreamPendingCountReply = self
             .conn
@@ -335,7 +341,7 @@ impl RedisConsumer {
                     .await
             })
             .await?;
-        Ok(reply.ids.first().map(|p| p.times_delivered as u32))
+        Ok(reply.ids.into_iter().next())
     }
 
     /// Reads entries never delivered to the group, waiting up to [`BLOCK`].
@@ -443,22 +449,8 @@ impl RedisConsumer {
             self.consumer.clone(),
             id.to_string(),
         );
-        let owner: StreamPendingCountReply = {
-            let (key, group, id) = (key.clone(), group.clone(), id.clone());
-            self.conn
-                .call(|mut c| async move {
-                    redis::cmd("XPENDING")
-                        .arg(key)
-                        .arg(group)
-                        .arg(&id)
-                        .arg(&id)
-                        .arg(1)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?
-        };
-        if owner.ids.first().is_none_or(|p| p.consumer != me) {
+        let owner = self.pending_entry(&id).await?;
+        if owner.is_none_or(|p| p.consumer != me) {
             return Ok(false);
         }
         let claimed: StreamClaimReply = self
