@@ -374,6 +374,27 @@ pub fn with_absolute_paths(text: &str) -> String {
     )
 }
 
+/// Imports and exports of an encoded component, each as
+/// `ns:pkg/iface@version` (or the bare name of an unversioned item);
+/// `what` names it in the panic when it is not a component.
+pub fn component_interfaces(bytes: &[u8], what: &str) -> (Vec<String>, Vec<String>) {
+    let decoded = wit_parser::decoding::decode(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let wit_parser::decoding::DecodedWasm::Component(resolve, world) = decoded else {
+        panic!("{what} is a WIT package, not a component");
+    };
+    let world = &resolve.worlds[world];
+    let name = |key: &wit_parser::WorldKey, item: &wit_parser::WorldItem| match item {
+        wit_parser::WorldItem::Interface { id, .. } => resolve
+            .id_of(*id)
+            .unwrap_or_else(|| resolve.name_world_key(key)),
+        _ => resolve.name_world_key(key),
+    };
+    (
+        world.imports.iter().map(|(k, i)| name(k, i)).collect(),
+        world.exports.iter().map(|(k, i)| name(k, i)).collect(),
+    )
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;

@@ -2,7 +2,7 @@
 //! (plus the basic WASI CLI interfaces `std` pulls in), so they run on our
 //! host and under Spin alike.
 
-use wasmshop_tests::wasm;
+use wasmshop_tests::{component_interfaces, wasm};
 
 /// Interfaces a service component may import, as `package/interface` with
 /// the version rule DESIGN §3 gives.
@@ -35,25 +35,10 @@ fn allowed(name: &str) -> bool {
     }
 }
 
-/// Imports and exports of a component, as `ns:pkg/iface@version`.
+/// Imports and exports of a built component.
 fn world_of(path: &std::path::Path) -> (Vec<String>, Vec<String>) {
     let bytes = std::fs::read(path).unwrap();
-    let decoded =
-        wit_parser::decoding::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let wit_parser::decoding::DecodedWasm::Component(resolve, world) = decoded else {
-        panic!("{} is a WIT package, not a component", path.display());
-    };
-    let world = &resolve.worlds[world];
-    let name = |key: &wit_parser::WorldKey, item: &wit_parser::WorldItem| match item {
-        wit_parser::WorldItem::Interface { id, .. } => resolve
-            .id_of(*id)
-            .unwrap_or_else(|| resolve.name_world_key(key)),
-        _ => resolve.name_world_key(key),
-    };
-    (
-        world.imports.iter().map(|(k, i)| name(k, i)).collect(),
-        world.exports.iter().map(|(k, i)| name(k, i)).collect(),
-    )
+    component_interfaces(&bytes, &path.display().to_string())
 }
 
 fn check_service(name: &str) {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use wac_graph::types::{Package, SubtypeChecker};
 use wac_graph::{CompositionGraph, EncodeOptions};
-use wasmshop_tests::{Host, Value, json, wasm, workspace_root};
+use wasmshop_tests::{Host, Value, component_interfaces, json, wasm, workspace_root};
 
 fn manifest() -> toml::Table {
     let path = workspace_root().join("spin.toml");
@@ -149,25 +149,6 @@ fn compose(component: &[u8], deps: &[(String, Vec<u8>)]) -> Result<Vec<u8>, Stri
         .map_err(|e| format!("encoding the composition: {e:#}"))
 }
 
-/// Imports and exports of a component, as `ns:pkg/iface@version`.
-fn world_of(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
-    let decoded = wit_parser::decoding::decode(bytes).expect("a component");
-    let wit_parser::decoding::DecodedWasm::Component(resolve, world) = decoded else {
-        panic!("a WIT package, not a component");
-    };
-    let world = &resolve.worlds[world];
-    let name = |key: &wit_parser::WorldKey, item: &wit_parser::WorldItem| match item {
-        wit_parser::WorldItem::Interface { id, .. } => resolve
-            .id_of(*id)
-            .unwrap_or_else(|| resolve.name_world_key(key)),
-        _ => resolve.name_world_key(key),
-    };
-    (
-        world.imports.iter().map(|(k, i)| name(k, i)).collect(),
-        world.exports.iter().map(|(k, i)| name(k, i)).collect(),
-    )
-}
-
 /// Each component of `spin.toml` composed with its dependencies, by id.
 fn composed_components() -> BTreeMap<String, Vec<u8>> {
     let root = workspace_root();
@@ -204,7 +185,7 @@ fn every_component_composed_imports_only_what_spin_provides() {
     let composed = composed_components();
     assert!(composed.contains_key("product") && composed.contains_key("order"));
     for (id, bytes) in &composed {
-        let (imports, exports) = world_of(bytes);
+        let (imports, exports) = component_interfaces(bytes, &format!("component {id} composed"));
         let missing: Vec<&String> = imports
             .iter()
             .filter(|i| !provided_by_spin(&platform, i))
@@ -231,7 +212,7 @@ fn every_component_composed_imports_only_what_spin_provides() {
 fn an_uncomposed_service_would_not_start_under_spin() {
     // The reason the adapter exists: Spin refuses a bare wasi:messaging import.
     let platform = spin_platform();
-    let (imports, _) = world_of(&std::fs::read(wasm("order")).unwrap());
+    let (imports, _) = component_interfaces(&std::fs::read(wasm("order")).unwrap(), "order.wasm");
     assert!(
         imports
             .iter()
