@@ -119,23 +119,13 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         check_if_match(if_match.as_deref(), &current)?;
         let change = parse_status_change(&req.body, id)?;
         let now = now_rfc3339();
-        let (order, changed) = update_json(
-            self.store,
-            &order_key(&ctx.tenant, id),
-            &self.settings.retry,
-            |doc: Option<OrderDoc>| {
-                let current = doc
-                    .and_then(OrderDoc::live)
-                    .ok_or_else(|| not_found(ctx, id))?;
-                check_if_match(if_match.as_deref(), &current)?;
-                match current.transition(change.status, change.cancellation_reason.as_deref(), &now)
-                {
-                    Ok(Some(next)) => Ok(Change::Write(OrderDoc::Live(next.clone()), (next, true))),
-                    Ok(None) => Ok(Change::Keep((current, false))),
-                    Err(bad) => Err(Problem::conflict("invalid-transition", bad.to_string())),
-                }
-            },
-        )?;
+        let (order, changed) = self.update_live(ctx, id, if_match.as_deref(), |current| {
+            match current.transition(change.status, change.cancellation_reason.as_deref(), &now) {
+                Ok(Some(next)) => Ok(Change::Write(OrderDoc::Live(next.clone()), (next, true))),
+                Ok(None) => Ok(Change::Keep((current, false))),
+                Err(bad) => Err(Problem::conflict("invalid-transition", bad.to_string())),
+            }
+        })?;
         if changed {
             self.publish_transition(ctx, &order);
         }
@@ -154,30 +144,18 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         let if_match = req.header_joined("if-match");
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
         check_if_match(if_match.as_deref(), &current)?;
-        let key = order_key(&ctx.tenant, id);
         let now = now_rfc3339();
         let mut order = current;
         let mut cancelled_here = false;
         if order.status.is_open() {
-            let (next, changed) = update_json(
-                self.store,
-                &key,
-                &self.settings.retry,
-                |doc: Option<OrderDoc>| {
-                    let current = doc
-                        .and_then(OrderDoc::live)
-                        .ok_or_else(|| not_found(ctx, id))?;
-                    check_if_match(if_match.as_deref(), &current)?;
-                    Ok::<_, Problem>(
-                        match current.transition(Status::Cancelled, Some(DELETE_REASON), &now) {
-                            Ok(Some(next)) => {
-                                Change::Write(OrderDoc::Live(next.clone()), (next, true))
-                            }
-                            _ => Change::Keep((current, false)),
-                        },
-                    )
-                },
-            )?;
+            let (next, changed) = self.update_live(ctx, id, if_match.as_deref(), |current| {
+                Ok(
+                    match current.transition(Status::Cancelled, Some(DELETE_REASON), &now) {
+                        Ok(Some(next)) => Change::Write(OrderDoc::Live(next.clone()), (next, true)),
+                        _ => Change::Keep((current, false)),
+                    },
+                )
+            })?;
             if changed {
                 self.publish_transition(ctx, &next);
             }
@@ -187,28 +165,42 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         if order.status == Status::Cancelled && order.stock_held {
             order = self.release_stock(ctx, &order, None)?;
         }
-        update_json(
+        // The cancellation above already checked If-Match and moved the version on.
+        let if_match = if_match.as_deref().filter(|_| !cancelled_here);
+        self.update_live(ctx, id, if_match, |_| {
+            Ok(Change::Write(
+                OrderDoc::Deleted {
+                    deleted_at: now.clone(),
+                },
+                (),
+            ))
+        })?;
+        let pids: Vec<String> = order.items.iter().map(|i| i.product_id.clone()).collect();
+        self.unindex(ctx, id, &pids);
+        Ok(Response::empty(StatusCode::NO_CONTENT))
+    }
+
+    /// Compare-and-swaps the live order `id`: 404 once it is gone, 412 when
+    /// `if_match` no longer matches it; otherwise `step` decides the change.
+    fn update_live<R>(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        if_match: Option<&str>,
+        mut step: impl FnMut(Order) -> Result<Change<OrderDoc, R>, Problem>,
+    ) -> Result<R, Problem> {
+        Ok(update_json(
             self.store,
-            &key,
+            &order_key(&ctx.tenant, id),
             &self.settings.retry,
             |doc: Option<OrderDoc>| {
                 let current = doc
                     .and_then(OrderDoc::live)
                     .ok_or_else(|| not_found(ctx, id))?;
-                if !cancelled_here {
-                    check_if_match(if_match.as_deref(), &current)?;
-                }
-                Ok::<_, Problem>(Change::Write(
-                    OrderDoc::Deleted {
-                        deleted_at: now.clone(),
-                    },
-                    (),
-                ))
+                check_if_match(if_match, &current)?;
+                step(current)
             },
-        )?;
-        let pids: Vec<String> = order.items.iter().map(|i| i.product_id.clone()).collect();
-        self.unindex(ctx, id, &pids);
-        Ok(Response::empty(StatusCode::NO_CONTENT))
+        )?)
     }
 }
 
