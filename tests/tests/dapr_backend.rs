@@ -418,6 +418,15 @@ fn key_value_maps_onto_the_state_api() {
     let cluster = DaprCluster::new();
     let (_sidecar, host) = recorder_app(&cluster);
     let c = client();
+    // PUT `body` at `path`; the status code.
+    let put = |path: &str, body: &str| {
+        c.put(host.url(path))
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
 
     // CAS conflict → cas-failed; a clean CAS swaps (also creating a key).
     let r = c
@@ -429,67 +438,26 @@ fn key_value_maps_onto_the_state_api() {
         (r.status().as_u16(), r.text().unwrap()),
         (409, "cas-failed".to_string())
     );
-    assert_eq!(
-        c.put(host.url("/recorder/kv-cas/new"))
-            .body("{\"v\":1}")
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.put(host.url("/recorder/kv-cas/new"))
-            .body("{\"v\":2}")
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(put("/recorder/kv-cas/new", "{\"v\":1}"), 200);
+    assert_eq!(put("/recorder/kv-cas/new", "{\"v\":2}"), 200);
     assert_eq!(
         cluster.stored("recorder", "recorder.default.new"),
         Some(json!({"v": 2}))
     );
     // A plain set on a key created with first-write still works.
-    assert_eq!(
-        c.put(host.url("/recorder/kv/new"))
-            .body("{\"v\":3}")
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-            / 100,
-        2
-    );
+    assert_eq!(put("/recorder/kv/new", "{\"v\":3}") / 100, 2);
     assert_eq!(
         cluster.stored("recorder", "recorder.default.new"),
         Some(json!({"v": 3}))
     );
 
     // JSON stays JSON; other bytes are enveloped and come back intact; keys may contain '/'.
-    assert_eq!(
-        c.put(host.url("/recorder/kv/a/json"))
-            .body("[1,2]")
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-            / 100,
-        2
-    );
+    assert_eq!(put("/recorder/kv/a/json", "[1,2]") / 100, 2);
     assert_eq!(
         cluster.stored("recorder", "recorder.default.a/json"),
         Some(json!([1, 2]))
     );
-    assert_eq!(
-        c.put(host.url("/recorder/kv/a/text"))
-            .body("plain text")
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-            / 100,
-        2
-    );
+    assert_eq!(put("/recorder/kv/a/text", "plain text") / 100, 2);
     assert_eq!(
         cluster.stored("recorder", "recorder.default.a/text"),
         Some(json!({"$wasmshop.bytes": "cGxhaW4gdGV4dA=="}))

@@ -162,6 +162,13 @@ impl World {
         )
     }
 
+    /// Places an order that must be created; returns its id.
+    fn place(&self, tenant: &str, items: &[(&str, i64)]) -> String {
+        let (status, body, _) = self.post(tenant, order_body(items));
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     fn put(&self, tenant: &str, id: &str, body: Value) -> (u16, Value, Response) {
         self.send(
             Request::new(Method::PUT, &format!("/api/orders/{id}"))
@@ -438,10 +445,7 @@ fn client_chosen_ids_are_unique_and_survive_a_failed_attempt() {
 fn status_machine_events_and_release_on_cancel() {
     let w = World::new();
     w.peer.product("t", "a", 1.0, 10);
-    let id = w.post("t", order_body(&[("a", 4)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = w.place("t", &[("a", 4)]);
     let (s, p, _) = w.put("t", &id, json!({"status": "Shipped"}));
     assert_eq!(s, 409);
     let detail = p["detail"].as_str().unwrap();
@@ -494,10 +498,7 @@ fn status_machine_events_and_release_on_cancel() {
 fn a_failed_release_keeps_the_debt_and_a_retry_pays_it() {
     let w = World::new();
     w.peer.product("t", "a", 1.0, 10);
-    let id = w.post("t", order_body(&[("a", 4)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = w.place("t", &[("a", 4)]);
     w.peer.fail("/reservations/", Some(500), 100);
     let (s, p, _) = w.put("t", &id, json!({"status": "Cancelled"}));
     assert_eq!(s, 503, "{p}");
@@ -516,10 +517,7 @@ fn deleting_an_open_order_releases_its_stock() {
     let w = World::new();
     w.peer.product("t", "a", 1.0, 10);
     w.peer.product("t", "b", 1.0, 10);
-    let id = w.post("t", order_body(&[("a", 4), ("b", 1)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = w.place("t", &[("a", 4), ("b", 1)]);
     let stale = Request::new(Method::DELETE, &format!("/api/orders/{id}"))
         .with_header("x-tenant-id", "t")
         .with_header("if-match", "\"7\"");
@@ -580,14 +578,8 @@ fn lists_filter_and_page_in_creation_order() {
 fn product_rename_refreshes_open_orders_only_and_keeps_prices() {
     let w = World::new();
     w.peer.product("t", "a", 2.5, 100);
-    let open = w.post("t", order_body(&[("a", 1)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let shipped = w.post("t", order_body(&[("a", 1)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let open = w.place("t", &[("a", 1)]);
+    let shipped = w.place("t", &[("a", 1)]);
     w.put("t", &shipped, json!({"status": "Confirmed"}));
     w.put("t", &shipped, json!({"status": "Shipped"}));
     let r = w.peer.call(
@@ -644,18 +636,9 @@ fn product_deletion_cancels_open_orders_and_releases_other_items() {
     let w = World::new();
     w.peer.product("t", "gone", 1.0, 10);
     w.peer.product("t", "kept", 1.0, 10);
-    let open = w.post("t", order_body(&[("gone", 1), ("kept", 3)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let other = w.post("t", order_body(&[("kept", 1)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let delivered = w.post("t", order_body(&[("gone", 1)])).1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let open = w.place("t", &[("gone", 1), ("kept", 3)]);
+    let other = w.place("t", &[("kept", 1)]);
+    let delivered = w.place("t", &[("gone", 1)]);
     for s in ["Confirmed", "Shipped", "Delivered"] {
         assert_eq!(w.put("t", &delivered, json!({"status": s})).0, 200);
     }
