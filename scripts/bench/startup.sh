@@ -14,18 +14,39 @@ for c in product order; do
 done
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
-trap 'rm -rf "$data"' EXIT
+# The host under test; its PID lives in the main shell (never inside
+# $(...), whose assignments are lost), so the exit trap can always end it.
+pid=""
+cleanup() {
+  if [[ -n "$pid" ]]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$data"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# Milliseconds from launch to the first 200 from the product component.
+# Sets `ms` to the milliseconds from launch to the first 200 from the
+# product component; gives up after 120 s.
 first_request_ms() {
-  local start end pid
+  local start end
   start=$(date +%s%N)
   "$bin" up --from spin.toml --listen "127.0.0.1:$port" --data-dir "$data" --log-format json 2>/dev/null >/dev/null &
   pid=$!
-  until curl -fsS -o /dev/null "http://127.0.0.1:$port/api/products" 2>/dev/null; do sleep 0.005; done
+  until curl -fsS --max-time 5 -o /dev/null "http://127.0.0.1:$port/api/products" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null || (( $(date +%s%N) - start > 120000000000 )); then
+      echo "the host did not serve within 120 s (or exited); run it by hand to see why: $bin up --from spin.toml" >&2
+      exit 1
+    fi
+    sleep 0.005
+  done
   end=$(date +%s%N)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  echo $(( (end - start) / 1000000 ))
+  pid=""
+  ms=$(( (end - start) / 1000000 ))
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -33,8 +54,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 cold=(); warm=()
 for _ in $(seq "$runs"); do
   rm -rf "$data"/*
-  cold+=("$(first_request_ms)")
-  warm+=("$(first_request_ms)")
+  first_request_ms; cold+=("$ms")
+  first_request_ms; warm+=("$ms")
 done
 c=$(printf '%s\n' "${cold[@]}" | median)
 w=$(printf '%s\n' "${warm[@]}" | median)

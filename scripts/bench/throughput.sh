@@ -23,22 +23,44 @@ bin=target/release/wasmshop
 loadgen=target/release/loadgen
 root=$(pwd)
 work=$(mktemp -d)
+# Every process started is recorded in the main shell (never inside $(...),
+# whose assignments are lost) and ended on exit, however the script ends.
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-# Starts "$@" in the background and prints the URL from its `Serving` line.
-start() {
-  local log="$work/$1.log"; shift
-  "$@" >"$log.out" 2>"$log" &
-  pids+=($!)
-  for _ in $(seq 600); do
-    if grep -q '^Serving ' "$log.out" 2>/dev/null; then
-      sed -n 's/^Serving //p' "$log.out" | head -1; return
-    fi
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [[ $alive == 0 ]] && break
     sleep 0.1
   done
-  echo "did not start: $*" >&2; cat "$log" >&2; exit 1
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts "$@" in the background as <name> and records its PID; call it
+# directly, not in $(...).
+start() {
+  local name=$1; shift
+  "$@" >"$work/$name.out" 2>"$work/$name.log" &
+  pids+=($!)
+  printf -v "${name}_pid" %s "$!"
+}
+
+# Prints the URL from the `Serving` line of <name>, waiting up to 60 s.
+url_of() {
+  local name=$1 pid_var="${1}_pid" url
+  for _ in $(seq 600); do
+    url=$(sed -n 's/^Serving //p' "$work/$name.out" 2>/dev/null | head -1)
+    if [[ -n "$url" ]]; then echo "$url"; return; fi
+    kill -0 "${!pid_var}" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$name did not start; its log:" >&2; cat "$work/$name.log" >&2; exit 1
 }
 
 cat >"$work/spin.toml" <<TOML
@@ -58,18 +80,26 @@ key_value_stores = ["default"]
 source = "$root/target/wasm32-wasip2/release/capabilities_fixture.wasm"
 TOML
 
-run() { "$loadgen" run --url "$1" --seconds "$secs"; }
+# Loads URL $2 with `loadgen run`; its JSON line lands in $work/$1.json.
+run() {
+  "$loadgen" run --url "$2" --seconds "$secs" >"$work/$1.json" &
+  pids+=($!)
+  wait $!
+}
 
-base=$(start baseline "$loadgen" serve)
-host=$(start host "$bin" up --from "$work/spin.toml" --listen 127.0.0.1:0 --data-dir "$work/data" --log-format json)
-curl -fsS -o /dev/null -X POST "$host/api/products" -H 'content-type: application/json' \
+start baseline "$loadgen" serve
+start host "$bin" up --from "$work/spin.toml" --listen 127.0.0.1:0 --data-dir "$work/data" --log-format json --shutdown-grace-secs 2
+base=$(url_of baseline)
+host=$(url_of host)
+curl -fsS --max-time 30 -o /dev/null -X POST "$host/api/products" -H 'content-type: application/json' \
   -d '{"id":"pen","name":"Fountain pen","price":12.5,"stock":100,"category":"office"}'
-curl -fsS -o /dev/null "$host/fixture/echo"
+curl -fsS --max-time 30 -o /dev/null "$host/fixture/echo"
 
 echo "measuring ${secs}s per row (after 3s warm-up), 64 connections..." >&2
-b=$(run "$base/anything")
-e=$(run "$host/fixture/echo")
-p=$(run "$host/api/products/pen")
+run baseline "$base/anything"
+run echo "$host/fixture/echo"
+run product "$host/api/products/pen"
+b=$(cat "$work/baseline.json") e=$(cat "$work/echo.json") p=$(cat "$work/product.json")
 python3 - "$b" "$e" "$p" <<'PY'
 import json, sys
 rows = [("baseline (hyper, no wasm)", json.loads(sys.argv[1])),
