@@ -7,6 +7,10 @@
 //! - `loadgen run` keeps N keep-alive HTTP/1.1 connections busy for a fixed
 //!   time on one thread (like `wrk -t1`), after a warm-up, and prints
 //!   requests per second and latency percentiles as one JSON line.
+//! - `loadgen scale` fills one tenant to growing sizes and times the API at
+//!   each (scripts/bench/scale.sh; see `scale.rs`).
+
+mod scale;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -50,6 +54,9 @@ enum Command {
         #[arg(long = "header")]
         headers: Vec<String>,
     },
+    /// Fill one tenant of a running host to each size and time the API
+    /// there (prints tables; the last lines compare sizes with targets).
+    Scale(scale::ScaleArgs),
 }
 
 /// About the size of one product as the API returns it.
@@ -72,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Scale(args) => scale::run(args),
     }
 }
 
