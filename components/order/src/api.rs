@@ -1,30 +1,114 @@
 //! The REST API of the order service (`/api/orders`).
 //!
-//! Checks run in the order DESIGN §4 fixes: 404, then 412, then 400, then
-//! 409. Each tenant's orders live under its own key prefix, product calls
-//! carry its id, and so do its events.
+//! Checks run in this order: 404, then 412, then 400, then 409. Each
+//! tenant's orders live under its own key prefix, product calls carry its
+//! id, and so do its events.
 
 use service_kit::clock::now_rfc3339;
+use service_kit::cursor::{self, Scope};
 use service_kit::etag::etag;
 use service_kit::events::EventSink;
 use service_kit::http::{Method, StatusCode};
-use service_kit::kv::{Change, KvStore, get_json, get_many_json, update_json};
+use service_kit::kv::{Change, KvStore, get_many_json, update_json};
+use service_kit::pages::{Entry, Position, Slot, Verdict, collect_page};
+use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
-use service_kit::tenant::TenantId;
-use service_kit::trace::traceparent_from;
+use service_kit::rest::not_allowed;
 use service_kit::web::{Request, Response};
 
+use crate::create::Failure;
 use crate::domain::{Order, Status};
+use crate::migration::Phase;
 use crate::products::Transport;
 use crate::service::{Ctx, OrderService, check_if_match, not_found};
-use crate::store::{OrderDoc, OrderIndex, index_key, matching, order_key};
+use crate::store::{OrderDoc, all_index, customer_index, order_key, product_index, status_index};
 use crate::validation::{ListQuery, idempotency_key, parse_new_order, parse_status_change};
-
-/// Orders fetched per batch while filling a list page.
-const LIST_BATCH: usize = 100;
 
 /// Reason recorded on an open order cancelled by its deletion.
 pub const DELETE_REASON: &str = "Order deleted";
+
+/// Which paged index a list reads, chosen by its most selective filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListIndex {
+    /// `orders/product/<productId>`.
+    Product,
+    /// `orders/customer/<sha256(customerId)>`.
+    Customer,
+    /// `orders/status/<status>`.
+    Status(Status),
+    /// `orders/all`.
+    All,
+}
+
+impl ListIndex {
+    fn of(q: &ListQuery) -> ListIndex {
+        if q.product_id.is_some() {
+            ListIndex::Product
+        } else if q.customer_id.is_some() {
+            ListIndex::Customer
+        } else if let Some(s) = q.status {
+            ListIndex::Status(s)
+        } else {
+            ListIndex::All
+        }
+    }
+
+    /// Stable name a cursor is bound to.
+    fn name(self) -> &'static str {
+        match self {
+            ListIndex::Product => "orders/product",
+            ListIndex::Customer => "orders/customer",
+            ListIndex::Status(_) => "orders/status",
+            ListIndex::All => "orders/all",
+        }
+    }
+
+    fn prefix(self, ctx: &Ctx, q: &ListQuery) -> String {
+        let t = &ctx.tenant;
+        match self {
+            ListIndex::Product => product_index(t, q.product_id.as_deref().unwrap_or_default()),
+            ListIndex::Customer => customer_index(t, q.customer_id.as_deref().unwrap_or_default()),
+            ListIndex::Status(s) => status_index(t, s),
+            ListIndex::All => all_index(t),
+        }
+    }
+
+    /// Whether `order`, found through an entry at `slot` of this index,
+    /// is listed by it: `Valid` when it stores that slot and passes every
+    /// filter, `Stale` when the entry can never count again.
+    fn judge(self, q: &ListQuery, order: Order, slot: Slot) -> Verdict<Order> {
+        let Some(slots) = order.slots else {
+            // A legacy order being re-indexed: its entries may be about
+            // to count.
+            return Verdict::Skip;
+        };
+        let mine = match self {
+            ListIndex::All => slots.all == slot,
+            ListIndex::Customer => slots.customer == slot,
+            ListIndex::Product => order.items.iter().any(|i| {
+                Some(i.product_id.as_str()) == q.product_id.as_deref()
+                    && i.product_slot == Some(slot)
+            }),
+            ListIndex::Status(s) if order.status == s => slots.status == slot,
+            // A change to `s` may be in flight; statuses never come back.
+            ListIndex::Status(s) if order.status.can_reach(s) => return Verdict::Skip,
+            ListIndex::Status(_) => false,
+        };
+        if !mine {
+            return Verdict::Stale;
+        }
+        let passes = q.status.is_none_or(|s| s == order.status)
+            && q.customer_id
+                .as_deref()
+                .is_none_or(|c| c == order.customer_id)
+            && q.product_id.as_deref().is_none_or(|p| order.contains(p));
+        if passes {
+            Verdict::Valid(order)
+        } else {
+            Verdict::Skip
+        }
+    }
+}
 
 impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// Answers one request; every failure is a problem response.
@@ -38,14 +122,14 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         let m = &req.method;
         match segments.as_slice() {
             ["api", "orders"] => match *m {
-                Method::GET => self.list(&ctx(req)?, req),
-                Method::POST => self.create(&ctx(req)?, req),
+                Method::GET => self.list(&Ctx::from_request(req)?, req),
+                Method::POST => self.create(&Ctx::from_request(req)?, req),
                 _ => not_allowed(m, "GET, POST"),
             },
             ["api", "orders", id] => match *m {
-                Method::GET => self.get(&ctx(req)?, id),
-                Method::PUT => self.update(&ctx(req)?, id, req),
-                Method::DELETE => self.delete(&ctx(req)?, id, req),
+                Method::GET => self.get(&Ctx::from_request(req)?, id),
+                Method::PUT => self.update(&Ctx::from_request(req)?, id, req),
+                Method::DELETE => self.delete(&Ctx::from_request(req)?, id, req),
                 _ => not_allowed(m, "GET, PUT, DELETE"),
             },
             _ => Err(Problem::not_found(format!(
@@ -55,37 +139,73 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         }
     }
 
-    /// `GET /api/orders`: the index gives the candidates in creation order
-    /// (filtered on the fields that never change); each order is then
-    /// read, so status and deletion are always current.
+    /// `GET /api/orders`: one page from the most selective paged index
+    /// (productId, then customerId, then status, else all); each candidate
+    /// is read and counts only when it stores the entry's slot and passes
+    /// the other filters. A further page is linked with `Link: rel=next`.
+    /// While the tenant's legacy data is being migrated the page comes
+    /// from the legacy index instead (offset only).
     fn list(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
         let q = ListQuery::from_request(req)?;
-        let index: OrderIndex = get_json(self.store, &index_key(&ctx.tenant))?.unwrap_or_default();
-        let ids = matching(&index, q.customer_id.as_deref(), q.product_id.as_deref());
-        let mut skipped = 0;
-        let mut page: Vec<Order> = Vec::new();
-        'batches: for chunk in ids.chunks(LIST_BATCH) {
-            let keys: Vec<String> = chunk.iter().map(|id| order_key(&ctx.tenant, id)).collect();
-            let docs: Vec<Option<OrderDoc>> = get_many_json(self.store, &keys)?;
-            for order in docs.into_iter().flatten().filter_map(OrderDoc::live) {
-                if q.status.is_some_and(|s| s != order.status) {
-                    continue;
+        if self.migrate_step(ctx)?.phase == Phase::Index {
+            let offset = match &q.start {
+                Start::Offset(n) => *n,
+                Start::Cursor(_) => {
+                    return Err(Problem::validation_one(
+                        cursor::PARAM,
+                        "is not valid while this tenant's orders are being migrated; list with offset, or retry shortly",
+                    ));
                 }
-                if skipped < q.offset {
-                    skipped += 1;
-                    continue;
-                }
-                page.push(order);
-                if page.len() == q.limit {
-                    break 'batches;
-                }
-            }
+            };
+            let page = self.list_legacy(ctx, &q, offset)?;
+            let views: Vec<_> = page.iter().map(Order::view).collect();
+            return Ok(Response::json(StatusCode::OK, &views));
         }
-        let views: Vec<_> = page.iter().map(Order::view).collect();
-        Ok(Response::json(StatusCode::OK, &views))
+        let which = ListIndex::of(&q);
+        let filter = q.filter_text();
+        let scope = Scope {
+            tenant: &ctx.tenant,
+            index: which.name(),
+            filter: &filter,
+        };
+        let (from, offset) = match &q.start {
+            Start::Offset(n) => (Position::start(), *n),
+            Start::Cursor(c) => (cursor::decode(c, scope)?, 0),
+        };
+        let index = self.index(which.prefix(ctx, &q));
+        let mut scan = index.scan(&from)?;
+        let page = collect_page(
+            &index,
+            &mut scan,
+            q.limit,
+            offset,
+            |batch: &[(Entry, Slot)]| -> Result<Vec<Verdict<Order>>, Problem> {
+                let keys: Vec<String> = batch
+                    .iter()
+                    .map(|(e, _)| order_key(&ctx.tenant, &e.id))
+                    .collect();
+                let docs: Vec<Option<OrderDoc>> = get_many_json(self.store, &keys)?;
+                Ok(batch
+                    .iter()
+                    .zip(docs)
+                    .map(|((_, slot), doc)| match doc {
+                        Some(OrderDoc::Live(o)) => which.judge(&q, o, *slot),
+                        // Not placed yet: may become valid.
+                        Some(OrderDoc::Creating(_) | OrderDoc::Confirming(_)) => Verdict::Skip,
+                        _ => Verdict::Stale,
+                    })
+                    .collect())
+            },
+        )?;
+        let views: Vec<_> = page.items.iter().map(Order::view).collect();
+        let mut r = Response::json(StatusCode::OK, &views);
+        if let Some(next) = page.next {
+            r = r.with_header("link", &next_link(req, &cursor::encode(&next, scope)));
+        }
+        Ok(r)
     }
 
-    /// `GET /api/orders/{id}`.
+    /// `GET /api/orders/{id}` (finishing an unfinished creation first).
     fn get(&self, ctx: &Ctx, id: &str) -> Result<Response, Problem> {
         let order = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
         Ok(order_response(StatusCode::OK, &order))
@@ -96,7 +216,19 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     fn create(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
         let new = parse_new_order(&req.body)?;
         let key = idempotency_key(req)?;
-        let placed = self.place(ctx, &new, key.as_deref())?;
+        let placed = match self.place(ctx, &new, key.as_deref()) {
+            Ok(placed) => placed,
+            Err(Failure {
+                problem,
+                retry_after,
+            }) => {
+                let mut r = problem.to_response();
+                if let Some(after) = retry_after {
+                    r = r.with_header("retry-after", &after);
+                }
+                return Ok(r);
+            }
+        };
         let status = if placed.replayed {
             StatusCode::OK
         } else {
@@ -119,12 +251,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         check_if_match(if_match.as_deref(), &current)?;
         let change = parse_status_change(&req.body, id)?;
         let now = now_rfc3339();
-        let (order, changed) = self.update_live(ctx, id, if_match.as_deref(), |current| {
-            match current.transition(change.status, change.cancellation_reason.as_deref(), &now) {
-                Ok(Some(next)) => Ok(Change::Write(OrderDoc::Live(next.clone()), (next, true))),
-                Ok(None) => Ok(Change::Keep((current, false))),
-                Err(bad) => Err(Problem::conflict("invalid-transition", bad.to_string())),
-            }
+        let (order, changed) = self.change_status(ctx, current, if_match.as_deref(), |o| {
+            o.transition(change.status, change.cancellation_reason.as_deref(), &now)
+                .map_err(|bad| Problem::conflict("invalid-transition", bad.to_string()))
         })?;
         if changed {
             self.publish_transition(ctx, &order);
@@ -139,57 +268,31 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
 
     /// `DELETE /api/orders/{id}`. An open order is first cancelled (so no
     /// concurrent change can ship it) and its stock returned; closed
-    /// orders release nothing.
+    /// orders release nothing. Its index entries go last.
     fn delete(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let if_match = req.header_joined("if-match");
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
         check_if_match(if_match.as_deref(), &current)?;
         let now = now_rfc3339();
-        let mut order = current;
-        let mut cancelled_here = false;
-        if order.status.is_open() {
-            let (next, changed) = self.update_live(ctx, id, if_match.as_deref(), |current| {
-                Ok(
-                    match current.transition(Status::Cancelled, Some(DELETE_REASON), &now) {
-                        Ok(Some(next)) => Change::Write(OrderDoc::Live(next.clone()), (next, true)),
-                        _ => Change::Keep((current, false)),
-                    },
-                )
+        let (order, cancelled_here) =
+            self.change_status(ctx, current, if_match.as_deref(), |o| {
+                Ok(if o.status.is_open() {
+                    o.transition(Status::Cancelled, Some(DELETE_REASON), &now)
+                        .ok()
+                        .flatten()
+                } else {
+                    None
+                })
             })?;
-            if changed {
-                self.publish_transition(ctx, &next);
-            }
-            cancelled_here = changed;
-            order = next;
+        if cancelled_here {
+            self.publish_transition(ctx, &order);
         }
         if order.status == Status::Cancelled && order.stock_held {
-            order = self.release_stock(ctx, &order, None)?;
+            self.release_stock(ctx, &order, None)?;
         }
         // The cancellation above already checked If-Match and moved the version on.
         let if_match = if_match.as_deref().filter(|_| !cancelled_here);
-        self.update_live(ctx, id, if_match, |_| {
-            Ok(Change::Write(
-                OrderDoc::Deleted {
-                    deleted_at: now.clone(),
-                },
-                (),
-            ))
-        })?;
-        let pids: Vec<String> = order.items.iter().map(|i| i.product_id.clone()).collect();
-        self.unindex(ctx, id, &pids);
-        Ok(Response::empty(StatusCode::NO_CONTENT))
-    }
-
-    /// Compare-and-swaps the live order `id`: 404 once it is gone, 412 when
-    /// `if_match` no longer matches it; otherwise `step` decides the change.
-    fn update_live<R>(
-        &self,
-        ctx: &Ctx,
-        id: &str,
-        if_match: Option<&str>,
-        mut step: impl FnMut(Order) -> Result<Change<OrderDoc, R>, Problem>,
-    ) -> Result<R, Problem> {
-        Ok(update_json(
+        let deleted = update_json(
             self.store,
             &order_key(&ctx.tenant, id),
             &self.settings.retry,
@@ -198,23 +301,20 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     .and_then(OrderDoc::live)
                     .ok_or_else(|| not_found(ctx, id))?;
                 check_if_match(if_match, &current)?;
-                step(current)
+                Ok::<_, Problem>(Change::Write(
+                    OrderDoc::Deleted {
+                        deleted_at: now.clone(),
+                        idempotency: current.idempotency.clone(),
+                    },
+                    current,
+                ))
             },
-        )?)
+        )?;
+        self.remove_placements(ctx, id, Self::placements(ctx, &deleted));
+        Ok(Response::empty(StatusCode::NO_CONTENT))
     }
-}
-
-fn ctx(req: &Request) -> Result<Ctx, Problem> {
-    Ok(Ctx {
-        tenant: TenantId::from_headers(&req.headers)?,
-        traceparent: traceparent_from(&req.headers),
-    })
 }
 
 fn order_response(status: StatusCode, order: &Order) -> Response {
     Response::json(status, &order.view()).with_header("etag", &etag(order.version))
-}
-
-fn not_allowed(method: &Method, allowed: &str) -> Result<Response, Problem> {
-    Ok(Problem::method_not_allowed_response(method, allowed))
 }

@@ -1,16 +1,29 @@
-//! Placing an order (the seed's "Order Creation Flow"): for each item read
-//! the product (name snapshot), then reserve its stock (price snapshot,
-//! taken atomically with the stock). If any step fails, the reservations
-//! already made are released and nothing is saved.
+//! Placing an order: try / confirm with the product service, in steps
+//! recorded in the order document so that any request can finish a
+//! creation another one left behind (`docs/storage-layout.md`, "Orders"
+//! and "Reservations"):
 //!
-//! `Idempotency-Key`: the first request claims the key with a
-//! compare-and-swap create, binding it to the order id it will create; a
-//! concurrent or later request with the key reads that binding and returns
-//! that order instead of reserving anything. Reservations are made under
-//! an id fixed by the claim, so product-side idempotency also protects a
-//! retried call.
+//! 1. `creating` (the draft, with a fresh reservation id) is written with
+//!    compare-and-swap on the absent key: the id is taken;
+//! 2. per item: read the product (name, incarnation), take a hold
+//!    (price snapshot). Any failure ends the attempt: the document becomes
+//!    `failed` (then is deleted) and every hold is released;
+//! 3. the index entries are appended, then the document becomes
+//!    `confirming` (the order with its slots);
+//! 4. every hold is confirmed. A product deleted meanwhile (404) ends the
+//!    attempt like step 2; a hold that expired or was released (409) ends
+//!    the order `live` but Cancelled ("reservation expired"), its other
+//!    items released;
+//! 5. the document becomes `live`: 201, and `OrderCreated`.
+//!
+//! Every step is a compare-and-swap from the state the previous step
+//! left, under the same reservation id, and reserve/confirm/release are
+//! idempotent at the product service, so two requests driving one order
+//! converge. `Idempotency-Key`: without an `id` in the body the order id
+//! is derived from the key, and the order stores the key and a
+//! fingerprint of the body; a retry finds the order by its id.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use service_kit::clock::now_rfc3339;
 use service_kit::events::EventSink;
@@ -20,14 +33,22 @@ use service_kit::kv::{Change, KvStore, get_json, update_json};
 use service_kit::money::Money;
 use service_kit::problem::Problem;
 
-use crate::domain::{Order, OrderItem, Status};
+use crate::domain::{Idempotency, Order, OrderItem, Status, stored_name};
 use crate::products::{Refused, Transport};
-use crate::service::{Ctx, ORDER_CREATED, OrderService};
-use crate::store::{IdempotencyRecord, OrderDoc, idempotency_key, order_key};
+use crate::service::{Ctx, ORDER_CANCELLED, ORDER_CREATED, OrderService, not_found};
+use crate::store::{
+    Draft, DraftItem, IdempotencyRecord, OrderDoc, key_digest, keyed_order_id,
+    legacy_idempotency_key, open_product_index, order_key, status_index,
+};
 use crate::validation::NewOrder;
 
-/// How often a request waiting on a concurrent one with the same key looks.
-const POLL: Duration = Duration::from_millis(50);
+/// Reason recorded on an order whose holds expired (or were released)
+/// before they were confirmed.
+pub const EXPIRED_REASON: &str = "reservation expired";
+
+/// Most attempts of one `POST` at claiming its order id (a retry with the
+/// same key that finds a failed attempt starts a new one).
+const MAX_ROUNDS: usize = 4;
 
 /// The result of a create: the order, and whether it was made now (201)
 /// or earlier under the same `Idempotency-Key` (200).
@@ -39,312 +60,661 @@ pub struct Placed {
     pub replayed: bool,
 }
 
-/// Who holds an idempotency key.
-enum Claim {
-    /// This request; it creates the order with this id.
-    Mine(String),
-    /// An earlier request.
-    Theirs(IdempotencyRecord),
+/// Why a create placed nothing: the problem for the client, and the
+/// product service's `Retry-After` when it was only busy.
+#[derive(Debug)]
+pub struct Failure {
+    /// The problem response.
+    pub problem: Problem,
+    /// `Retry-After` to pass on (from a 503 of the product service).
+    pub retry_after: Option<String>,
+}
+
+impl From<Problem> for Failure {
+    fn from(problem: Problem) -> Failure {
+        Failure {
+            problem,
+            retry_after: None,
+        }
+    }
+}
+
+/// Where driving an order document ended.
+#[derive(Debug)]
+pub(crate) enum Drive {
+    /// The order is live (Pending, or Cancelled because its holds
+    /// expired before they were confirmed).
+    Placed(Order),
+    /// The attempt ended without an order.
+    NotPlaced(Problem, Option<String>),
+}
+
+/// Who moves a document on, seen from one compare-and-swap.
+enum Step {
+    /// This call did.
+    Mine,
+    /// Another request already moved it on, to this document.
+    Theirs(OrderDoc),
+    /// The attempt was ended by another request.
+    Gone,
 }
 
 impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// Places `new`, honouring an `Idempotency-Key` when given.
-    pub fn place(&self, ctx: &Ctx, new: &NewOrder, key: Option<&str>) -> Result<Placed, Problem> {
-        match key {
-            None => {
-                let id = new.id.clone().unwrap_or_else(new_id);
-                self.place_once(ctx, new, &id).map(|order| Placed {
-                    order,
-                    replayed: false,
-                })
-            }
-            Some(key) => self.place_idempotent(ctx, new, key),
-        }
-    }
-
-    fn place_idempotent(&self, ctx: &Ctx, new: &NewOrder, key: &str) -> Result<Placed, Problem> {
-        let record_key = idempotency_key(&ctx.tenant, key);
-        let fingerprint = new.fingerprint();
-        let deadline = Instant::now() + self.settings.idempotency_wait;
-        loop {
-            let candidate = new.id.clone().unwrap_or_else(new_id);
-            let claimed = IdempotencyRecord {
-                fingerprint: fingerprint.clone(),
-                order_id: candidate.clone(),
-                claimed_at_ms: now_ms(),
-            };
-            let claim = update_json(
-                self.store,
-                &record_key,
-                &self.settings.retry,
-                |current: Option<IdempotencyRecord>| match current {
-                    None => Ok(Change::Write(
-                        claimed.clone(),
-                        Claim::Mine(candidate.clone()),
-                    )),
-                    Some(r) if r.fingerprint != fingerprint => Err(key_reused(key)),
-                    Some(r) => Ok(Change::Keep(Claim::Theirs(r))),
-                },
-            )?;
-            let id = match claim {
-                Claim::Mine(id) => id,
-                Claim::Theirs(theirs) => {
-                    let doc: Option<OrderDoc> =
-                        get_json(self.store, &order_key(&ctx.tenant, &theirs.order_id))?;
-                    match doc {
-                        Some(OrderDoc::Live(order)) => {
+    pub fn place(&self, ctx: &Ctx, new: &NewOrder, key: Option<&str>) -> Result<Placed, Failure> {
+        let idem = key.map(|k| Idempotency {
+            key: key_digest(&ctx.tenant, k),
+            fingerprint: new.fingerprint(),
+        });
+        let id = match (&new.id, key) {
+            (Some(id), _) => id.clone(),
+            (None, Some(k)) => keyed_order_id(&ctx.tenant, k),
+            (None, None) => new_id(),
+        };
+        let mut legacy_checked = key.is_none();
+        for _ in 0..MAX_ROUNDS {
+            match self.doc(ctx, &id)? {
+                None | Some(OrderDoc::Failed { .. }) => {
+                    if !legacy_checked {
+                        legacy_checked = true;
+                        if let (Some(k), Some(i)) = (key, &idem)
+                            && let Some(placed) = self.legacy_key(ctx, new, k, i, &id)?
+                        {
+                            return Ok(placed);
+                        }
+                    }
+                    let draft = Draft {
+                        reservation_id: new_id(),
+                        customer_id: new.customer_id.clone(),
+                        items: new
+                            .items
+                            .iter()
+                            .map(|i| DraftItem {
+                                product_id: i.product_id.clone(),
+                                quantity: i.quantity,
+                            })
+                            .collect(),
+                        created_at: now_rfc3339(),
+                        idempotency: idem.clone(),
+                    };
+                    let mine = update_json(
+                        self.store,
+                        &order_key(&ctx.tenant, &id),
+                        &self.settings.retry,
+                        |doc: Option<OrderDoc>| {
+                            Ok::<_, Problem>(match doc {
+                                None | Some(OrderDoc::Failed { .. }) => {
+                                    Change::Write(OrderDoc::Creating(draft.clone()), true)
+                                }
+                                Some(_) => Change::Keep(false),
+                            })
+                        },
+                    )
+                    .map_err(Problem::from)?;
+                    if !mine {
+                        continue;
+                    }
+                    return match self.finish_creating(ctx, &id, draft)? {
+                        Drive::Placed(order) if order.status == Status::Cancelled => {
+                            Err(expired(&order).into())
+                        }
+                        Drive::Placed(order) => Ok(Placed {
+                            order,
+                            replayed: false,
+                        }),
+                        Drive::NotPlaced(problem, retry_after) => Err(Failure {
+                            problem,
+                            retry_after,
+                        }),
+                    };
+                }
+                Some(doc) => {
+                    let (Some(k), Some(idem)) = (key, &idem) else {
+                        return Err(order_exists(ctx, &id).into());
+                    };
+                    let Some(theirs) = doc.idempotency().filter(|i| i.key == idem.key) else {
+                        if !legacy_checked
+                            && let Some(placed) = self.legacy_key(ctx, new, k, idem, &id)?
+                        {
+                            return Ok(placed);
+                        }
+                        return Err(order_exists(ctx, &id).into());
+                    };
+                    if theirs.fingerprint != idem.fingerprint {
+                        return Err(key_reused(k).into());
+                    }
+                    let doc = match doc {
+                        OrderDoc::Alias { order_id, .. } => match self.doc(ctx, &order_id)? {
+                            Some(live @ OrderDoc::Live(_)) => live,
+                            _ => return Err(key_used(&order_id).into()),
+                        },
+                        OrderDoc::Deleted { .. } => return Err(key_used(&id).into()),
+                        doc => doc,
+                    };
+                    let order_id = match &doc {
+                        OrderDoc::Live(o) => o.id.clone(),
+                        _ => id.clone(),
+                    };
+                    match self.drive(ctx, &order_id, doc)? {
+                        Drive::Placed(order) => {
                             return Ok(Placed {
                                 order,
                                 replayed: true,
                             });
                         }
-                        Some(OrderDoc::Deleted { .. }) => {
-                            return Err(Problem::conflict(
-                                "idempotency-key-used",
-                                format!(
-                                    "the order '{}' created with this Idempotency-Key was deleted since; use a new key to order again",
-                                    theirs.order_id
-                                ),
-                            ));
-                        }
-                        Some(OrderDoc::Creating { .. }) | None => {}
-                    }
-                    let age = now_ms().saturating_sub(theirs.claimed_at_ms);
-                    if age > self.settings.idempotency_lease.as_millis() as u64 {
-                        match self.take_over(ctx, new, &record_key, &theirs, doc)? {
-                            Some(id) => id,
-                            None => continue,
-                        }
-                    } else if Instant::now() >= deadline {
-                        return Err(Problem::conflict(
-                            "idempotency-key-in-progress",
-                            "a request with this Idempotency-Key is still being processed; retry shortly to get its order",
-                        ));
-                    } else {
-                        std::thread::sleep(POLL);
-                        continue;
+                        // The earlier attempt failed: this retry starts afresh.
+                        Drive::NotPlaced(..) => continue,
                     }
                 }
-            };
-            return match self.place_once(ctx, new, &id) {
-                Ok(order) => Ok(Placed {
-                    order,
-                    replayed: false,
-                }),
-                Err(p) => {
-                    // Nothing was saved: free the key so a retry starts afresh.
-                    if let Err(e) = self.store.delete(&record_key) {
-                        eprintln!(
-                            "order: Idempotency-Key record of tenant '{}' not freed: {e}",
-                            ctx.tenant
-                        );
-                    }
-                    Err(p)
-                }
-            };
+            }
+        }
+        Err(Problem::unavailable(format!(
+            "order '{id}' is being created by concurrent requests that keep failing; nothing was ordered by this request, retry shortly"
+        ))
+        .into())
+    }
+
+    /// Moves an unfinished order document on as far as it goes.
+    pub(crate) fn drive(&self, ctx: &Ctx, id: &str, doc: OrderDoc) -> Result<Drive, Problem> {
+        match doc {
+            OrderDoc::Creating(draft) => self.finish_creating(ctx, id, draft),
+            OrderDoc::Confirming(order) => self.finish_confirming(ctx, order),
+            OrderDoc::Live(order) => Ok(Drive::Placed(self.ensure_indexed(ctx, order)?)),
+            _ => Ok(Drive::NotPlaced(not_found(ctx, id), None)),
         }
     }
 
-    /// Takes over a key whose creating request died: returns what that
-    /// request may have reserved, drops its placeholder, then claims the
-    /// key for this request if it still holds the stale claim. Returns the
-    /// order id now claimed, or `None` when someone else got there first.
-    fn take_over(
-        &self,
-        ctx: &Ctx,
-        new: &NewOrder,
-        record_key: &str,
-        stale: &IdempotencyRecord,
-        doc: Option<OrderDoc>,
-    ) -> Result<Option<String>, Problem> {
-        let reservation_id = match &doc {
-            Some(OrderDoc::Creating { reservation_id }) => reservation_id.clone(),
-            _ => stale.order_id.clone(),
-        };
-        for item in &new.items {
-            self.products
-                .release(&ctx.tenant, &item.product_id, &reservation_id)?;
+    /// Steps 2-3 for `draft` (taking holds again is idempotent), then 4-5.
+    fn finish_creating(&self, ctx: &Ctx, id: &str, draft: Draft) -> Result<Drive, Problem> {
+        if draft.items.is_empty() {
+            // A placeholder of an earlier version: nothing to finish.
+            return self.end_creating(ctx, id, &draft, not_found(ctx, id), None);
         }
-        if doc.is_some() {
-            self.store
-                .delete(&order_key(&ctx.tenant, &stale.order_id))?;
-        }
-        let id = new.id.clone().unwrap_or_else(new_id);
-        let fresh = IdempotencyRecord {
-            fingerprint: stale.fingerprint.clone(),
-            order_id: id.clone(),
-            claimed_at_ms: now_ms(),
-        };
-        let claimed = update_json(
-            self.store,
-            record_key,
-            &self.settings.retry,
-            |current: Option<IdempotencyRecord>| {
-                Ok::<_, Problem>(if current.as_ref() == Some(stale) {
-                    Change::Write(fresh.clone(), true)
-                } else {
-                    Change::Keep(false)
-                })
-            },
-        )?;
-        Ok(claimed.then_some(id))
-    }
-
-    /// Places the order `id` without idempotency bookkeeping.
-    fn place_once(&self, ctx: &Ctx, new: &NewOrder, id: &str) -> Result<Order, Problem> {
-        let key = order_key(&ctx.tenant, id);
-        let client_id = new.id.is_some();
-        // A client-chosen id may have been used (and its reservations
-        // released) before, so reserve under a fresh id and take the order
-        // id with a placeholder first.
-        let reservation_id = if client_id { new_id() } else { id.to_owned() };
-        if client_id {
-            update_json(
-                self.store,
-                &key,
-                &self.settings.retry,
-                |current: Option<OrderDoc>| match current {
-                    None => Ok(Change::Write(
-                        OrderDoc::Creating {
-                            reservation_id: reservation_id.clone(),
-                        },
-                        (),
-                    )),
-                    Some(_) => Err(order_exists(ctx, id)),
-                },
-            )?;
-        }
-        let drop_placeholder = || {
-            if client_id && let Err(e) = self.store.delete(&key) {
-                eprintln!(
-                    "order: placeholder of order '{id}' of tenant '{}' not removed: {e}",
-                    ctx.tenant
-                );
-            }
-        };
-        let mut held = Vec::new();
-        let (items, currency) = match self.reserve_all(ctx, new, &reservation_id, &mut held) {
-            Ok(done) => done,
-            Err(problem) => {
-                self.compensate(ctx, &held, &reservation_id);
-                drop_placeholder();
-                return Err(problem);
-            }
-        };
-        let now = now_rfc3339();
-        let order = Order {
-            id: id.to_owned(),
-            customer_id: new.customer_id.clone(),
-            items,
-            currency,
-            status: Status::Pending,
-            cancellation_reason: None,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-            reservation_id: reservation_id.clone(),
-            stock_held: true,
-        };
-        let all: Vec<String> = order.items.iter().map(|i| i.product_id.clone()).collect();
-        let saved = self.index(ctx, &order).and_then(|()| {
-            update_json(
-                self.store,
-                &key,
-                &self.settings.retry,
-                |current: Option<OrderDoc>| match current {
-                    None if !client_id => Ok(Change::Write(OrderDoc::Live(order.clone()), ())),
-                    Some(OrderDoc::Creating { reservation_id: r }) if r == reservation_id => {
-                        Ok(Change::Write(OrderDoc::Live(order.clone()), ()))
-                    }
-                    _ => Err(order_exists(ctx, id)),
-                },
-            )
-            .map_err(Problem::from)
-        });
-        if let Err(p) = saved {
-            self.compensate(ctx, &all, &reservation_id);
-            self.unindex(ctx, id, &all);
-            if p.status != StatusCode::CONFLICT.as_u16() {
-                drop_placeholder();
-            }
-            return Err(p);
-        }
-        self.publish(ctx, ORDER_CREATED, &order);
-        Ok(order)
-    }
-
-    /// Reads and reserves every item in turn. `held` collects the products
-    /// that may hold a reservation (including one whose outcome is
-    /// unknown), for release when this fails.
-    fn reserve_all(
-        &self,
-        ctx: &Ctx,
-        new: &NewOrder,
-        reservation_id: &str,
-        held: &mut Vec<String>,
-    ) -> Result<(Vec<OrderItem>, String), Problem> {
+        let t = &ctx.tenant;
+        let rid = &draft.reservation_id;
         let mut items = Vec::new();
         let mut currency: Option<String> = None;
         let mut total = Money::ZERO;
-        for (i, item) in new.items.iter().enumerate() {
+        for (i, item) in draft.items.iter().enumerate() {
             let pid = &item.product_id;
             let field = format!("items[{i}].productId");
-            let info = match self.products.product(&ctx.tenant, pid) {
+            let info = match self.products.product(t, pid) {
                 Ok(Some(info)) => info,
-                Ok(None) => return Err(unknown_product(ctx, &field, pid)),
-                Err(u) => return Err(u.into()),
+                Ok(None) => {
+                    let p = unknown_product(ctx, &field, pid);
+                    return self.end_creating(ctx, id, &draft, p, None);
+                }
+                Err(u) => return self.end_creating(ctx, id, &draft, u.into(), None),
             };
-            let reserved =
-                match self
-                    .products
-                    .reserve(&ctx.tenant, pid, reservation_id, item.quantity)
-                {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(Refused::NotFound)) => {
-                        return Err(unknown_product(ctx, &field, pid));
-                    }
-                    Ok(Err(Refused::Conflict(p))) => {
-                        return Err(refused(&field, pid, item.quantity, p));
-                    }
-                    Err(u) => {
-                        held.push(pid.clone());
-                        return Err(u.into());
-                    }
-                };
-            held.push(pid.clone());
+            let reserved = match self.products.reserve(t, pid, rid, item.quantity) {
+                Ok(Ok(r)) => r,
+                Ok(Err(Refused::NotFound)) => {
+                    let p = unknown_product(ctx, &field, pid);
+                    return self.end_creating(ctx, id, &draft, p, None);
+                }
+                Ok(Err(Refused::Busy {
+                    retry_after,
+                    problem,
+                })) => {
+                    let p = busy(&field, pid, &retry_after, problem);
+                    return self.end_creating(ctx, id, &draft, p, Some(retry_after));
+                }
+                Ok(Err(Refused::Conflict(p))) => {
+                    let p = refused(&field, pid, item.quantity, p);
+                    return self.end_creating(ctx, id, &draft, p, None);
+                }
+                Err(u) => return self.end_creating(ctx, id, &draft, u.into(), None),
+            };
             if let Some(c) = &currency
                 && *c != reserved.currency
             {
-                return Err(unprocessable(
+                let p = unprocessable(
                     "mixed-currencies",
                     &field,
                     format!(
                         "product '{pid}' is priced in {}, but earlier items in {c}; an order has one currency, so order them separately",
                         reserved.currency
                     ),
-                ));
+                );
+                return self.end_creating(ctx, id, &draft, p, None);
             }
             currency = Some(reserved.currency.clone());
-            let line = reserved.unit_price.checked_mul(item.quantity);
-            match line.and_then(|l| total.checked_add(l)) {
+            match reserved
+                .unit_price
+                .checked_mul(item.quantity)
+                .and_then(|l| total.checked_add(l))
+            {
                 Some(t) => total = t,
                 None => {
-                    return Err(unprocessable(
+                    let p = unprocessable(
                         "order-too-large",
                         &format!("items[{i}].quantity"),
                         "the order total is too large to represent; order fewer units".to_owned(),
-                    ));
+                    );
+                    return self.end_creating(ctx, id, &draft, p, None);
                 }
             }
             items.push(OrderItem {
                 product_id: pid.clone(),
-                product_name: info.name,
+                product_name: stored_name(&info.name),
                 unit_price_minor: reserved.unit_price.minor(),
                 quantity: item.quantity,
                 name_version: info.version,
+                incarnation: Some(info.created_at).filter(|c| !c.is_empty()),
+                product_slot: None,
+                open_slot: None,
             });
         }
-        Ok((items, currency.unwrap_or_default()))
+        let order = Order {
+            id: id.to_owned(),
+            customer_id: draft.customer_id.clone(),
+            items,
+            currency: currency.unwrap_or_default(),
+            status: Status::Pending,
+            cancellation_reason: None,
+            version: 1,
+            created_at: draft.created_at.clone(),
+            updated_at: draft.created_at.clone(),
+            reservation_id: rid.clone(),
+            stock_held: true,
+            slots: None,
+            idempotency: draft.idempotency.clone(),
+        };
+        let order = match self.append_entries(ctx, &order) {
+            Ok(order) => order,
+            Err(p) => return self.end_creating(ctx, id, &draft, p, None),
+        };
+        if let Err(p) = self.legacy_add(ctx, &order) {
+            self.remove_placements(ctx, id, Self::placements(ctx, &order));
+            return self.end_creating(ctx, id, &draft, p, None);
+        }
+        let step = update_json(
+            self.store,
+            &order_key(t, id),
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                Ok::<_, Problem>(match doc {
+                    Some(OrderDoc::Creating(d)) if d.reservation_id == *rid => {
+                        Change::Write(OrderDoc::Confirming(order.clone()), Step::Mine)
+                    }
+                    Some(doc @ (OrderDoc::Confirming(_) | OrderDoc::Live(_)))
+                        if same_attempt(&doc, rid) =>
+                    {
+                        Change::Keep(Step::Theirs(doc))
+                    }
+                    _ => Change::Keep(Step::Gone),
+                })
+            },
+        );
+        match step {
+            Ok(Step::Mine) => self.finish_confirming(ctx, order),
+            Ok(Step::Theirs(doc)) => {
+                self.remove_placements(ctx, id, Self::placements(ctx, &order));
+                self.drive(ctx, id, doc)
+            }
+            Ok(Step::Gone) => {
+                self.remove_placements(ctx, id, Self::placements(ctx, &order));
+                Ok(Drive::NotPlaced(interrupted(ctx, id), None))
+            }
+            Err(e) => {
+                self.remove_placements(ctx, id, Self::placements(ctx, &order));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends a `creating` attempt that failed with `problem`: marks it
+    /// `failed`, releases every hold it may have (unconfirmed, so an
+    /// unknown one leaves a tombstone that refuses a late reserve), and
+    /// deletes the document. If another request already moved the
+    /// attempt on, joins it instead.
+    fn end_creating(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        draft: &Draft,
+        problem: Problem,
+        retry_after: Option<String>,
+    ) -> Result<Drive, Problem> {
+        let rid = &draft.reservation_id;
+        let key = order_key(&ctx.tenant, id);
+        let step = update_json(
+            self.store,
+            &key,
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                Ok::<_, Problem>(match doc {
+                    Some(OrderDoc::Creating(d)) if d.reservation_id == *rid => Change::Write(
+                        OrderDoc::Failed {
+                            reservation_id: rid.clone(),
+                        },
+                        Step::Mine,
+                    ),
+                    Some(doc @ (OrderDoc::Confirming(_) | OrderDoc::Live(_)))
+                        if same_attempt(&doc, rid) =>
+                    {
+                        Change::Keep(Step::Theirs(doc))
+                    }
+                    _ => Change::Keep(Step::Gone),
+                })
+            },
+        )?;
+        match step {
+            Step::Mine => {
+                for item in &draft.items {
+                    self.release_hold(ctx, &item.product_id, rid, None);
+                }
+                if let Err(e) = self.store.delete(&key) {
+                    eprintln!(
+                        "order: failed attempt at order '{id}' of tenant '{}' not deleted (the id is free anyway): {e}",
+                        ctx.tenant
+                    );
+                }
+                Ok(Drive::NotPlaced(problem, retry_after))
+            }
+            Step::Theirs(doc) => self.drive(ctx, id, doc),
+            Step::Gone => Ok(Drive::NotPlaced(problem, retry_after)),
+        }
+    }
+
+    /// Steps 4-5: confirms every hold, then makes the order live.
+    fn finish_confirming(&self, ctx: &Ctx, order: Order) -> Result<Drive, Problem> {
+        let t = &ctx.tenant;
+        let rid = order.reservation_id.clone();
+        let mut confirmed = vec![false; order.items.len()];
+        for (i, item) in order.items.iter().enumerate() {
+            let pid = &item.product_id;
+            match self.products.confirm(t, pid, &rid) {
+                Ok(Ok(())) => confirmed[i] = true,
+                Ok(Err(Refused::NotFound)) => {
+                    let p = unprocessable(
+                        "unknown-product",
+                        &format!("items[{i}].productId"),
+                        format!(
+                            "product '{pid}' was deleted while order '{}' was being placed; nothing was ordered, check the product id",
+                            order.id
+                        ),
+                    );
+                    return self.abandon(ctx, order, &confirmed, i, p);
+                }
+                Ok(Err(Refused::Conflict(_))) => return self.expire(ctx, order, &confirmed, i),
+                Ok(Err(Refused::Busy { .. })) | Err(_) => {
+                    return Err(Problem::unavailable(format!(
+                        "order '{}' is being placed: its stock is held, but product '{pid}' could not confirm it yet; GET the order (or retry with the same Idempotency-Key) shortly to finish",
+                        order.id
+                    )));
+                }
+            }
+        }
+        let step = self.settle_confirming(ctx, &order, OrderDoc::Live(order.clone()))?;
+        match step {
+            Step::Mine => {
+                self.publish(ctx, ORDER_CREATED, &order);
+                Ok(Drive::Placed(order))
+            }
+            Step::Theirs(OrderDoc::Live(o)) => Ok(Drive::Placed(o)),
+            _ => Ok(Drive::NotPlaced(interrupted(ctx, &order.id), None)),
+        }
+    }
+
+    /// Compare-and-swaps the `confirming` document of `order`'s attempt
+    /// to `next`.
+    fn settle_confirming(&self, ctx: &Ctx, order: &Order, next: OrderDoc) -> Result<Step, Problem> {
+        let rid = &order.reservation_id;
+        Ok(update_json(
+            self.store,
+            &order_key(&ctx.tenant, &order.id),
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                Ok::<_, Problem>(match doc {
+                    Some(OrderDoc::Confirming(o)) if o.reservation_id == *rid => {
+                        Change::Write(next.clone(), Step::Mine)
+                    }
+                    Some(doc @ OrderDoc::Live(_)) if same_attempt(&doc, rid) => {
+                        Change::Keep(Step::Theirs(doc))
+                    }
+                    _ => Change::Keep(Step::Gone),
+                })
+            },
+        )?)
+    }
+
+    /// Releases the holds of every item but `failed` (`confirmed[j]`: item
+    /// `j` was confirmed by this call, so it is released as a confirmed
+    /// sale). `Err` when one could not be released: the document stays
+    /// `confirming` and a later request repeats this.
+    fn release_others(
+        &self,
+        ctx: &Ctx,
+        order: &Order,
+        confirmed: &[bool],
+        failed: usize,
+    ) -> Result<(), Problem> {
+        for (j, item) in order.items.iter().enumerate() {
+            if j == failed {
+                continue;
+            }
+            let qty = confirmed[j].then_some(item.quantity);
+            self.products
+                .release(&ctx.tenant, &item.product_id, &order.reservation_id, qty)
+                .map_err(|u| {
+                    Problem::unavailable(format!(
+                        "order '{}' cannot be placed, but the stock of product '{}' could not be returned yet ({}); GET the order shortly to finish",
+                        order.id, item.product_id, u.0
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Step 4 found a product gone: the order is not placed.
+    fn abandon(
+        &self,
+        ctx: &Ctx,
+        order: Order,
+        confirmed: &[bool],
+        failed: usize,
+        problem: Problem,
+    ) -> Result<Drive, Problem> {
+        self.release_others(ctx, &order, confirmed, failed)?;
+        let failed_doc = OrderDoc::Failed {
+            reservation_id: order.reservation_id.clone(),
+        };
+        match self.settle_confirming(ctx, &order, failed_doc)? {
+            Step::Mine => {
+                self.remove_placements(ctx, &order.id, Self::placements(ctx, &order));
+                if let Err(e) = self.store.delete(&order_key(&ctx.tenant, &order.id)) {
+                    eprintln!(
+                        "order: failed attempt at order '{}' of tenant '{}' not deleted (the id is free anyway): {e}",
+                        order.id, ctx.tenant
+                    );
+                }
+                Ok(Drive::NotPlaced(problem, None))
+            }
+            Step::Theirs(OrderDoc::Live(o)) => Ok(Drive::Placed(o)),
+            _ => Ok(Drive::NotPlaced(problem, None)),
+        }
+    }
+
+    /// Step 4 found a hold expired or released: the order ends live but
+    /// Cancelled, its other items released, so it is never shown as
+    /// placed while its stock is not held.
+    fn expire(
+        &self,
+        ctx: &Ctx,
+        order: Order,
+        confirmed: &[bool],
+        failed: usize,
+    ) -> Result<Drive, Problem> {
+        self.release_others(ctx, &order, confirmed, failed)?;
+        let t = &ctx.tenant;
+        let prefix = status_index(t, Status::Cancelled);
+        let slot = self
+            .index(prefix.clone())
+            .append(&order.id, &order.created_at)?;
+        let mut cancelled = order.clone();
+        cancelled.status = Status::Cancelled;
+        cancelled.cancellation_reason = Some(EXPIRED_REASON.to_owned());
+        cancelled.stock_held = false;
+        cancelled.updated_at = now_rfc3339();
+        let mut gone = Vec::new();
+        if let Some(s) = cancelled.slots.as_mut() {
+            gone.push((status_index(t, Status::Pending), s.status));
+            s.status = slot;
+        }
+        for item in cancelled.items.iter_mut() {
+            if let Some(open) = item.open_slot.take() {
+                gone.push((open_product_index(t, &item.product_id), open));
+            }
+        }
+        match self.settle_confirming(ctx, &order, OrderDoc::Live(cancelled.clone())) {
+            Ok(Step::Mine) => {
+                self.remove_placements(ctx, &order.id, gone);
+                self.publish(ctx, ORDER_CANCELLED, &cancelled);
+                Ok(Drive::Placed(cancelled))
+            }
+            other => {
+                self.remove_placements(ctx, &order.id, vec![(prefix, slot)]);
+                match other? {
+                    Step::Theirs(OrderDoc::Live(o)) => Ok(Drive::Placed(o)),
+                    _ => Ok(Drive::NotPlaced(interrupted(ctx, &order.id), None)),
+                }
+            }
+        }
+    }
+
+    /// Releases one unconfirmed hold, logging a failure (it expires on its
+    /// own at the product service).
+    fn release_hold(&self, ctx: &Ctx, pid: &str, rid: &str, confirmed: Option<i64>) {
+        if let Err(u) = self.products.release(&ctx.tenant, pid, rid, confirmed) {
+            eprintln!(
+                "order: compensation failed: product '{pid}' of tenant '{}' keeps hold '{rid}' until it expires: {}",
+                ctx.tenant, u.0
+            );
+        }
+    }
+
+    /// The fallback for a key an earlier version recorded in a legacy
+    /// `Idempotency-Key` record: `Some` when that record names an order,
+    /// which is returned (200) after the record was converted (the order,
+    /// or an alias at the keyed id, now carries the key) and deleted.
+    /// `None` when there is no record, or it belonged to a request that
+    /// died (its holds are released and the record deleted).
+    fn legacy_key(
+        &self,
+        ctx: &Ctx,
+        new: &NewOrder,
+        key: &str,
+        idem: &Idempotency,
+        id: &str,
+    ) -> Result<Option<Placed>, Failure> {
+        let record_key = legacy_idempotency_key(&ctx.tenant, key);
+        let Some(record) =
+            get_json::<IdempotencyRecord>(self.store, &record_key).map_err(Problem::from)?
+        else {
+            return Ok(None);
+        };
+        if record.fingerprint != idem.fingerprint {
+            return Err(key_reused(key).into());
+        }
+        let doc = self.doc(ctx, &record.order_id)?;
+        match doc {
+            Some(OrderDoc::Live(_) | OrderDoc::Deleted { .. }) => {
+                let converted = if record.order_id == id {
+                    self.stamp_key(ctx, id, idem)
+                } else {
+                    update_json(
+                        self.store,
+                        &order_key(&ctx.tenant, id),
+                        &self.settings.retry,
+                        |doc: Option<OrderDoc>| {
+                            Ok::<_, Problem>(match doc {
+                                None | Some(OrderDoc::Failed { .. }) => Change::Write(
+                                    OrderDoc::Alias {
+                                        order_id: record.order_id.clone(),
+                                        idempotency: idem.clone(),
+                                    },
+                                    (),
+                                ),
+                                Some(_) => Change::Keep(()),
+                            })
+                        },
+                    )
+                    .map_err(Problem::from)
+                };
+                converted?;
+                self.store.delete(&record_key).map_err(Problem::from)?;
+                match doc {
+                    Some(OrderDoc::Live(order)) => Ok(Some(Placed {
+                        order: self.ensure_indexed(ctx, order)?,
+                        replayed: true,
+                    })),
+                    _ => Err(key_used(&record.order_id).into()),
+                }
+            }
+            other => {
+                let age = now_ms().saturating_sub(record.claimed_at_ms);
+                if age <= self.settings.idempotency_lease.as_millis() as u64 {
+                    return Err(Problem::conflict(
+                        "idempotency-key-in-progress",
+                        "a request with this Idempotency-Key is still being processed; retry shortly to get its order",
+                    )
+                    .into());
+                }
+                // Its request died: return what it may have held.
+                let rid = match &other {
+                    Some(OrderDoc::Creating(d)) => d.reservation_id.clone(),
+                    _ => record.order_id.clone(),
+                };
+                for item in &new.items {
+                    self.release_hold(ctx, &item.product_id, &rid, None);
+                }
+                if matches!(other, Some(OrderDoc::Creating(ref d)) if d.items.is_empty()) {
+                    self.store
+                        .delete(&order_key(&ctx.tenant, &record.order_id))
+                        .map_err(Problem::from)?;
+                }
+                self.store.delete(&record_key).map_err(Problem::from)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records the key on a live or deleted order that lacks one.
+    fn stamp_key(&self, ctx: &Ctx, id: &str, idem: &Idempotency) -> Result<(), Problem> {
+        Ok(update_json(
+            self.store,
+            &order_key(&ctx.tenant, id),
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                Ok::<_, Problem>(match doc {
+                    Some(OrderDoc::Live(mut o)) if o.idempotency.is_none() => {
+                        o.idempotency = Some(idem.clone());
+                        Change::Write(OrderDoc::Live(o), ())
+                    }
+                    Some(OrderDoc::Deleted {
+                        deleted_at,
+                        idempotency: None,
+                    }) => Change::Write(
+                        OrderDoc::Deleted {
+                            deleted_at,
+                            idempotency: Some(idem.clone()),
+                        },
+                        (),
+                    ),
+                    _ => Change::Keep(()),
+                })
+            },
+        )?)
+    }
+}
+
+/// Whether a `confirming` or `live` document belongs to the attempt with
+/// reservation id `rid`.
+fn same_attempt(doc: &OrderDoc, rid: &str) -> bool {
+    match doc {
+        OrderDoc::Confirming(o) | OrderDoc::Live(o) => o.reservation_id == rid,
+        _ => false,
     }
 }
 
@@ -394,14 +764,66 @@ fn refused(field: &str, pid: &str, quantity: i64, product: Problem) -> Problem {
     p
 }
 
-fn order_exists(ctx: &Ctx, id: &str) -> Problem {
+/// The product service's 503 with `Retry-After`, naming the item.
+fn busy(field: &str, pid: &str, retry_after: &str, product: Problem) -> Problem {
+    let detail = format!(
+        "product '{pid}' is taking too many orders at once ({}); nothing was ordered, retry after {retry_after} seconds",
+        product.detail
+    );
+    let mut p = Problem::unavailable(detail.clone());
+    p.errors.insert(field.to_owned(), vec![detail]);
+    p
+}
+
+/// 409 for a create whose holds expired before they were confirmed.
+fn expired(order: &Order) -> Problem {
+    let detail = format!(
+        "order '{}' was not placed: a stock hold expired before it could be confirmed, so the order is recorded as Cancelled ({EXPIRED_REASON}) and its stock returned; place a new order",
+        order.id
+    );
+    let mut p = Problem::conflict("reservation-expired", detail.clone());
+    p.errors.insert("items".to_owned(), vec![detail]);
+    p
+}
+
+/// 409 for an attempt another request ended while this one ran.
+fn interrupted(ctx: &Ctx, id: &str) -> Problem {
     Problem::conflict(
+        "order-creation-interrupted",
+        format!(
+            "the attempt to place order '{id}' of tenant '{}' was ended by a concurrent request before it finished; nothing was ordered by it, retry",
+            ctx.tenant
+        ),
+    )
+}
+
+fn order_exists(ctx: &Ctx, id: &str) -> Problem {
+    let mut p = Problem::conflict(
         "order-exists",
         format!(
             "order '{id}' already exists (or existed) for tenant '{}'; choose another id or leave it out",
             ctx.tenant
         ),
-    )
+    );
+    p.errors.insert(
+        "id".to_owned(),
+        vec![format!("order '{id}' already exists")],
+    );
+    p
+}
+
+fn key_used(order_id: &str) -> Problem {
+    let mut p = Problem::conflict(
+        "idempotency-key-used",
+        format!(
+            "the order '{order_id}' created with this Idempotency-Key was deleted since; use a new key to order again"
+        ),
+    );
+    p.errors.insert(
+        crate::validation::IDEMPOTENCY_HEADER.to_owned(),
+        vec!["its order was deleted since".to_owned()],
+    );
+    p
 }
 
 fn key_reused(key: &str) -> Problem {

@@ -36,6 +36,19 @@ impl Status {
         ALL_STATUSES.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// [`Status::parse`] for client input: the error message names the
+    /// valid statuses. The one place request bodies and list queries parse
+    /// a status.
+    pub fn parse_input(s: &str) -> Result<Status, String> {
+        Status::parse(s).ok_or_else(|| {
+            let names: Vec<&str> = ALL_STATUSES.iter().map(|s| s.as_str()).collect();
+            format!(
+                "'{s}' is not a status; use one of {} (case-sensitive)",
+                names.join(", ")
+            )
+        })
+    }
+
     /// The name used in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +80,26 @@ impl Status {
         )
     }
 
+    /// Whether some chain of allowed changes leads from this status to
+    /// `target` (not counting staying put). Statuses never come back, so
+    /// an order that cannot reach a status never shows in its list again.
+    pub fn can_reach(self, target: Status) -> bool {
+        let mut seen = vec![self];
+        let mut i = 0;
+        while i < seen.len() {
+            for next in seen[i].next_allowed() {
+                if next == target {
+                    return true;
+                }
+                if !seen.contains(&next) {
+                    seen.push(next);
+                }
+            }
+            i += 1;
+        }
+        false
+    }
+
     /// The statuses this one may move to (for error messages).
     pub fn next_allowed(self) -> Vec<Status> {
         ALL_STATUSES
@@ -79,6 +112,80 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Where an entry sits in a paged index (shard, page, position; stored as
+/// the short text `"s.p.i"`). An entry counts only when its order stores
+/// that very slot (`docs/storage-layout.md`, "Paged indexes").
+pub use service_kit::pages::Slot;
+
+/// The slots of an order's whole-order index entries (`all`, `customer`,
+/// `status`); the per-product ones are on the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSlots {
+    /// Entry in `orders/all`.
+    pub all: Slot,
+    /// Entry in `orders/customer/<sha256(customerId)>`.
+    pub customer: Slot,
+    /// Entry in `orders/status/<status>` (moves with the status).
+    pub status: Slot,
+}
+
+/// The `Idempotency-Key` an order was created with: a digest of the key
+/// (keys may hold any visible ASCII) and of the request body, so a retry
+/// with the same key is told apart from a reuse with another body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotency {
+    /// sha256 hex of the tenant and key.
+    pub key: String,
+    /// sha256 hex of the meaning of the request body.
+    pub fingerprint: String,
+}
+
+/// Most bytes of a product name kept in an order line, counted as JSON
+/// text (a `"` or a backslash counts twice). Names may have 200 characters of up to 4
+/// bytes; a 100-line order must still stay well under 64 KiB
+/// (`docs/storage-layout.md`).
+pub const NAME_JSON_BYTES_MAX: usize = 240;
+
+/// A product name as an order keeps it: control characters (which the
+/// product service refuses anyway) become spaces, and the text is cut at a
+/// character boundary to [`NAME_JSON_BYTES_MAX`] bytes of JSON, ending in
+/// `…` when cut.
+pub fn stored_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if json_len(&clean) <= NAME_JSON_BYTES_MAX {
+        return clean;
+    }
+    let budget = NAME_JSON_BYTES_MAX - '…'.len_utf8();
+    let mut out = String::new();
+    let mut used = 0;
+    for c in clean.chars() {
+        let n = json_char_len(c);
+        if used + n > budget {
+            break;
+        }
+        used += n;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// Bytes `s` takes inside a JSON string (control characters excluded).
+pub fn json_len(s: &str) -> usize {
+    s.chars().map(json_char_len).sum()
+}
+
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' => 2,
+        c if c.is_control() => 6,
+        c => c.len_utf8(),
     }
 }
 
@@ -99,6 +206,19 @@ pub struct OrderItem {
     /// `ProductUpdated` never overwrites a newer name.
     #[serde(default)]
     pub name_version: u64,
+    /// The product's `createdAt` when the order was placed: which
+    /// incarnation of the product id was ordered. `None` on orders placed
+    /// before it was recorded, which then match any incarnation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
+    /// Entry in `orders/product/<productId>`; `None` on legacy orders not
+    /// yet re-indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_slot: Option<Slot>,
+    /// Entry in `orders/open-product/<productId>`, only while the order is
+    /// open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_slot: Option<Slot>,
 }
 
 impl OrderItem {
@@ -138,6 +258,13 @@ pub struct Order {
     /// set on a cancelled order until every release succeeded, so a retry
     /// finishes the job.
     pub stock_held: bool,
+    /// Slots of its whole-order index entries; `None` on a legacy order
+    /// not yet re-indexed (see `docs/storage-layout.md`, "Migration").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<OrderSlots>,
+    /// The `Idempotency-Key` it was created with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
 }
 
 /// Why a status change was refused (409).
@@ -217,16 +344,16 @@ impl Order {
     }
 
     /// Applies a product rename seen at product `version`: `None` when the
-    /// order is closed, lacks the product, or already knows a version at
-    /// least as new. The returned flag says whether the name changed (a
-    /// visible change: new version) or only the remembered version did.
+    /// order is closed, lacks the product, already knows a version at least
+    /// as new, or would show the same name (then nothing is written, so a
+    /// price-only update costs no order write).
     pub fn rename_product(
         &self,
         product_id: &str,
         name: &str,
         version: u64,
         now: &str,
-    ) -> Option<(Order, bool)> {
+    ) -> Option<Order> {
         if !self.status.is_open() {
             return None;
         }
@@ -234,15 +361,27 @@ impl Order {
             .items
             .iter()
             .position(|i| i.product_id == product_id && i.name_version < version)?;
-        let renamed = self.items[item].product_name != name;
-        let mut next = if renamed {
-            self.next_version(now)
-        } else {
-            self.clone()
-        };
-        next.items[item].product_name = name.to_owned();
+        let name = stored_name(name);
+        if self.items[item].product_name == name {
+            return None;
+        }
+        let mut next = self.next_version(now);
+        next.items[item].product_name = name;
         next.items[item].name_version = version;
-        Some((next, renamed))
+        Some(next)
+    }
+
+    /// Whether the item for `product_id` was ordered from the product
+    /// incarnation `created_at` (a legacy item without one matches any; so
+    /// does an event that does not say).
+    pub fn ordered_incarnation(&self, product_id: &str, created_at: Option<&str>) -> bool {
+        self.items.iter().any(|i| {
+            i.product_id == product_id
+                && match (&i.incarnation, created_at) {
+                    (Some(mine), Some(theirs)) => mine == theirs,
+                    _ => true,
+                }
+        })
     }
 
     /// The public representation. Creation refuses orders whose totals
@@ -335,6 +474,9 @@ pub(crate) mod tests {
                     unit_price_minor: *price,
                     quantity: *q,
                     name_version: 1,
+                    incarnation: Some("inc".into()),
+                    product_slot: None,
+                    open_slot: None,
                 })
                 .collect(),
             currency: "USD".into(),
@@ -345,6 +487,8 @@ pub(crate) mod tests {
             updated_at: "t0".into(),
             reservation_id: "o1".into(),
             stock_held: true,
+            slots: None,
+            idempotency: None,
         }
     }
 
@@ -368,6 +512,9 @@ pub(crate) mod tests {
             }
         }
         assert!(Pending.is_open() && Confirmed.is_open());
+        assert!(Pending.can_reach(Delivered) && Confirmed.can_reach(Cancelled));
+        assert!(!Shipped.can_reach(Cancelled) && !Delivered.can_reach(Delivered));
+        assert!(!Confirmed.can_reach(Pending));
         assert!(!Shipped.is_open() && !Delivered.is_open() && !Cancelled.is_open());
     }
 
@@ -435,19 +582,53 @@ pub(crate) mod tests {
     #[test]
     fn rename_only_applies_newer_versions_to_open_orders() {
         let o = order(&[("a", 10, 1), ("b", 20, 1)]);
-        let (r, visible) = o.rename_product("b", "Bee", 2, "t1").unwrap();
-        assert!(visible);
+        let r = o.rename_product("b", "Bee", 2, "t1").unwrap();
         assert_eq!((r.items[1].product_name.as_str(), r.version), ("Bee", 2));
         assert_eq!(r.items[1].unit_price_minor, 20, "prices stay as ordered");
         assert_eq!(r.rename_product("b", "Old", 2, "t2"), None, "same version");
         assert_eq!(r.rename_product("b", "Old", 1, "t2"), None, "older version");
-        let (same, visible) = r.rename_product("b", "Bee", 3, "t2").unwrap();
-        assert!(!visible);
-        assert_eq!((same.version, same.items[1].name_version), (2, 3));
+        assert_eq!(
+            r.rename_product("b", "Bee", 3, "t2"),
+            None,
+            "same name: nothing to write"
+        );
         assert_eq!(o.rename_product("zzz", "x", 9, "t1"), None);
         let mut shipped = o.clone();
         shipped.status = Status::Shipped;
         assert_eq!(shipped.rename_product("a", "x", 9, "t1"), None);
+    }
+
+    #[test]
+    fn incarnations_match_or_are_unknown() {
+        let mut o = order(&[("a", 10, 1)]);
+        assert!(o.ordered_incarnation("a", Some("inc")));
+        assert!(!o.ordered_incarnation("a", Some("later")));
+        assert!(o.ordered_incarnation("a", None));
+        assert!(!o.ordered_incarnation("b", None));
+        o.items[0].incarnation = None;
+        assert!(o.ordered_incarnation("a", Some("later")), "legacy line");
+    }
+
+    #[test]
+    fn stored_names_are_capped_in_json_bytes() {
+        assert_eq!(stored_name("Widget"), "Widget");
+        assert_eq!(stored_name("a\nb"), "a b");
+        for long in ["\"".repeat(200), "😀".repeat(200), "x".repeat(300)] {
+            let s = stored_name(&long);
+            assert!(json_len(&s) <= NAME_JSON_BYTES_MAX, "{}", json_len(&s));
+            assert!(s.ends_with('…'));
+            let encoded = serde_json::to_string(&s).unwrap();
+            assert!(
+                encoded.len() <= NAME_JSON_BYTES_MAX + 2,
+                "{}",
+                encoded.len()
+            );
+        }
+        assert_eq!(
+            stored_name(&"y".repeat(200)),
+            "y".repeat(200),
+            "200 ASCII characters fit"
+        );
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! The WasmShop order component (DESIGN §4): orders placed against the
-//! product service (price snapshot, stock reservation, compensation),
+//! The WasmShop order component: orders placed against the product
+//! service (price snapshot, stock held then confirmed, compensation),
 //! their status machine, order events, and reactions to product events.
+//! How it stores them is in `docs/storage-layout.md`.
 //!
 //! The business rules live in plain modules ([`domain`], [`validation`],
 //! [`store`], [`products`], [`service`], [`create`], [`api`],
-//! [`reactions`]) that run natively in unit tests; this file is the thin
-//! glue to the WIT world.
+//! [`reactions`], [`migration`]) that run natively in unit tests; this
+//! file is the thin glue to the WIT world.
 
 pub mod api;
 pub mod create;
 pub mod domain;
+mod indexing;
+pub mod migration;
 pub mod products;
 pub mod reactions;
 pub mod service;
@@ -26,7 +29,7 @@ use service_kit::problem::Problem;
 
 use crate::products::WasiTransport;
 use crate::reactions::Outcome;
-use crate::service::OrderService;
+use crate::service::{OrderService, Settings};
 
 /// The exported component. Exported only when compiling to WebAssembly:
 /// the export symbols' names (`wasi:http/...`) cannot be linked into a
@@ -51,7 +54,7 @@ impl incoming_handler::Guest for Component {
                 Err(e) => return Problem::from(e).to_response(),
             };
             let events = MessagingSink::new(PUBSUB_CLIENT);
-            OrderService::new(&store, &events, &WasiTransport).handle(&req)
+            OrderService::with_settings(&store, &events, &WasiTransport, settings()).handle(&req)
         });
     }
 }
@@ -63,7 +66,7 @@ impl messaging_handler::Guest for Component {
         let store =
             WasiStore::open(DEFAULT_STORE).map_err(|e| MessagingError::Other(e.to_string()))?;
         let events = MessagingSink::new(PUBSUB_CLIENT);
-        let service = OrderService::new(&store, &events, &WasiTransport);
+        let service = OrderService::with_settings(&store, &events, &WasiTransport, settings());
         match service.on_product_event(&message.data()) {
             Ok(Outcome::Ignored(why)) => {
                 eprintln!("order: product event dropped: {why}");
@@ -76,6 +79,27 @@ impl messaging_handler::Guest for Component {
             }
         }
     }
+}
+
+/// The settings, with `index_page_capacity` (entries per index page) from
+/// the component's variables when set; a missing or invalid value keeps
+/// the default, with a log line for the invalid one.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn settings() -> Settings {
+    let mut settings = Settings::default();
+    let name = "index_page_capacity";
+    match service_kit::bindings::wasi::config::store::get(name) {
+        Ok(Some(v)) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => settings.page_capacity = n,
+            _ => eprintln!(
+                "order: variable {name} = '{v}' is not a whole number from 1 to 1024; using {}",
+                settings.page_capacity
+            ),
+        },
+        Ok(None) => {}
+        Err(e) => eprintln!("order: variable {name} could not be read ({e:?}); using the default"),
+    }
+    settings
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -2,9 +2,11 @@
 //! dispatches them in-process or through Dapr service invocation).
 //!
 //! Every call carries the tenant in `X-Tenant-Id`. Transport failures and
-//! 5xx answers are retried a few times with a short pause; reservations
-//! and releases are idempotent per reservation id at the product service,
-//! so a retry never takes stock twice.
+//! 5xx answers (but a 503 with `Retry-After`) are retried a few times with
+//! a short pause; reserve, confirm and release are idempotent per
+//! reservation id at the product service (the contract is in
+//! `docs/storage-layout.md`, "Reservations"), so a retry never takes stock
+//! twice.
 
 use std::time::Duration;
 
@@ -47,9 +49,15 @@ pub struct ProductInfo {
     pub currency: String,
     /// Version, to order renames.
     pub version: u64,
+    /// Creation time: the product's *incarnation*. A product deleted and
+    /// re-created under the same id has a new one, so a late
+    /// `ProductDeleted` of the old product never touches orders of the
+    /// new one. Empty when the product service does not send it.
+    #[serde(default)]
+    pub created_at: String,
 }
 
-/// A reservation as the product service reports it.
+/// A hold (or confirmed sale) as the product service reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reserved {
@@ -61,14 +69,37 @@ pub struct Reserved {
     pub currency: String,
 }
 
-/// Why a reservation was refused.
+/// Why a reservation (or its confirmation) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
-    /// The product does not exist (any more).
+    /// The product does not exist (any more); its holds went with it.
     NotFound,
-    /// A 409 from the product service (not enough stock, or this
-    /// reservation id holds something else); its problem is kept.
+    /// A 409 from the product service (`insufficient-stock`,
+    /// `reservation-released`, `reservation-expired`,
+    /// `reservation-conflict`, `reservation-unknown`); its problem is kept.
     Conflict(Problem),
+    /// A 503 carrying `Retry-After`: the product holds too many unconfirmed
+    /// holds right now. Not retried here; the client is told when to retry.
+    Busy {
+        /// The product service's `Retry-After` value (seconds or a date).
+        retry_after: String,
+        /// The product service's problem.
+        problem: Problem,
+    },
+}
+
+impl Refused {
+    /// The problem slug of a [`Refused::Conflict`] (`reservation-expired`,
+    /// …), or `""`.
+    pub fn slug(&self) -> &str {
+        match self {
+            Refused::Conflict(p) => p
+                .kind
+                .strip_prefix(service_kit::problem::TYPE_PREFIX)
+                .unwrap_or(""),
+            _ => "",
+        }
+    }
 }
 
 /// The product service could not answer usefully; a 503 for the client.
@@ -78,7 +109,7 @@ pub struct Unavailable(pub String);
 impl From<Unavailable> for Problem {
     fn from(u: Unavailable) -> Problem {
         Problem::unavailable(format!(
-            "the product service is unavailable ({}); nothing was changed, retry shortly",
+            "the product service is unavailable ({}); retry shortly",
             u.0
         ))
     }
@@ -133,7 +164,9 @@ impl<'a, T: Transport> Products<'a, T> {
         }
     }
 
-    /// `POST /api/products/{id}/reservations` for `reservation_id`.
+    /// `POST /api/products/{id}/reservations` `{orderId, quantity}`: takes
+    /// an unconfirmed hold under `reservation_id` (201), or finds it again
+    /// (200; idempotent, also once confirmed).
     pub fn reserve(
         &self,
         tenant: &TenantId,
@@ -153,26 +186,49 @@ impl<'a, T: Transport> Products<'a, T> {
                     "reservation of '{product_id}' came back unreadable: {e}"
                 ))
             }),
-            404 => Ok(Err(Refused::NotFound)),
-            409 => Ok(Err(Refused::Conflict(r.json_body().unwrap_or_else(|_| {
-                Problem::conflict(
-                    "insufficient-stock",
-                    format!("product '{product_id}' refused the reservation"),
-                )
-            })))),
-            _ => Err(unexpected("reserving", product_id, &r)),
+            _ => refusal("reserving", product_id, &r).map(Err),
         }
     }
 
-    /// `DELETE /api/products/{id}/reservations/{reservationId}`; idempotent
-    /// at the product service (204 also when nothing is held).
+    /// `POST /api/products/{id}/reservations/{rid}/confirm`: turns the hold
+    /// into a sale (idempotent). `Refused::NotFound` when the product is
+    /// gone; `Refused::Conflict` with `reservation-expired`,
+    /// `reservation-released` or `reservation-unknown` when no hold is left
+    /// to confirm.
+    pub fn confirm(
+        &self,
+        tenant: &TenantId,
+        product_id: &str,
+        reservation_id: &str,
+    ) -> Result<Result<(), Refused>, Unavailable> {
+        let url = format!(
+            "{PRODUCT_BASE}/api/products/{product_id}/reservations/{reservation_id}/confirm"
+        );
+        let r = self.send(tenant, Call::post(url))?;
+        match r.status.as_u16() {
+            200..=299 => Ok(Ok(())),
+            _ => refusal("confirming", product_id, &r).map(Err),
+        }
+    }
+
+    /// `DELETE /api/products/{id}/reservations/{rid}[?confirmedQuantity=n]`;
+    /// idempotent at the product service (204 also when nothing is held).
+    /// `confirmed` is the quantity of a *confirmed* sale, so the product
+    /// returns it even after it forgot the reservation; pass `None` for a
+    /// hold that may be unconfirmed (an unknown one then leaves a tombstone,
+    /// so a late reserve under the id is refused).
     pub fn release(
         &self,
         tenant: &TenantId,
         product_id: &str,
         reservation_id: &str,
+        confirmed: Option<i64>,
     ) -> Result<(), Unavailable> {
-        let url = format!("{PRODUCT_BASE}/api/products/{product_id}/reservations/{reservation_id}");
+        let mut url =
+            format!("{PRODUCT_BASE}/api/products/{product_id}/reservations/{reservation_id}");
+        if let Some(n) = confirmed {
+            url.push_str(&format!("?confirmedQuantity={n}"));
+        }
         let r = self.send(tenant, Call::delete(url))?;
         match r.status.as_u16() {
             200..=299 | 404 => Ok(()),
@@ -191,6 +247,10 @@ impl<'a, T: Transport> Products<'a, T> {
                 pause = pause.saturating_mul(2);
             }
             match self.transport.send(&call) {
+                // "Come back later" is the client's to honour, not ours.
+                Ok(r) if r.status.as_u16() == 503 && r.header("retry-after").is_some() => {
+                    return Ok(r);
+                }
                 Ok(r) if r.status.is_server_error() => {
                     last = format!("{} {} answered {}", call.method, call.url, r.status);
                 }
@@ -203,6 +263,35 @@ impl<'a, T: Transport> Products<'a, T> {
             "{last}, after {} attempts",
             self.policy.attempts.max(1)
         )))
+    }
+}
+
+/// The refusal a reserve or confirm answer stands for; anything else is
+/// [`Unavailable`].
+fn refusal(what: &str, product_id: &str, r: &Response) -> Result<Refused, Unavailable> {
+    let problem = || {
+        r.json_body::<Problem>().unwrap_or_else(|_| {
+            Problem::conflict(
+                "insufficient-stock",
+                format!("product '{product_id}' refused the reservation"),
+            )
+        })
+    };
+    match r.status.as_u16() {
+        404 => Ok(Refused::NotFound),
+        409 => Ok(Refused::Conflict(problem())),
+        503 => match r.header("retry-after") {
+            Some(after) => Ok(Refused::Busy {
+                retry_after: after.to_owned(),
+                problem: r.json_body::<Problem>().unwrap_or_else(|_| {
+                    Problem::unavailable(format!(
+                        "product '{product_id}' holds too many unconfirmed reservations; retry after {after}"
+                    ))
+                }),
+            }),
+            None => Err(unexpected(what, product_id, r)),
+        },
+        _ => Err(unexpected(what, product_id, r)),
     }
 }
 

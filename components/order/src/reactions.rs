@@ -1,50 +1,65 @@
 //! Reactions to the product service's events (topic `products`).
 //!
 //! - `ProductUpdated` refreshes `productName` on the tenant's open orders
-//!   containing the product; prices stay as ordered.
-//! - `ProductDeleted` cancels those orders, with a `cancellationReason`,
-//!   and returns their other items' stock.
+//!   containing the product (an order is written only when the name it
+//!   shows changes, and only from a newer product version); prices stay
+//!   as ordered.
+//! - `ProductDeleted` cancels those orders whose line was ordered from the
+//!   deleted incarnation of the product (its `createdAt`), with a
+//!   `cancellationReason`, and returns their other items' stock. A late
+//!   `ProductDeleted` never touches orders of a product re-created under
+//!   the same id.
 //!
-//! Delivery is at least once, so handling is idempotent: an event id seen
-//! before is skipped, a rename only applies a newer product version, and a
-//! cancelled order is not cancelled again. A transient failure is an error
-//! (the host redelivers); an event that can never be handled is logged and
-//! dropped.
+//! Only the `open-product/<productId>` index is walked, so the work is
+//! bounded by the product's open orders, whatever history the tenant has.
+//! Delivery is at least once; the version and incarnation rules make a
+//! repeat change nothing, so no per-event marker is kept. A transient
+//! failure is an error (the host redelivers); an event that can never be
+//! handled is logged and dropped.
 
 use serde::Deserialize;
 use service_kit::clock::now_rfc3339;
 use service_kit::events::{CloudEvent, EventSink};
 use service_kit::ids::is_valid_id;
-use service_kit::kv::{Change, KvError, KvStore, get_json, put_json, update_json};
+use service_kit::kv::{Change, KvStore, update_json};
+use service_kit::pages::{Position, Slot};
 use service_kit::problem::Problem;
 use service_kit::tenant::TenantId;
 use service_kit::trace::{is_valid_traceparent, new_traceparent};
 
-use crate::domain::{Order, Status};
+use crate::create::Drive;
+use crate::domain::{Order, Status, stored_name};
+use crate::migration::Phase;
 use crate::products::Transport;
 use crate::service::{Ctx, OrderService};
-use crate::store::{OrderDoc, ProductOrders, order_key, product_orders_key, seen_event_key};
+use crate::store::{OrderDoc, open_product_index, order_key};
 
 /// The product event a rename comes from.
 pub const PRODUCT_UPDATED: &str = "ProductUpdated";
 /// The product event a cancellation comes from.
 pub const PRODUCT_DELETED: &str = "ProductDeleted";
 
+/// Index entries read per round trip while walking.
+const WALK_BATCH: usize = 64;
+
 /// What the order needs of a product event's data.
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ProductData {
     id: String,
     name: String,
     version: u64,
+    /// The product's incarnation; absent from events of older versions,
+    /// which then match any.
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied to this many orders.
+    /// Applied; this many orders changed now (0 for a repeat).
     Applied(usize),
-    /// Seen before; nothing done.
-    Duplicate,
     /// Another event type, which needs no reaction.
     NotRelevant,
     /// Undecodable or invalid; dropped (retrying cannot help).
@@ -88,27 +103,35 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 new_traceparent()
             },
         };
-        let seen = seen_event_key(&ctx.tenant, &event.id);
-        if self.store.get(&seen).map_err(transient)?.is_some() {
-            return Ok(Outcome::Duplicate);
-        }
-        let ids: ProductOrders =
-            match get_json(self.store, &product_orders_key(&ctx.tenant, &data.id)) {
-                Ok(ids) => ids.unwrap_or_default(),
-                Err(e) => return Err(transient(e)),
-            };
+        let deleted = event.kind == PRODUCT_DELETED;
         let mut applied = 0;
         let mut failures = Vec::new();
-        for order_id in &ids.order_ids {
-            let result = if event.kind == PRODUCT_UPDATED {
-                self.rename(&ctx, order_id, &data)
-            } else {
-                self.cancel_for_deleted(&ctx, order_id, &data)
-            };
-            match result {
-                Ok(true) => applied += 1,
-                Ok(false) => {}
-                Err(p) => failures.push(format!("order '{order_id}': {}", p.detail)),
+        let mut react = |order_id: &str, slot: Option<Slot>| match self
+            .react(&ctx, order_id, slot, deleted, &data)
+        {
+            Ok(true) => applied += 1,
+            Ok(false) => {}
+            Err(p) => failures.push(format!("order '{order_id}': {}", p.detail)),
+        };
+        let phase = self.migration(&ctx).map_err(|p| p.detail)?.phase;
+        if phase == Phase::Index {
+            for id in self
+                .legacy_product_orders(&ctx, &data.id)
+                .map_err(|p| p.detail)?
+            {
+                react(&id, None);
+            }
+        } else {
+            let index = self.index(open_product_index(&ctx.tenant, &data.id));
+            let mut scan = index.scan(&Position::start()).map_err(|e| e.to_string())?;
+            loop {
+                let batch = scan.next_batch(WALK_BATCH).map_err(|e| e.to_string())?;
+                if batch.is_empty() {
+                    break;
+                }
+                for (entry, slot) in batch {
+                    react(&entry.id, Some(slot));
+                }
             }
         }
         if !failures.is_empty() {
@@ -120,14 +143,64 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 failures.join("; ")
             ));
         }
-        put_json(self.store, &seen, &event.time).map_err(transient)?;
         Ok(Outcome::Applied(applied))
     }
 
-    /// Applies a rename to one order; `true` if it changed visibly.
+    /// Applies the event to one order found through the open-product entry
+    /// at `slot` (or, while migrating, through a legacy document). An
+    /// unfinished creation is finished first; a stale entry is removed.
+    /// `true` when the order changed now.
+    fn react(
+        &self,
+        ctx: &Ctx,
+        order_id: &str,
+        slot: Option<Slot>,
+        deleted: bool,
+        data: &ProductData,
+    ) -> Result<bool, Problem> {
+        let stale = |slot: Option<Slot>| {
+            if let Some(slot) = slot {
+                let prefix = open_product_index(&ctx.tenant, &data.id);
+                self.remove_placements(ctx, order_id, vec![(prefix, slot)]);
+            }
+        };
+        let order = match self.doc(ctx, order_id)? {
+            Some(OrderDoc::Live(o)) => o,
+            Some(doc @ (OrderDoc::Creating(_) | OrderDoc::Confirming(_))) => {
+                match self.drive(ctx, order_id, doc)? {
+                    Drive::Placed(o) => o,
+                    Drive::NotPlaced(..) => return Ok(false),
+                }
+            }
+            _ => {
+                stale(slot);
+                return Ok(false);
+            }
+        };
+        if !order.contains(&data.id) {
+            return Ok(false);
+        }
+        if let Some(slot) = slot
+            && order.slots.is_some()
+            && !order
+                .items
+                .iter()
+                .any(|i| i.product_id == data.id && i.open_slot == Some(slot))
+        {
+            stale(Some(slot));
+            return Ok(false);
+        }
+        if deleted {
+            self.cancel_for_deleted(ctx, order, data)
+        } else {
+            self.rename(ctx, &order.id, data)
+        }
+    }
+
+    /// Applies a rename to one order; `true` if its name changed.
     fn rename(&self, ctx: &Ctx, order_id: &str, data: &ProductData) -> Result<bool, Problem> {
         let now = now_rfc3339();
-        let changed = update_json(
+        Ok(update_json(
             self.store,
             &order_key(&ctx.tenant, order_id),
             &self.settings.retry,
@@ -137,61 +210,50 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                         .and_then(OrderDoc::live)
                         .and_then(|o| o.rename_product(&data.id, &data.name, data.version, &now))
                     {
-                        Some((next, visible)) => Change::Write(OrderDoc::Live(next), visible),
+                        Some(next) => Change::Write(OrderDoc::Live(next), true),
                         None => Change::Keep(false),
                     },
                 )
             },
-        )?;
-        Ok(changed)
+        )?)
     }
 
-    /// Cancels one open order containing a deleted product and returns its
-    /// other items' stock; `true` if it was cancelled now.
+    /// Cancels one open order ordered from the deleted incarnation and
+    /// returns its other items' stock (the deleted product's holds went
+    /// with it); `true` if it was cancelled now.
     fn cancel_for_deleted(
         &self,
         ctx: &Ctx,
-        order_id: &str,
+        order: Order,
         data: &ProductData,
     ) -> Result<bool, Problem> {
+        let incarnation = data.created_at.as_deref();
+        if !order.ordered_incarnation(&data.id, incarnation) {
+            return Ok(false);
+        }
         let now = now_rfc3339();
         let reason = format!(
             "Product '{}' ({}) was removed from the catalog",
-            data.id, data.name
+            data.id,
+            stored_name(&data.name)
         );
-        let (order, cancelled): (Option<Order>, bool) = update_json(
-            self.store,
-            &order_key(&ctx.tenant, order_id),
-            &self.settings.retry,
-            |doc: Option<OrderDoc>| {
-                Ok::<_, Problem>(match doc.and_then(OrderDoc::live) {
-                    Some(o) if o.contains(&data.id) && o.status.is_open() => {
-                        match o.transition(Status::Cancelled, Some(&reason), &now) {
-                            Ok(Some(next)) => {
-                                Change::Write(OrderDoc::Live(next.clone()), (Some(next), true))
-                            }
-                            _ => Change::Keep((Some(o), false)),
-                        }
-                    }
-                    Some(o) if o.contains(&data.id) => Change::Keep((Some(o), false)),
-                    _ => Change::Keep((None, false)),
-                })
-            },
-        )?;
-        let Some(order) = order else {
-            return Ok(false);
-        };
+        let (order, cancelled) = self.change_status(ctx, order, None, |o| {
+            Ok(
+                if o.status.is_open() && o.ordered_incarnation(&data.id, incarnation) {
+                    o.transition(Status::Cancelled, Some(&reason), &now)
+                        .ok()
+                        .flatten()
+                } else {
+                    None
+                },
+            )
+        })?;
         if cancelled {
             self.publish_transition(ctx, &order);
         }
-        // A deleted product's reservations went with it; return the rest.
         if order.status == Status::Cancelled && order.stock_held {
             self.release_stock(ctx, &order, Some(&data.id))?;
         }
         Ok(cancelled)
     }
-}
-
-fn transient(e: KvError) -> String {
-    e.to_string()
 }

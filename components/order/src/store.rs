@@ -1,11 +1,14 @@
-//! What the order service keeps in the key-value store, per tenant.
+//! What the order service keeps in the key-value store, per tenant
+//! (`docs/storage-layout.md`, "Orders", is the reference):
 //!
-//! The Dapr state API cannot list keys, so lists and event reactions are
-//! served from index documents updated with compare-and-swap:
-//! - one order index per tenant (creation order, with the immutable
-//!   fields lists filter on);
-//! - one productId → order ids document per tenant and product, which the
-//!   product-event handler reads.
+//! - `tenant/<t>/order/<id>`: the order document, through its life
+//!   `creating` → `confirming` → `live` (or `failed`), then `deleted`;
+//! - paged indexes under `tenant/<t>/orders/...` (all, per customer, per
+//!   status, per product, per product while open), whose entries count
+//!   only while the order stores their slot;
+//! - legacy documents of earlier versions (one tenant index, one
+//!   productId → order ids document per product, one record per
+//!   `Idempotency-Key`), read until a tenant's migration is done.
 //!
 //! Key prefixes differ from the product service's, so both may share one
 //! store.
@@ -15,36 +18,109 @@ use service_kit::index::{CreationIndex, Indexed};
 use service_kit::tenant::TenantId;
 use sha2::{Digest, Sha256};
 
-use crate::domain::Order;
+use crate::domain::{Idempotency, Order, Status};
 
 /// Key of an order document.
 pub fn order_key(tenant: &TenantId, id: &str) -> String {
     format!("tenant/{tenant}/order/{id}")
 }
 
-/// Key of a tenant's order index.
-pub fn index_key(tenant: &TenantId) -> String {
+/// Prefix of the paged index of every order of a tenant.
+pub fn all_index(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/orders/all")
+}
+
+/// Prefix of the paged index of one customer's orders. Customer ids are
+/// free text, so the key holds their digest.
+pub fn customer_index(tenant: &TenantId, customer_id: &str) -> String {
+    format!("tenant/{tenant}/orders/customer/{}", digest(customer_id))
+}
+
+/// Prefix of the paged index of the orders in one status.
+pub fn status_index(tenant: &TenantId, status: Status) -> String {
+    format!("tenant/{tenant}/orders/status/{status}")
+}
+
+/// Prefix of the paged index of every order containing a product.
+pub fn product_index(tenant: &TenantId, product_id: &str) -> String {
+    format!("tenant/{tenant}/orders/product/{product_id}")
+}
+
+/// Prefix of the paged index of the *open* orders containing a product:
+/// what product events walk.
+pub fn open_product_index(tenant: &TenantId, product_id: &str) -> String {
+    format!("tenant/{tenant}/orders/open-product/{product_id}")
+}
+
+/// Key of a tenant's migration progress marker.
+pub fn migration_key(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/orders/migration")
+}
+
+/// Key of a tenant's legacy order index (one document, read only by the
+/// migration and by lists until it is done).
+pub fn legacy_index_key(tenant: &TenantId) -> String {
     format!("tenant/{tenant}/order-index")
 }
 
-/// Key of the ids of a tenant's orders that contain a product.
-pub fn product_orders_key(tenant: &TenantId, product_id: &str) -> String {
+/// Key of a legacy productId → order ids document.
+pub fn legacy_product_orders_key(tenant: &TenantId, product_id: &str) -> String {
     format!("tenant/{tenant}/product-orders/{product_id}")
 }
 
-/// Key of an `Idempotency-Key` record. Client keys may hold any visible
-/// ASCII, so the store key uses their digest.
-pub fn idempotency_key(tenant: &TenantId, key: &str) -> String {
+/// Key of a legacy `Idempotency-Key` record (read as a fallback, deleted
+/// once converted).
+pub fn legacy_idempotency_key(tenant: &TenantId, key: &str) -> String {
     format!("tenant/{tenant}/order-idempotency/{}", digest(key))
 }
 
-/// Key marking a handled event (CloudEvent ids are chosen by producers).
-pub fn seen_event_key(tenant: &TenantId, event_id: &str) -> String {
-    format!("tenant/{tenant}/order-event-seen/{}", digest(event_id))
+/// The digest an order stores for its `Idempotency-Key`: sha256 hex of
+/// `<tenant>/<key>`.
+pub fn key_digest(tenant: &TenantId, key: &str) -> String {
+    digest(&format!("{tenant}/{key}"))
+}
+
+/// The order id a keyed request without an `id` gets: `k-` and the first
+/// 32 hex digits of [`key_digest`]. Deterministic, so a retry finds the
+/// order without any record per key.
+pub fn keyed_order_id(tenant: &TenantId, key: &str) -> String {
+    format!("k-{}", &key_digest(tenant, key)[..32])
 }
 
 fn digest(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// One requested line of an order being created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DraftItem {
+    /// Product to order.
+    pub product_id: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// What an order being created needs so that any request can finish it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Draft {
+    /// The `orderId` its holds are taken under at the product service;
+    /// fresh for every attempt, since a released id stays refused there.
+    pub reservation_id: String,
+    /// Customer.
+    #[serde(default)]
+    pub customer_id: String,
+    /// Lines, in request order. Empty only in a placeholder written by an
+    /// earlier version, which cannot be finished.
+    #[serde(default)]
+    pub items: Vec<DraftItem>,
+    /// Creation time of the order (RFC 3339).
+    #[serde(default)]
+    pub created_at: String,
+    /// The `Idempotency-Key` of the creating request, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
 }
 
 /// The document at an order's key.
@@ -55,19 +131,37 @@ fn digest(s: &str) -> String {
     rename_all_fields = "camelCase"
 )]
 pub enum OrderDoc {
-    /// A client-chosen id is taken while its reservations are made;
-    /// invisible to reads.
-    Creating {
-        /// The reservation id the attempt reserves under.
-        reservation_id: String,
-    },
+    /// Step 1-2: the id is taken and holds are being taken; invisible to
+    /// reads, finished by whichever request touches it next.
+    Creating(Draft),
+    /// Step 3-4: every hold is taken and the index entries appended; the
+    /// holds are being confirmed. Invisible to lists; finished by the next
+    /// request that touches it.
+    Confirming(Order),
     /// A placed order.
     Live(Order),
-    /// A deleted order. Its id stays taken: the product service remembers
-    /// released reservations per id.
+    /// An attempt that ended without placing the order; the id is free
+    /// again (the document is deleted right after it is written).
+    Failed {
+        /// The reservation id of the attempt that failed.
+        reservation_id: String,
+    },
+    /// A deleted order. Its id stays taken.
     Deleted {
         /// When it was deleted.
         deleted_at: String,
+        /// The `Idempotency-Key` it was created with, so a retry of its
+        /// creation is told it was deleted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<Idempotency>,
+    },
+    /// At a keyed order id: the order a legacy `Idempotency-Key` record
+    /// named (its id was not derived from the key). Never an order itself.
+    Alias {
+        /// The order created with the key.
+        order_id: String,
+        /// The key and request it was created with.
+        idempotency: Idempotency,
     },
 }
 
@@ -79,40 +173,49 @@ impl OrderDoc {
             _ => None,
         }
     }
+
+    /// The `Idempotency-Key` recorded in the document, if any.
+    pub fn idempotency(&self) -> Option<&Idempotency> {
+        match self {
+            OrderDoc::Creating(d) => d.idempotency.as_ref(),
+            OrderDoc::Confirming(o) | OrderDoc::Live(o) => o.idempotency.as_ref(),
+            OrderDoc::Deleted { idempotency, .. } => idempotency.as_ref(),
+            OrderDoc::Alias { idempotency, .. } => Some(idempotency),
+            OrderDoc::Failed { .. } => None,
+        }
+    }
 }
 
-/// What an `Idempotency-Key` is bound to.
+/// What a legacy `Idempotency-Key` record bound the key to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IdempotencyRecord {
     /// Digest of the first request's body.
     pub fingerprint: String,
-    /// The order that request creates.
+    /// The order that request created.
     pub order_id: String,
-    /// When the creating request claimed the key (ms since the epoch); a
-    /// claim older than the lease whose order never appeared belonged to a
-    /// request that died, and may be taken over.
+    /// When the creating request claimed the key (ms since the epoch).
     pub claimed_at_ms: u64,
 }
 
-/// One order in the tenant's index.
+/// One order in a legacy tenant index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IndexEntry {
+pub struct LegacyEntry {
     /// Order id.
     pub id: String,
     /// Creation time: the sort key.
     pub created_at: String,
-    /// Customer, for filtering.
+    /// Customer.
     pub customer_id: String,
-    /// Products ordered, for filtering.
+    /// Products ordered.
     pub product_ids: Vec<String>,
 }
 
-impl IndexEntry {
+impl LegacyEntry {
     /// The entry of an order.
-    pub fn of(order: &Order) -> IndexEntry {
-        IndexEntry {
+    pub fn of(order: &Order) -> LegacyEntry {
+        LegacyEntry {
             id: order.id.clone(),
             created_at: order.created_at.clone(),
             customer_id: order.customer_id.clone(),
@@ -121,7 +224,7 @@ impl IndexEntry {
     }
 }
 
-impl Indexed for IndexEntry {
+impl Indexed for LegacyEntry {
     fn id(&self) -> &str {
         &self.id
     }
@@ -130,32 +233,18 @@ impl Indexed for IndexEntry {
     }
 }
 
-/// A tenant's order index (see [`service_kit::index`]).
-pub type OrderIndex = CreationIndex<IndexEntry>;
+/// A tenant's legacy order index.
+pub type LegacyIndex = CreationIndex<LegacyEntry>;
 
-/// Ids of the orders matching the immutable filters, oldest first.
-pub fn matching(
-    index: &OrderIndex,
-    customer_id: Option<&str>,
-    product_id: Option<&str>,
-) -> Vec<String> {
-    index
-        .ids_where(|e| {
-            customer_id.is_none_or(|c| e.customer_id == c)
-                && product_id.is_none_or(|p| e.product_ids.iter().any(|x| x == p))
-        })
-        .collect()
-}
-
-/// The ids of a tenant's orders that contain one product.
+/// A legacy productId → order ids document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProductOrders {
+pub struct LegacyProductOrders {
     /// Order ids, oldest first.
     pub order_ids: Vec<String>,
 }
 
-impl ProductOrders {
+impl LegacyProductOrders {
     /// Adds `id`; returns whether it was new.
     pub fn add(&mut self, id: &str) -> bool {
         if self.order_ids.iter().any(|x| x == id) {
@@ -164,52 +253,12 @@ impl ProductOrders {
         self.order_ids.push(id.to_owned());
         true
     }
-
-    /// Removes `id`; returns whether it was there.
-    pub fn remove(&mut self, id: &str) -> bool {
-        let before = self.order_ids.len();
-        self.order_ids.retain(|x| x != id);
-        self.order_ids.len() != before
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::tests::order;
-
-    fn entry(id: &str, at: &str, customer: &str, products: &[&str]) -> IndexEntry {
-        IndexEntry {
-            id: id.into(),
-            created_at: at.into(),
-            customer_id: customer.into(),
-            product_ids: products.iter().map(|p| (*p).into()).collect(),
-        }
-    }
-
-    #[test]
-    fn index_keeps_creation_then_id_order_and_filters() {
-        let mut ix = OrderIndex::default();
-        assert!(ix.upsert(entry("b", "t2", "c1", &["x"])));
-        assert!(ix.upsert(entry("z", "t1", "c2", &["x", "y"])));
-        assert!(ix.upsert(entry("a", "t2", "c1", &["y"])));
-        assert!(!ix.upsert(entry("a", "t2", "c1", &["y"])));
-        assert_eq!(matching(&ix, None, None), vec!["z", "a", "b"]);
-        assert_eq!(matching(&ix, Some("c1"), None), vec!["a", "b"]);
-        assert_eq!(matching(&ix, None, Some("y")), vec!["z", "a"]);
-        assert_eq!(matching(&ix, Some("c1"), Some("y")), vec!["a"]);
-        assert!(ix.remove("a"));
-        assert!(!ix.remove("a"));
-        assert_eq!(matching(&ix, None, None), vec!["z", "b"]);
-    }
-
-    #[test]
-    fn product_orders_are_a_set() {
-        let mut p = ProductOrders::default();
-        assert!(p.add("o1") && p.add("o2") && !p.add("o1"));
-        assert!(p.remove("o1") && !p.remove("o1"));
-        assert_eq!(p.order_ids, vec!["o2"]);
-    }
 
     #[test]
     fn documents_round_trip_with_a_state_tag() {
@@ -221,33 +270,38 @@ mod tests {
             "money is stored as minor units: {json}"
         );
         assert_eq!(serde_json::from_str::<OrderDoc>(&json).unwrap(), live);
-        let creating = OrderDoc::Creating {
-            reservation_id: "r".into(),
-        };
-        let json = serde_json::to_string(&creating).unwrap();
-        assert_eq!(json, r#"{"state":"creating","reservationId":"r"}"#);
-        assert_eq!(
-            serde_json::from_str::<OrderDoc>(&json).unwrap().live(),
-            None
-        );
+        // A placeholder written by an earlier version still reads.
+        let old = r#"{"state":"creating","reservationId":"r"}"#;
+        match serde_json::from_str::<OrderDoc>(old).unwrap() {
+            OrderDoc::Creating(d) => assert!(d.items.is_empty() && d.reservation_id == "r"),
+            other => panic!("{other:?}"),
+        }
+        // So does a deleted order of an earlier version.
+        let old = r#"{"state":"deleted","deletedAt":"t"}"#;
+        assert!(matches!(
+            serde_json::from_str::<OrderDoc>(old).unwrap(),
+            OrderDoc::Deleted { .. }
+        ));
     }
 
     #[test]
     fn keys_are_per_tenant_and_safe() {
         let t = TenantId::parse("acme").unwrap();
         assert_eq!(order_key(&t, "o1"), "tenant/acme/order/o1");
-        let k = idempotency_key(&t, "any key / with ? chars");
+        let k = legacy_idempotency_key(&t, "any key / with ? chars");
         assert!(k.starts_with("tenant/acme/order-idempotency/"));
-        assert!(
-            k.rsplit('/')
-                .next()
-                .unwrap()
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit())
-        );
+        let id = keyed_order_id(&t, "any key / with ? chars");
+        assert!(service_kit::ids::is_valid_id(&id) && id.len() == 34, "{id}");
         assert_ne!(
-            idempotency_key(&t, "a"),
-            idempotency_key(&TenantId::default(), "a")
+            id,
+            keyed_order_id(&TenantId::default(), "any key / with ? chars")
+        );
+        assert_eq!(id, keyed_order_id(&t, "any key / with ? chars"));
+        let c = customer_index(&t, "Jane / Doe");
+        assert!(c.starts_with("tenant/acme/orders/customer/") && !c.contains(' '));
+        assert_eq!(
+            status_index(&t, Status::Pending),
+            "tenant/acme/orders/status/Pending"
         );
     }
 }

@@ -8,19 +8,35 @@ use serde::Serialize;
 use service_kit::ids::{ID_RULE, is_valid_id};
 use service_kit::json::{JsonObject, MAX_INT};
 pub use service_kit::paging::{DEFAULT_LIMIT, MAX_LIMIT};
-use service_kit::paging::{Page, query_param};
+use service_kit::paging::{ListParams, query_param};
 use service_kit::problem::{FieldErrors, Problem};
 use service_kit::web::Request;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{ALL_STATUSES, Status};
+use crate::domain::Status;
 
 /// Most characters in a customer id.
 pub const CUSTOMER_ID_MAX: usize = 100;
 /// Most lines in an order.
 pub const MAX_ITEMS: usize = 100;
+/// Most bytes (UTF-8) in a customer id: 100 characters of up to 4 bytes,
+/// stated so the bound of a stored order is plain.
+pub const CUSTOMER_ID_MAX_BYTES: usize = 400;
 /// Most characters in a cancellation reason.
 pub const REASON_MAX: usize = 500;
+/// Most bytes (UTF-8) in a cancellation reason: keeps a stored order
+/// under its size bound (`docs/storage-layout.md`, "Orders").
+pub const REASON_MAX_BYTES: usize = 1000;
+
+/// The message for text with control characters.
+const NO_CONTROL: &str =
+    "must not contain control characters (newlines, tabs, ...); send plain one-line text";
+
+/// Whether `s` holds a control character (refused in stored text, as the
+/// product service refuses them in names).
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
 /// Most characters in an `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// The idempotency header.
@@ -75,11 +91,13 @@ pub fn parse_new_order(body: &[u8]) -> Result<NewOrder, Problem> {
     if let Some(c) = &customer_id {
         if c.trim().is_empty() {
             errors.add("customerId", "must not be empty or blank");
-        } else if c.chars().count() > CUSTOMER_ID_MAX {
+        } else if c.chars().count() > CUSTOMER_ID_MAX || c.len() > CUSTOMER_ID_MAX_BYTES {
             errors.add(
                 "customerId",
                 format!("must be at most {CUSTOMER_ID_MAX} characters"),
             );
+        } else if has_control(c) {
+            errors.add("customerId", NO_CONTROL);
         }
     }
     let mut items = Vec::new();
@@ -198,16 +216,7 @@ pub fn parse_status_change(body: &[u8], path_id: &str) -> Result<StatusChange, P
     } else {
         None
     };
-    let status = status.and_then(|s| {
-        let parsed = Status::parse(&s);
-        if parsed.is_none() {
-            errors.add(
-                "status",
-                format!("'{s}' is not a status; use one of {}", status_names()),
-            );
-        }
-        parsed
-    });
+    let status = status.and_then(|s| parse_status(&s, &mut errors));
     let reason = obj.string("cancellationReason", &mut errors);
     if let Some(r) = &reason {
         if r.trim().is_empty() {
@@ -215,11 +224,15 @@ pub fn parse_status_change(body: &[u8], path_id: &str) -> Result<StatusChange, P
                 "cancellationReason",
                 "must not be empty or blank; leave it out instead",
             );
-        } else if r.chars().count() > REASON_MAX {
+        } else if r.chars().count() > REASON_MAX || r.len() > REASON_MAX_BYTES {
             errors.add(
                 "cancellationReason",
-                format!("must be at most {REASON_MAX} characters"),
+                format!(
+                    "must be at most {REASON_MAX} characters and {REASON_MAX_BYTES} bytes of UTF-8"
+                ),
             );
+        } else if has_control(r) {
+            errors.add("cancellationReason", NO_CONTROL);
         }
         if status.is_some_and(|s| s != Status::Cancelled) {
             errors.add(
@@ -237,13 +250,12 @@ pub fn parse_status_change(body: &[u8], path_id: &str) -> Result<StatusChange, P
     }
 }
 
-/// `Pending, Confirmed, …` for messages.
-fn status_names() -> String {
-    ALL_STATUSES
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// A status named in `status` (body field or query parameter); a bad
+/// name is recorded against `status`.
+fn parse_status(s: &str, errors: &mut FieldErrors) -> Option<Status> {
+    Status::parse_input(s)
+        .map_err(|m| errors.add("status", m))
+        .ok()
 }
 
 /// A validated `GET /api/orders` query.
@@ -257,32 +269,23 @@ pub struct ListQuery {
     pub product_id: Option<String>,
     /// Page size, 1–1000.
     pub limit: usize,
-    /// Matching orders to skip.
-    pub offset: usize,
+    /// Where the page starts: an offset, or a cursor from a `Link` header.
+    pub start: service_kit::paging::Start,
 }
 
 impl ListQuery {
-    /// Reads `status`, `customerId`, `productId`, `limit` and `offset`;
-    /// bad values are a 400 naming the parameter. Empty values mean no
-    /// filter.
+    /// Reads `status`, `customerId`, `productId`, `limit` and `offset` or
+    /// `cursor`; bad values are a 400 naming the parameter. Empty values
+    /// mean no filter.
     pub fn from_request(req: &Request) -> Result<ListQuery, Problem> {
         let mut errors = FieldErrors::new();
         let status = query_param(req, "status", &mut errors)
             .filter(|s| !s.is_empty())
-            .and_then(|s| {
-                let parsed = Status::parse(&s);
-                if parsed.is_none() {
-                    errors.add(
-                        "status",
-                        format!("'{s}' is not a status; use one of {}", status_names()),
-                    );
-                }
-                parsed
-            });
+            .and_then(|s| parse_status(&s, &mut errors));
         let customer_id = query_param(req, "customerId", &mut errors).filter(|c| !c.is_empty());
         if customer_id
             .as_ref()
-            .is_some_and(|c| c.chars().count() > CUSTOMER_ID_MAX)
+            .is_some_and(|c| c.chars().count() > CUSTOMER_ID_MAX || c.len() > CUSTOMER_ID_MAX_BYTES)
         {
             errors.add(
                 "customerId",
@@ -293,14 +296,25 @@ impl ListQuery {
         if product_id.as_ref().is_some_and(|p| !is_valid_id(p)) {
             errors.add("productId", ID_RULE);
         }
-        let Page { limit, offset } = Page::from_request(req, &mut errors);
+        let ListParams { limit, start } = ListParams::from_request(req, &mut errors);
         errors.into_result(ListQuery {
             status,
             customer_id,
             product_id,
             limit,
-            offset,
+            start,
         })
+    }
+
+    /// The filter in a fixed textual form, which a cursor is bound to.
+    pub fn filter_text(&self) -> String {
+        // JSON keeps the parts apart whatever a customer id contains.
+        serde_json::json!([
+            self.status.map(Status::as_str),
+            self.customer_id,
+            self.product_id
+        ])
+        .to_string()
     }
 }
 
@@ -507,6 +521,8 @@ mod tests {
         }
     }
 
+    use service_kit::paging::Start;
+
     fn query(q: &str) -> Result<ListQuery, Problem> {
         ListQuery::from_request(&Request::new(Method::GET, &format!("/api/orders{q}")))
     }
@@ -514,13 +530,21 @@ mod tests {
     #[test]
     fn list_query() {
         let q = query("").unwrap();
-        assert_eq!((q.status, q.limit, q.offset), (None, 100, 0));
+        assert_eq!((q.status, q.limit, q.start), (None, 100, Start::Offset(0)));
         let q = query("?status=Shipped&customerId=c%201&productId=p&limit=1000&offset=3").unwrap();
         assert_eq!(q.status, Some(Status::Shipped));
         assert_eq!(q.customer_id.as_deref(), Some("c 1"));
         assert_eq!(q.product_id.as_deref(), Some("p"));
-        assert_eq!((q.limit, q.offset), (1000, 3));
+        assert_eq!((q.limit, q.start), (1000, Start::Offset(3)));
         assert_eq!(query("?status=&customerId=").unwrap().status, None);
+        assert_eq!(
+            query("?cursor=abc").unwrap().start,
+            Start::Cursor("abc".into())
+        );
+        assert_ne!(
+            query("?customerId=a").unwrap().filter_text(),
+            query("?productId=a").unwrap().filter_text()
+        );
         for (q, field) in [
             ("?status=open", "status"),
             ("?productId=a%2Fb", "productId"),
@@ -528,6 +552,7 @@ mod tests {
             ("?limit=1001", "limit"),
             ("?offset=-1", "offset"),
             ("?status=Pending&status=Shipped", "status"),
+            ("?offset=1&cursor=x", "cursor"),
         ] {
             let p = query(q).unwrap_err();
             assert!(p.errors.contains_key(field), "{q}: {p:?}");
