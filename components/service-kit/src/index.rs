@@ -1,8 +1,10 @@
-//! Per-tenant index documents, the services' substitute for listing keys:
-//! the Dapr state API cannot list keys, so each tenant keeps one document
-//! with an entry per item, sorted by creation time then id, and updated
-//! with compare-and-swap. A list reads the index, filters and pages it,
-//! then fetches the chosen items in one batch.
+//! LEGACY per-tenant index documents: one document per tenant with an
+//! entry per item, sorted by creation time then id. It grows with the
+//! tenant (over 1 MB for a large one) and every write rewrites it, so new
+//! data goes to paged indexes ([`crate::pages`]). This stays only so the
+//! services can READ a legacy document while migrating it to paged
+//! indexes (docs/storage-layout.md, "Migration"); remove it once no
+//! deployment holds legacy data.
 
 use serde::{Deserialize, Serialize};
 

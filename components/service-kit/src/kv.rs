@@ -198,8 +198,9 @@ impl Default for Retry {
 }
 
 impl Retry {
-    /// A random pause before attempt `attempt + 1` (full jitter).
-    fn pause(&self, attempt: u32) {
+    /// A random pause before attempt `attempt + 1` (full jitter): at most
+    /// `base_delay * 2^attempt`, capped at `max_delay`.
+    pub fn pause(&self, attempt: u32) {
         let cap = self
             .base_delay
             .saturating_mul(1u32 << attempt.min(16))

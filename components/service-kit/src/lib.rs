@@ -4,8 +4,9 @@
 //! world, so the product and order components share one copy, and it keeps
 //! everything that is not business logic out of them: the HTTP model and
 //! its `wasi:http` glue, outbound calls, problem details, tenancy, exact
-//! money, JSON field validation, ETags, key-value helpers, per-tenant index
-//! documents, CloudEvents, clock and ids.
+//! money, JSON field validation, ETags, key-value helpers, paged indexes
+//! and their cursors, list paging, request plumbing ([`rest`]),
+//! CloudEvents, clock and ids.
 //!
 //! A component exports itself with
 //!
@@ -19,7 +20,8 @@
 //! linker rejects.
 //!
 //! Binding-free modules ([`web`], [`problem`], [`tenant`], [`money`],
-//! [`etag`], [`ids`], [`index`], [`clock`], [`trace`], most of [`kv`] and [`events`])
+//! [`etag`], [`ids`], [`index`], [`pages`], [`cursor`], [`paging`], [`rest`],
+//! [`clock`], [`trace`], most of [`kv`] and [`events`])
 //! run in native unit tests; [`wasi_http`], [`client`], [`kv::WasiStore`]
 //! and [`events::MessagingSink`] are the thin glue over the bindings.
 
@@ -51,6 +53,7 @@ pub use bindings::export;
 
 pub mod client;
 pub mod clock;
+pub mod cursor;
 pub mod etag;
 pub mod events;
 pub mod ids;
@@ -58,8 +61,10 @@ pub mod index;
 pub mod json;
 pub mod kv;
 pub mod money;
+pub mod pages;
 pub mod paging;
 pub mod problem;
+pub mod rest;
 pub mod tenant;
 pub mod trace;
 pub mod wasi_http;
