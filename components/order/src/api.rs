@@ -223,6 +223,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 retry_after,
             }) => {
                 let mut r = problem.to_response();
+                // A busy product service says when to come back.
                 if let Some(after) = retry_after {
                     r = r.with_header("retry-after", &after);
                 }

@@ -64,8 +64,8 @@ pub struct Placed {
 /// product service's `Retry-After` when it was only busy.
 #[derive(Debug)]
 pub struct Failure {
-    /// The problem response.
-    pub problem: Problem,
+    /// The problem response (boxed: failures travel far up the stack).
+    pub problem: Box<Problem>,
     /// `Retry-After` to pass on (from a 503 of the product service).
     pub retry_after: Option<String>,
 }
@@ -73,7 +73,7 @@ pub struct Failure {
 impl From<Problem> for Failure {
     fn from(problem: Problem) -> Failure {
         Failure {
-            problem,
+            problem: Box::new(problem),
             retry_after: None,
         }
     }
@@ -94,9 +94,22 @@ enum Step {
     /// This call did.
     Mine,
     /// Another request already moved it on, to this document.
-    Theirs(OrderDoc),
+    Theirs(Box<OrderDoc>),
     /// The attempt was ended by another request.
     Gone,
+}
+
+impl Step {
+    /// The order another request finished, if it did.
+    fn finished(self) -> Option<Drive> {
+        match self {
+            Step::Theirs(doc) => match *doc {
+                OrderDoc::Live(o) => Some(Drive::Placed(o)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
@@ -163,7 +176,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                             replayed: false,
                         }),
                         Drive::NotPlaced(problem, retry_after) => Err(Failure {
-                            problem,
+                            problem: Box::new(problem),
                             retry_after,
                         }),
                     };
@@ -340,7 +353,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     Some(doc @ (OrderDoc::Confirming(_) | OrderDoc::Live(_)))
                         if same_attempt(&doc, rid) =>
                     {
-                        Change::Keep(Step::Theirs(doc))
+                        Change::Keep(Step::Theirs(Box::new(doc)))
                     }
                     _ => Change::Keep(Step::Gone),
                 })
@@ -350,7 +363,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             Ok(Step::Mine) => self.finish_confirming(ctx, order),
             Ok(Step::Theirs(doc)) => {
                 self.remove_placements(ctx, id, Self::placements(ctx, &order));
-                self.drive(ctx, id, doc)
+                self.drive(ctx, id, *doc)
             }
             Ok(Step::Gone) => {
                 self.remove_placements(ctx, id, Self::placements(ctx, &order));
@@ -393,7 +406,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     Some(doc @ (OrderDoc::Confirming(_) | OrderDoc::Live(_)))
                         if same_attempt(&doc, rid) =>
                     {
-                        Change::Keep(Step::Theirs(doc))
+                        Change::Keep(Step::Theirs(Box::new(doc)))
                     }
                     _ => Change::Keep(Step::Gone),
                 })
@@ -412,7 +425,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 }
                 Ok(Drive::NotPlaced(problem, retry_after))
             }
-            Step::Theirs(doc) => self.drive(ctx, id, doc),
+            Step::Theirs(doc) => self.drive(ctx, id, *doc),
             Step::Gone => Ok(Drive::NotPlaced(problem, retry_after)),
         }
     }
@@ -452,8 +465,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 self.publish(ctx, ORDER_CREATED, &order);
                 Ok(Drive::Placed(order))
             }
-            Step::Theirs(OrderDoc::Live(o)) => Ok(Drive::Placed(o)),
-            _ => Ok(Drive::NotPlaced(interrupted(ctx, &order.id), None)),
+            other => Ok(other
+                .finished()
+                .unwrap_or_else(|| Drive::NotPlaced(interrupted(ctx, &order.id), None))),
         }
     }
 
@@ -471,7 +485,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                         Change::Write(next.clone(), Step::Mine)
                     }
                     Some(doc @ OrderDoc::Live(_)) if same_attempt(&doc, rid) => {
-                        Change::Keep(Step::Theirs(doc))
+                        Change::Keep(Step::Theirs(Box::new(doc)))
                     }
                     _ => Change::Keep(Step::Gone),
                 })
@@ -531,8 +545,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 }
                 Ok(Drive::NotPlaced(problem, None))
             }
-            Step::Theirs(OrderDoc::Live(o)) => Ok(Drive::Placed(o)),
-            _ => Ok(Drive::NotPlaced(problem, None)),
+            other => Ok(other.finished().unwrap_or(Drive::NotPlaced(problem, None))),
         }
     }
 
@@ -575,10 +588,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             }
             other => {
                 self.remove_placements(ctx, &order.id, vec![(prefix, slot)]);
-                match other? {
-                    Step::Theirs(OrderDoc::Live(o)) => Ok(Drive::Placed(o)),
-                    _ => Ok(Drive::NotPlaced(interrupted(ctx, &order.id), None)),
-                }
+                Ok(other?
+                    .finished()
+                    .unwrap_or_else(|| Drive::NotPlaced(interrupted(ctx, &order.id), None)))
             }
         }
     }

@@ -190,8 +190,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 // A cancelled order keeps its open-product entries until its
                 // stock is back ([`OrderService::release_stock`]), so a
                 // product event redelivered after a failed release finds it.
-                if !next.status.is_open() && !(next.status == Status::Cancelled && next.stock_held)
-                {
+                let keeps_open_entries =
+                    next.status.is_open() || (next.status == Status::Cancelled && next.stock_held);
+                if !keeps_open_entries {
                     for item in next.items.iter_mut() {
                         if let Some(open) = item.open_slot.take() {
                             gone.push((open_product_index(&ctx.tenant, &item.product_id), open));
