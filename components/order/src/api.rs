@@ -9,11 +9,11 @@ use service_kit::cursor::{self, Scope};
 use service_kit::etag::etag;
 use service_kit::events::EventSink;
 use service_kit::http::{Method, StatusCode};
-use service_kit::kv::{Change, KvStore, get_many_json, update_json};
+use service_kit::kv::{Change, KvStore, get_many_json};
 use service_kit::pages::{Entry, Position, Slot, Verdict, collect_page};
 use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
-use service_kit::rest::not_allowed;
+use service_kit::rest::{not_allowed, update_live};
 use service_kit::web::{Request, Response};
 
 use crate::create::Failure;
@@ -293,16 +293,15 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         }
         // The cancellation above already checked If-Match and moved the version on.
         let if_match = if_match.as_deref().filter(|_| !cancelled_here);
-        let deleted = update_json(
+        let deleted = update_live(
             self.store,
             &order_key(&ctx.tenant, id),
             &self.settings.retry,
-            |doc: Option<OrderDoc>| {
-                let current = doc
-                    .and_then(OrderDoc::live)
-                    .ok_or_else(|| not_found(ctx, id))?;
-                check_if_match(if_match, &current)?;
-                Ok::<_, Problem>(Change::Write(
+            if_match,
+            &format!("order '{id}'"),
+            || not_found(ctx, id),
+            |current: Order| {
+                Ok(Change::Write(
                     OrderDoc::Deleted {
                         deleted_at: now.clone(),
                         idempotency: current.idempotency.clone(),

@@ -599,6 +599,48 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_worst_order_at_the_validation_limits_stays_under_64_kib() {
+        let slot = Slot {
+            shard: 7,
+            page: u32::MAX,
+            pos: u32::MAX,
+        };
+        let names = ["\"".repeat(200), "😀".repeat(200), "\\".repeat(200)];
+        let mut o = order(&[]);
+        o.id = "x".repeat(64);
+        o.customer_id = "😀".repeat(100);
+        o.reservation_id = "r".repeat(64);
+        o.currency = "XXX".into();
+        o.status = Status::Cancelled;
+        // 500 characters, 1000 bytes of JSON at most (validation).
+        o.cancellation_reason = Some("\"".repeat(500));
+        o.version = u64::MAX;
+        o.slots = Some(OrderSlots {
+            all: slot,
+            customer: slot,
+            status: slot,
+        });
+        o.idempotency = Some(Idempotency {
+            key: "f".repeat(64),
+            fingerprint: "f".repeat(64),
+        });
+        o.items = (0..100)
+            .map(|i| OrderItem {
+                product_id: format!("{i:03}{}", "p".repeat(61)),
+                product_name: stored_name(&names[i % names.len()]),
+                unit_price_minor: i64::MIN,
+                quantity: i64::MIN,
+                name_version: u64::MAX,
+                incarnation: Some("2025-01-31T12:00:00.123Z".into()),
+                product_slot: Some(slot),
+                open_slot: Some(slot),
+            })
+            .collect();
+        let json = serde_json::to_vec(&crate::store::OrderDoc::Live(o)).unwrap();
+        assert!(json.len() < 64 * 1024, "{} bytes", json.len());
+    }
+
+    #[test]
     fn incarnations_match_or_are_unknown() {
         let mut o = order(&[("a", 10, 1)]);
         assert!(o.ordered_incarnation("a", Some("inc")));

@@ -186,6 +186,18 @@ impl OrderDoc {
     }
 }
 
+/// Lets the shared compare-and-swap of a live record
+/// ([`service_kit::rest::update_live`]) see through the document states.
+impl service_kit::rest::Document for OrderDoc {
+    type Live = Order;
+    fn into_live(self) -> Option<Order> {
+        self.live()
+    }
+    fn version_of(live: &Order) -> u64 {
+        live.version
+    }
+}
+
 /// What a legacy `Idempotency-Key` record bound the key to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
