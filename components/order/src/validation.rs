@@ -462,6 +462,32 @@ mod tests {
     }
 
     #[test]
+    fn stored_text_refuses_control_characters_and_is_capped_in_bytes() {
+        let e = errors_of(r#"{"customerId":"a\tb","items":[{"productId":"a","quantity":1}]}"#);
+        assert!(e["customerId"][0].contains("control characters"), "{e:?}");
+        let ok = format!(
+            r#"{{"customerId":"{}","items":[{{"productId":"a","quantity":1}}]}}"#,
+            "😀".repeat(100)
+        );
+        assert!(
+            parse_new_order(ok.as_bytes()).is_ok(),
+            "100 characters of 4 bytes fit"
+        );
+        for (reason, bad) in [
+            ("line\\nbreak".to_owned(), true),
+            ("é".repeat(500), false),
+            ("😀".repeat(300), true),
+        ] {
+            let body = format!(r#"{{"status":"Cancelled","cancellationReason":"{reason}"}}"#);
+            let r = parse_status_change(body.as_bytes(), "o1");
+            assert_eq!(r.is_err(), bad, "{reason}");
+            if let Err(p) = r {
+                assert!(p.errors.contains_key("cancellationReason"), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
     fn fingerprint_tells_bodies_apart() {
         let a = parse_new_order(br#"{"customerId":"c","items":[{"productId":"a","quantity":1}]}"#)
             .unwrap();
