@@ -472,6 +472,36 @@ impl AppManifest {
             .values()
             .flat_map(|c| c.tool.subscriptions.iter().map(move |s| (c.id.as_str(), s)))
     }
+
+    /// The components whose Dapr app id is `app_id` (see
+    /// [`ComponentSpec::dapr_app_id`]), in id order.
+    pub fn components_with_dapr_app_id<'a>(
+        &'a self,
+        app_id: &'a str,
+    ) -> impl Iterator<Item = &'a ComponentSpec> + 'a {
+        self.components
+            .values()
+            .filter(move |c| c.dapr_app_id() == app_id)
+    }
+}
+
+impl ComponentSpec {
+    /// The Dapr app id other processes invoke this component by:
+    /// `tool.wasmshop.dapr_app_id`, else the component id.
+    pub fn dapr_app_id(&self) -> &str {
+        self.tool.dapr_app_id.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Whether this component may chain to `target` through
+    /// `http://<target>.spin.internal`, per its `allowed_outbound_hosts`
+    /// (the same check a chained call passes on its way out).
+    pub fn may_chain_to(&self, target: &str) -> bool {
+        self.allowed_outbound_hosts.allows(&OutboundTarget {
+            scheme: "http".into(),
+            host: format!("{}.spin.internal", target.to_ascii_lowercase()),
+            port: 80,
+        })
+    }
 }
 
 /// Turns a serde path like `component.order.sorce` into `[component.order] key 'sorce'`.
@@ -519,6 +549,30 @@ key_value_stores = ["default"]
         assert_eq!(app.name, "demo");
         assert_eq!(app.components["api"].source, PathBuf::from("/app/api.wasm"));
         assert!(app.components["api"].key_value_stores.contains("default"));
+    }
+
+    #[test]
+    fn dapr_app_ids_and_chaining_permissions_come_from_the_manifest() {
+        let text = format!(
+            "{MINIMAL}allowed_outbound_hosts = [\"http://store.spin.internal\"]\n\
+             [component.api.tool.wasmshop]\ndapr_app_id = \"apiservice\"\n\
+             [component.store]\nsource = \"store.wasm\"\n"
+        );
+        let app = parse(&text).unwrap();
+        let (api, store) = (&app.components["api"], &app.components["store"]);
+        assert_eq!(
+            (api.dapr_app_id(), store.dapr_app_id()),
+            ("apiservice", "store")
+        );
+        assert!(api.may_chain_to("store"));
+        assert!(!api.may_chain_to("api"));
+        assert!(!store.may_chain_to("api"));
+        let ids: Vec<&str> = app
+            .components_with_dapr_app_id("apiservice")
+            .map(|c| c.id.as_str())
+            .collect();
+        assert_eq!(ids, ["api"]);
+        assert_eq!(app.components_with_dapr_app_id("api").count(), 0);
     }
 
     #[test]

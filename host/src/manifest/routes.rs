@@ -90,6 +90,25 @@ impl Route {
         s
     }
 
+    /// How many path segments the route's leading literals (those before
+    /// its first parameter or wildcard) cover, when they all match the
+    /// start of `path`; `None` when one differs. Weaker than
+    /// [`Route::matches`]: it tells which component a path *below* its
+    /// routes belongs to (`/api/products/7/reservations` under
+    /// `/api/products/:id` gives 2).
+    pub fn literal_prefix_match(&self, path: &str) -> Option<usize> {
+        let mut parts = path.trim_start_matches('/').split('/');
+        let mut n = 0;
+        for seg in &self.segments {
+            let Segment::Literal(l) = seg else { break };
+            if parts.next() != Some(l.as_str()) {
+                return None;
+            }
+            n += 1;
+        }
+        Some(n)
+    }
+
     /// Orders routes by specificity; greater is more specific.
     fn specificity(&self) -> (bool, usize, usize) {
         let literals = self
@@ -218,6 +237,17 @@ mod tests {
         assert_eq!(*router.route("/api/products/9").unwrap().1, "product");
         assert_eq!(*router.route("/api/orders").unwrap().1, "api");
         assert_eq!(*router.route("/index.html").unwrap().1, "fallback");
+    }
+
+    #[test]
+    fn literal_prefixes_tell_which_routes_a_path_lies_below() {
+        let id = r("/api/products/:id");
+        assert_eq!(
+            id.literal_prefix_match("/api/products/7/reservations"),
+            Some(2)
+        );
+        assert_eq!(id.literal_prefix_match("/api/orders/7"), None);
+        assert_eq!(r("/...").literal_prefix_match("/x"), Some(0));
     }
 
     #[test]
