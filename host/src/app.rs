@@ -47,6 +47,9 @@ pub struct AppOptions {
     pub limits: EngineLimits,
     /// Wall-clock limit of one request or delivery.
     pub request_timeout: Duration,
+    /// Accept sidecar-only traffic without `APP_API_TOKEN` (see
+    /// [`App::dapr_allow_unauthenticated`]).
+    pub dapr_allow_unauthenticated: bool,
 }
 
 /// The time limit trap, recognisable in a guest's error chain.
@@ -81,6 +84,7 @@ pub struct App {
     myself: Weak<App>,
     runtime_config: RuntimeConfig,
     cache_report: Vec<(String, CacheOutcome, Duration)>,
+    dapr_allow_unauthenticated: bool,
 }
 
 /// Where an HTTP request enters a component.
@@ -107,6 +111,7 @@ impl App {
             data_dir,
             limits,
             request_timeout,
+            dapr_allow_unauthenticated,
         } = options;
         for id in &component_ids {
             if !manifest.components.contains_key(id) {
@@ -220,6 +225,7 @@ impl App {
             myself: myself.clone(),
             runtime_config,
             cache_report,
+            dapr_allow_unauthenticated,
         }))
     }
 
@@ -251,6 +257,52 @@ impl App {
     /// Whether this process runs `component`.
     pub fn runs(&self, component: &str) -> bool {
         self.components.contains_key(component)
+    }
+
+    /// Whether this process runs `component` and it handles HTTP.
+    pub fn serves_http(&self, component: &str) -> bool {
+        self.components
+            .get(component)
+            .is_some_and(|c| c.proxy.is_some())
+    }
+
+    /// Among `candidates` (components run here), the one whose routes
+    /// share the longest literal prefix with `path` (see
+    /// [`crate::manifest::Route::literal_prefix_match`]); `None` on a tie
+    /// or when none shares any.
+    pub fn component_below_routes<'a>(
+        &self,
+        candidates: &[&'a str],
+        path: &str,
+    ) -> Option<&'a str> {
+        let mut scored: Vec<(usize, &'a str)> = candidates
+            .iter()
+            .filter_map(|id| {
+                let c = self.components.get(*id)?;
+                let best = c
+                    .router
+                    .routes()
+                    .filter_map(|(r, _)| r.literal_prefix_match(path))
+                    .max()?;
+                (best > 0).then_some((best, *id))
+            })
+            .collect();
+        scored.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
+        match scored.as_slice() {
+            [(a, id), (b, _), ..] if a > b => Some(id),
+            [(_, id)] => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether traffic that only the Dapr sidecar should send (internal
+    /// endpoints reached by service invocation) is accepted without
+    /// `APP_API_TOKEN` (`--dapr-allow-unauthenticated`). Off by default:
+    /// without the token nothing proves a request came from the sidecar,
+    /// since public ingress reaches the same port. Meant for a port only
+    /// the sidecar can reach. With `APP_API_TOKEN` set it changes nothing.
+    pub fn dapr_allow_unauthenticated(&self) -> bool {
+        self.dapr_allow_unauthenticated
     }
 
     /// The embedded database (for inspection tools and tests).
@@ -388,7 +440,7 @@ impl App {
     ) -> Response<HyperOutgoingBody> {
         if let Some(t) = error.downcast_ref::<TimeLimitExceeded>() {
             tracing::warn!(component, "request stopped: {t}");
-            return problem(
+            let mut response = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "time-limit",
                 format!(
@@ -396,6 +448,11 @@ impl App {
                     t.0
                 ),
             );
+            // As every 503 of the API: when to try again (openapi.yaml).
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
         }
         if memory_hit {
             tracing::warn!(component, error = %format!("{error:#}"), "component exceeded its memory limit");
@@ -517,13 +574,13 @@ impl App {
         request: Request<WasiBody>,
         depth: u32,
     ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
-        let Some(component) = self.components.get(component_id) else {
+        if !self.components.contains_key(component_id) {
             if let Some(sidecar) = &self.backends.dapr {
                 let app_id = self
                     .manifest
                     .components
                     .get(component_id)
-                    .and_then(|c| c.tool.dapr_app_id.clone())
+                    .map(|c| c.dapr_app_id().to_string())
                     .unwrap_or_else(|| component_id.to_string());
                 return sidecar.invoke(&app_id, request).await;
             }
@@ -532,9 +589,34 @@ impl App {
                 "chained call refused: component '{component_id}' is not run by this process; run it here (--component-id) or configure service invocation"
             );
             return Err(wasmtime_wasi_http::Error::DestinationNotFound);
-        };
+        }
+        Ok(self
+            .serve_unrouted(component_id, request, depth, None)
+            .await)
+    }
+
+    /// Runs `component_id` on a request that reached it without a public
+    /// route: a chained call (`http://<id>.spin.internal/...`), or one
+    /// that arrived through Dapr service invocation (the app channel). As
+    /// in Spin, the component's routes do not restrict such calls; they
+    /// only fill the `spin-*` headers when one matches.
+    pub async fn serve_unrouted<B>(
+        &self,
+        component_id: &str,
+        request: Request<B>,
+        depth: u32,
+        client_addr: Option<std::net::SocketAddr>,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let path = request.uri().path().to_string();
-        let (route, matched) = match component.router.route(&path) {
+        let routed = self
+            .components
+            .get(component_id)
+            .and_then(|c| c.router.route(&path));
+        let (route, matched) = match routed {
             Some((r, _, m)) => (Some(r.as_str().to_string()), m),
             None => (
                 None,
@@ -548,9 +630,9 @@ impl App {
             route,
             matched,
             depth,
-            client_addr: None,
+            client_addr,
         };
-        Ok(self.serve_http(component_id, request, ctx).await)
+        self.serve_http(component_id, request, ctx).await
     }
 }
 

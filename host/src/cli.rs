@@ -156,6 +156,14 @@ pub struct UpArgs {
     )]
     pub dapr_startup_timeout_secs: f64,
 
+    /// With a Dapr backend and no APP_API_TOKEN: accept traffic that only
+    /// the Dapr sidecar may send (internal endpoints reached by service
+    /// invocation, from callers the manifest allows) without proof that it
+    /// comes from the sidecar. Only for an app port nothing but the sidecar
+    /// can reach; set APP_API_TOKEN instead wherever you can.
+    #[arg(long, env = "WASMSHOP_DAPR_ALLOW_UNAUTHENTICATED")]
+    pub dapr_allow_unauthenticated: bool,
+
     /// Log format.
     #[arg(long, env = "WASMSHOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
@@ -235,6 +243,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             max_instances: args.max_instances.max(1),
         },
         request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
+        dapr_allow_unauthenticated: args.dapr_allow_unauthenticated,
     };
     let app = App::load(options, metrics.clone())
         .await

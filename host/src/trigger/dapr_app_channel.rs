@@ -26,10 +26,20 @@
 //!   reachable only through Dapr, `WASMSHOP_APP_API_TOKEN_SCOPE=all`
 //!   requires the token on every request except `GET`/`HEAD` of `/healthz`
 //!   and `/readyz` (answered before this module runs).
+//! - Internal endpoints ([`unrouted`]): a path no public route covers
+//!   (the product's reservations) reaches a component only through service
+//!   chaining. Across processes that chaining is Dapr service invocation,
+//!   so the host serves such a path only to invocations it can trust: the
+//!   `APP_API_TOKEN` matches (or `--dapr-allow-unauthenticated` was given
+//!   and no token is configured), and the `dapr-caller-app-id` daprd
+//!   stamps is the app id of a component whose `allowed_outbound_hosts`
+//!   admits `http://<target>.spin.internal`. The rules and answers are in
+//!   `docs/internal-endpoints.md`.
 
 use crate::app::App;
 use crate::backends::dapr::{client::TOKEN_HEADER, client::encode_segment, pubsub_name};
 use crate::capabilities::messaging::{BrokerMessage, Message};
+use crate::manifest::ComponentSpec;
 use crate::problem::{json, problem};
 use crate::trigger::messaging::Deliverer;
 use http::{Method, Request, Response, StatusCode};
@@ -90,8 +100,14 @@ pub fn subscriptions(app: &App) -> Vec<DaprSubscription> {
     out
 }
 
-/// Header daprd adds to service invocations (pkg/messaging/v1/util.go).
+/// Header daprd adds to service invocations: the calling app's id
+/// (dapr/dapr `pkg/messaging/v1/util.go`, `CallerIDHeader`). daprd
+/// overwrites whatever the caller sent in it, so it can be trusted on
+/// requests that carry the `APP_API_TOKEN`.
 const CALLER_HEADER: &str = "dapr-caller-app-id";
+/// Header daprd adds to service invocations: the invoked app id
+/// (`CalleeIDHeader`, same file).
+const CALLEE_HEADER: &str = "dapr-callee-app-id";
 
 /// Whether `WASMSHOP_APP_API_TOKEN_SCOPE=all`; an unknown value also
 /// means all (fail closed), with a warning.
@@ -145,11 +161,7 @@ pub async fn intercept(
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !constant_time_eq(given, expected.as_bytes()) {
-            return Ok(problem(
-                StatusCode::UNAUTHORIZED,
-                "invalid-app-api-token",
-                "this request comes from, or claims to come from, the Dapr sidecar but lacks the APP_API_TOKEN in its dapr-api-token header; check that daprd and the host share APP_API_TOKEN",
-            ));
+            return Ok(bad_token());
         }
     }
     if app.dapr().is_none() || !req.uri().path().starts_with("/dapr/") {
@@ -184,6 +196,127 @@ pub async fn intercept(
         return Ok(deliver(app, sub, req).await);
     }
     Err(req)
+}
+
+/// What becomes of a request that no public route covers.
+pub enum Unrouted {
+    /// Serve it with this component: an authenticated invocation from a
+    /// caller the manifest allows to chain to it.
+    Serve(String),
+    /// Answer this (401 bad token, 403 caller not allowed).
+    Refuse(Response<HyperOutgoingBody>),
+    /// Answer 404 as to any public request; the text, when there is one,
+    /// says why an invocation was not served, for the caller's operator.
+    NotFound(Option<String>),
+}
+
+/// Decides about a request whose path no public route of this process
+/// covers (see the module docs and `docs/internal-endpoints.md`). Only in
+/// Dapr mode, and only for service invocations (`dapr-caller-app-id`), can
+/// the answer be anything but 404.
+pub fn unrouted<B>(app: &App, req: &Request<B>) -> Unrouted {
+    let path = req.uri().path();
+    if app.dapr().is_none() || path.starts_with("/dapr/") {
+        return Unrouted::NotFound(None);
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let Some(caller) = header(CALLER_HEADER) else {
+        return Unrouted::NotFound(None);
+    };
+    match app_token() {
+        Some(expected) => {
+            // `intercept` already refused a wrong token; checked again so
+            // this rule does not depend on the order of the two.
+            let given = req
+                .headers()
+                .get(TOKEN_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !constant_time_eq(given, expected.as_bytes()) {
+                return Unrouted::Refuse(bad_token());
+            }
+        }
+        None if app.dapr_allow_unauthenticated() => {}
+        None => {
+            tracing::warn!(
+                caller,
+                path,
+                "refused an internal endpoint to an unauthenticated Dapr invocation: set APP_API_TOKEN for daprd and this host, or pass --dapr-allow-unauthenticated where only the sidecar reaches this port"
+            );
+            return Unrouted::NotFound(Some(
+                "internal endpoints are served only to Dapr service invocations that prove they come from the sidecar; set APP_API_TOKEN for daprd and this host (or --dapr-allow-unauthenticated where only the sidecar reaches this port)".into(),
+            ));
+        }
+    }
+    let callee = header(CALLEE_HEADER);
+    let manifest = app.manifest();
+    let targets: Vec<&str> = manifest
+        .components
+        .values()
+        .filter(|c| app.serves_http(&c.id))
+        .filter(|c| callee.is_none_or(|id| c.dapr_app_id() == id))
+        .map(|c| c.id.as_str())
+        .collect();
+    if targets.is_empty() {
+        return Unrouted::NotFound(Some(format!(
+            "no component with an HTTP handler and Dapr app id '{}' runs in this process",
+            callee.unwrap_or("(any)")
+        )));
+    }
+    let callers: Vec<&ComponentSpec> = manifest.components_with_dapr_app_id(caller).collect();
+    let allowed: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| callers.iter().any(|c| c.may_chain_to(t)))
+        .collect();
+    let chosen = match allowed.as_slice() {
+        [] => {
+            let why = if callers.is_empty() {
+                format!("no component of the manifest has Dapr app id '{caller}'")
+            } else {
+                format!(
+                    "none of its components ({}) lists {} in allowed_outbound_hosts",
+                    callers
+                        .iter()
+                        .map(|c| c.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    targets
+                        .iter()
+                        .map(|t| format!("http://{t}.spin.internal"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            };
+            tracing::warn!(caller, path, "refused an internal endpoint: {why}");
+            return Unrouted::Refuse(problem(
+                StatusCode::FORBIDDEN,
+                "caller-not-allowed",
+                format!(
+                    "Dapr app '{caller}' may not call {path} here: {why}; add the target to the caller's allowed_outbound_hosts in spin.toml if this call is intended"
+                ),
+            ));
+        }
+        [one] => *one,
+        several => match app.component_below_routes(several, path) {
+            Some(c) => c,
+            None => {
+                return Unrouted::NotFound(Some(format!(
+                    "{path} could belong to any of {}, which all run in this process; give each its own tool.wasmshop.dapr_app_id",
+                    several.join(", ")
+                )));
+            }
+        },
+    };
+    Unrouted::Serve(chosen.to_string())
+}
+
+fn bad_token() -> Response<HyperOutgoingBody> {
+    problem(
+        StatusCode::UNAUTHORIZED,
+        "invalid-app-api-token",
+        "this request comes from, or claims to come from, the Dapr sidecar but lacks the APP_API_TOKEN in its dapr-api-token header; check that daprd and the host share APP_API_TOKEN",
+    )
 }
 
 fn status(s: &str) -> Response<HyperOutgoingBody> {

@@ -95,15 +95,25 @@ async fn route(
         Err(req) => req,
     };
     let Some((route, component, matched)) = app.router().route(&path) else {
-        let routes: Vec<&str> = app.router().routes().map(|(r, _)| r.as_str()).collect();
-        return problem(
-            StatusCode::NOT_FOUND,
-            "no-route",
-            format!(
-                "no route matches {path}; this host serves {}",
-                routes.join(", ")
-            ),
-        );
+        // Internal endpoints, for authenticated sidecar traffic only.
+        use crate::trigger::dapr_app_channel::{Unrouted, unrouted};
+        return match unrouted(app, &req) {
+            Unrouted::Serve(component) => {
+                app.serve_unrouted(&component, req, 0, Some(client)).await
+            }
+            Unrouted::Refuse(response) => response,
+            Unrouted::NotFound(why) => {
+                let routes: Vec<&str> = app.router().routes().map(|(r, _)| r.as_str()).collect();
+                let mut detail = format!(
+                    "no route matches {path}; this host serves {}",
+                    routes.join(", ")
+                );
+                if let Some(why) = why {
+                    detail = format!("{detail}; {why}");
+                }
+                problem(StatusCode::NOT_FOUND, "no-route", detail)
+            }
+        };
     };
     let ctx = RouteContext {
         route: Some(route.as_str().to_string()),
