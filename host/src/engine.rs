@@ -1,8 +1,7 @@
-//! The wasmtime engine: pooling allocator tuned as measured in
-//! `reference/wasmtime-tuning.md` (keep-resident + pagemap scan: ~3× the
-//! default throughput), epoch interruption for per-request time limits,
-//! and an on-disk cache of compiled components keyed by the wasm's hash
-//! and the engine's configuration.
+//! The wasmtime engine: pooling allocator tuned as measured (keep-resident
+//! and pagemap scan: ~3× the default throughput), epoch interruption for
+//! per-request time limits, and an on-disk cache of compiled components
+//! keyed by the wasm's hash and the engine's configuration.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
