@@ -1,25 +1,34 @@
 //! The REST API of the product catalog (`/api/products`), over any
 //! [`KvStore`] and [`EventSink`] so it runs natively in unit tests.
 //!
-//! Checks run in the order DESIGN §4 fixes: 404, then 412, then 400, then
-//! 409. Each tenant's data lives under its own key prefix, including its
-//! index document, and its events carry its id.
+//! Checks run in the order 404, then 412, then 400, then 409. Each
+//! tenant's data lives under its own key prefix (docs/storage-layout.md,
+//! "Products"), and its events carry its id. Every read or write of a
+//! product first settles it ([`Product::settle`]): a legacy ledger is
+//! converted and expired holds return their stock, written in the same
+//! compare-and-swap; a product missing its index slots is re-indexed.
 
-use service_kit::clock::now_rfc3339;
-use service_kit::etag::{etag, if_match_allows};
+mod indexing;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use service_kit::cursor::{self, Scope};
+use service_kit::etag::etag;
 use service_kit::events::{CloudEvent, EventSink};
 use service_kit::http::{Method, StatusCode};
 use service_kit::ids::{is_valid_id, new_id};
 use service_kit::kv::{Change, KvStore, Retry, get_json, get_many_json, update_json};
+use service_kit::pages::{DEFAULT_PAGE_CAPACITY, Position, collect_page};
+use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
-use service_kit::tenant::TenantId;
-use service_kit::trace::traceparent_from;
+use service_kit::rest::{Ctx, Document, check_if_match, not_allowed, update_live};
 use service_kit::web::{Request, Response};
 
-use crate::domain::product::Product;
-use crate::index::{IndexEntry, ProductIndex, page};
-use crate::reservation::{self, Reserved};
-use crate::validation::{ListQuery, parse_new_product, parse_patch};
+use crate::domain::product::{MAX_HOLDS_CEILING, Product, Refusal, Reserved, rfc3339_of_ms};
+use crate::index::{product_key, verdict};
+use crate::validation::{
+    ListQuery, parse_confirmed_quantity, parse_new_product, parse_patch, parse_reservation,
+};
 
 /// CloudEvents `source` of this service's events.
 pub const EVENT_SOURCE: &str = "wasmshop/product";
@@ -32,46 +41,97 @@ pub const PRODUCT_CREATED: &str = "ProductCreated";
 pub const PRODUCT_UPDATED: &str = "ProductUpdated";
 /// Event type: a product was deleted (data is its last state).
 pub const PRODUCT_DELETED: &str = "ProductDeleted";
-/// Event type: a product's stock changed (PUT, reservation or release).
+/// Event type: a product's stock changed (PUT, hold, release, expiry).
 pub const STOCK_CHANGED: &str = "StockChanged";
 
-/// Key of a product document.
-pub fn product_key(tenant: &TenantId, id: &str) -> String {
-    format!("tenant/{tenant}/product/{id}")
+/// Name of the paged-index list in cursors.
+const LIST_NAME: &str = "products";
+
+/// Tunables of the service, from component variables in production
+/// (see `lib.rs`) and set directly by tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `reservation_hold_seconds`: how long an unconfirmed hold keeps its
+    /// units (default 120).
+    pub hold_seconds: u64,
+    /// `reservation_max_holds`: most unconfirmed holds per product
+    /// (default 100, never above [`MAX_HOLDS_CEILING`]); beyond, reserve
+    /// answers 503 with `Retry-After`.
+    pub max_holds: usize,
+    /// `index_page_capacity`: entries per index page (default 128).
+    pub page_capacity: usize,
+    /// Legacy index entries one list or create request migrates
+    /// (default 200).
+    pub migration_chunk: usize,
+    /// Compare-and-swap retry policy.
+    pub retry: Retry,
 }
 
-/// Key of a tenant's product index document.
-pub fn index_key(tenant: &TenantId) -> String {
-    format!("tenant/{tenant}/product-index")
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            hold_seconds: 120,
+            max_holds: MAX_HOLDS_CEILING,
+            page_capacity: DEFAULT_PAGE_CAPACITY,
+            migration_chunk: 200,
+            retry: Retry::default(),
+        }
+    }
 }
 
 /// The product API over a store and an event sink.
 pub struct Api<'a, S, E> {
     store: &'a S,
     events: &'a E,
-    retry: Retry,
+    settings: Settings,
+    clock: Box<dyn Fn() -> u64 + 'a>,
 }
 
-/// What one request is about: its tenant and trace.
-struct Ctx {
-    tenant: TenantId,
-    traceparent: String,
+/// The stored document is a live product unless it is a tombstone.
+impl Document for Product {
+    type Live = Product;
+    fn into_live(self) -> Option<Product> {
+        (!self.deleted).then_some(self)
+    }
+    fn version_of(live: &Product) -> u64 {
+        live.version
+    }
+}
+
+/// What [`Api::write_live`] returns: the step's result and whether
+/// settling returned expired stock.
+struct Written<R> {
+    result: R,
+    expired: bool,
+}
+
+fn system_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
-    /// An API over `store` and `events` with the default CAS retry policy.
-    pub fn new(store: &'a S, events: &'a E) -> Self {
+    /// An API over `store` and `events` with these settings, on the
+    /// system clock.
+    pub fn new(store: &'a S, events: &'a E, settings: Settings) -> Self {
         Api {
             store,
             events,
-            retry: Retry::default(),
+            settings,
+            clock: Box::new(system_now_ms),
         }
     }
 
-    /// Overrides the CAS retry policy (tests).
-    pub fn with_retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
+    /// Replaces the clock (milliseconds since the Unix epoch), so tests
+    /// can let holds expire without waiting.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + 'a) -> Self {
+        self.clock = Box::new(clock);
         self
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)()
     }
 
     /// Answers one request; every failure is a problem response.
@@ -83,25 +143,30 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         let segments = req.segments();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let m = &req.method;
+        let ctx = || Ctx::from_request(req);
         match segments.as_slice() {
             ["api", "products"] => match *m {
-                Method::GET => self.list(&ctx(req)?, req),
-                Method::POST => self.create(&ctx(req)?, req),
+                Method::GET => self.list(&ctx()?, req),
+                Method::POST => self.create(&ctx()?, req),
                 _ => not_allowed(m, "GET, POST"),
             },
             ["api", "products", id] => match *m {
-                Method::GET => self.get(&ctx(req)?, id),
-                Method::PUT => self.update(&ctx(req)?, id, req),
-                Method::DELETE => self.delete(&ctx(req)?, id, req),
+                Method::GET => self.get(&ctx()?, id),
+                Method::PUT => self.update(&ctx()?, id, req),
+                Method::DELETE => self.delete(&ctx()?, id, req),
                 _ => not_allowed(m, "GET, PUT, DELETE"),
             },
             ["api", "products", id, "reservations"] => match *m {
-                Method::POST => self.reserve(&ctx(req)?, id, req),
+                Method::POST => self.reserve(&ctx()?, id, req),
                 _ => not_allowed(m, "POST"),
             },
-            ["api", "products", id, "reservations", order_id] => match *m {
-                Method::DELETE => self.release(&ctx(req)?, id, order_id),
+            ["api", "products", id, "reservations", rid] => match *m {
+                Method::DELETE => self.release(&ctx()?, id, rid, req),
                 _ => not_allowed(m, "DELETE"),
+            },
+            ["api", "products", id, "reservations", rid, "confirm"] => match *m {
+                Method::POST => self.confirm(&ctx()?, id, rid),
+                _ => not_allowed(m, "POST"),
             },
             _ => Err(Problem::not_found(format!(
                 "there is no endpoint at {}; product endpoints are /api/products, /api/products/{{id}} and /api/products/{{id}}/reservations",
@@ -110,25 +175,98 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         }
     }
 
-    /// `GET /api/products`.
+    /// `GET /api/products?category=&limit=&offset=&cursor=`: one page from
+    /// the paged index of every product or of one category, with a
+    /// `Link: <...>; rel="next"` header while more may follow. Costs about
+    /// one page per shard plus the page's records, whatever the tenant
+    /// holds. While the tenant's legacy index is being migrated, lists are
+    /// served from it (offset paging, no cursor).
     fn list(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
         let query = ListQuery::from_request(req)?;
-        let index: ProductIndex =
-            get_json(self.store, &index_key(&ctx.tenant))?.unwrap_or_default();
-        let keys: Vec<String> = page(&index, query.category.as_deref(), query.offset, query.limit)
-            .iter()
-            .map(|id| product_key(&ctx.tenant, id))
-            .collect();
-        let products: Vec<Option<Product>> = get_many_json(self.store, &keys)?;
-        // The index may lag a crashed write; the products themselves decide.
-        let views: Vec<_> = products
-            .iter()
-            .flatten()
-            .filter(|p| !p.deleted)
-            .filter(|p| query.category.as_ref().is_none_or(|c| &p.category == c))
-            .map(Product::view)
-            .collect();
-        Ok(Response::json(StatusCode::OK, &views))
+        let filter = query
+            .category
+            .as_ref()
+            .map(|c| format!("category={c}"))
+            .unwrap_or_default();
+        let scope = Scope {
+            tenant: &ctx.tenant,
+            index: LIST_NAME,
+            filter: &filter,
+        };
+        let (position, offset) = match &query.start {
+            Start::Offset(n) => (Position::start(), *n),
+            Start::Cursor(text) => (cursor::decode(text, scope)?, 0),
+        };
+        if self.migrate_some(ctx)? && matches!(query.start, Start::Offset(_)) {
+            return self.legacy_list(ctx, &query, offset);
+        }
+        let category = query.category.as_deref();
+        let index = self.index_of(ctx, category);
+        let mut scan = index.scan(&position)?;
+        let now = self.now_ms();
+        let mut to_repair: Vec<Product> = Vec::new();
+        let page = collect_page(&index, &mut scan, query.limit, offset, |batch| {
+            let keys: Vec<String> = batch
+                .iter()
+                .map(|(e, _)| product_key(&ctx.tenant, &e.id))
+                .collect();
+            let records: Vec<Option<Product>> = get_many_json(self.store, &keys)?;
+            Ok::<_, Problem>(
+                batch
+                    .iter()
+                    .zip(records)
+                    .map(|((entry, slot), record)| {
+                        let v = verdict(entry, *slot, record.as_ref(), category);
+                        match (v, record) {
+                            (service_kit::pages::Verdict::Valid(()), Some(p)) => {
+                                service_kit::pages::Verdict::Valid(p)
+                            }
+                            (service_kit::pages::Verdict::Skip, Some(p)) => {
+                                if !p.deleted && !p.slots.complete() && self.past_grace(&p, now) {
+                                    to_repair.push(p);
+                                }
+                                service_kit::pages::Verdict::Skip
+                            }
+                            (service_kit::pages::Verdict::Stale, _) => {
+                                service_kit::pages::Verdict::Stale
+                            }
+                            _ => service_kit::pages::Verdict::Skip,
+                        }
+                    })
+                    .collect(),
+            )
+        })?;
+        for p in to_repair.into_iter().take(8) {
+            self.repair_logged(ctx, p);
+        }
+        let products = self.settle_listed(ctx, page.items, now)?;
+        let views: Vec<_> = products.iter().map(Product::view).collect();
+        let mut resp = Response::json(StatusCode::OK, &views);
+        if let Some(next) = page.next {
+            resp = resp.with_header("link", &next_link(req, &cursor::encode(&next, scope)));
+        }
+        Ok(resp)
+    }
+
+    /// Settles listed products that hold expired holds (one
+    /// compare-and-swap each); a product deleted meanwhile is left out.
+    fn settle_listed(
+        &self,
+        ctx: &Ctx,
+        products: Vec<Product>,
+        now: u64,
+    ) -> Result<Vec<Product>, Problem> {
+        let mut out = Vec::with_capacity(products.len());
+        for p in products {
+            if p.needs_settling(now) {
+                if let Some(p) = self.settle_stored(ctx, &p.id)? {
+                    out.push(p);
+                }
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// `GET /api/products/{id}`.
@@ -137,204 +275,325 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         Ok(product_response(StatusCode::OK, &product))
     }
 
-    /// `POST /api/products`.
+    /// `POST /api/products`: the record first (compare-and-swap on the
+    /// absent key, so the loser of a same-id race writes nothing and gets
+    /// 409), then the index entries, then their slots into the record.
     fn create(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
         let new = parse_new_product(&req.body)?;
+        self.migrate_some(ctx)?;
         let id = new.id.clone().unwrap_or_else(new_id);
-        if self.live(ctx, &id)?.is_some() {
-            return Err(exists(ctx, &id));
-        }
-        let product = new.into_product(id.clone(), &now_rfc3339());
-        // Index first: an entry whose product write then fails is skipped
-        // by lists, while a product missing from the index would be lost.
-        self.update_index(ctx, |ix| {
-            ix.upsert(IndexEntry {
-                id: id.clone(),
-                created_at: product.created_at.clone(),
-                category: product.category.clone(),
-            })
-        })?;
+        let now = rfc3339_of_ms(self.now_ms());
+        let product = new.into_product(id.clone(), &now);
         update_json(
             self.store,
             &product_key(&ctx.tenant, &id),
-            &self.retry,
+            &self.settings.retry,
             |current: Option<Product>| match current {
                 Some(p) if !p.deleted => Err(exists(ctx, &id)),
                 _ => Ok(Change::Write(product.clone(), ())),
             },
         )?;
+        // During a migration the product joins the legacy document, and
+        // the migration indexes it in creation order.
+        let deferred = self.legacy_record(ctx, &product).unwrap_or_else(|p| {
+            eprintln!(
+                "product: '{id}' of tenant '{}' not recorded in the legacy index; indexing it now: {}",
+                ctx.tenant, p.detail
+            );
+            false
+        });
+        let indexed = if deferred {
+            Ok(None)
+        } else {
+            self.index_product(ctx, product.clone())
+        };
+        let product = match indexed {
+            Ok(Some(indexed)) => indexed,
+            Ok(None) => product,
+            Err(p) => {
+                eprintln!(
+                    "product: '{id}' of tenant '{}' was saved but not indexed yet (it is re-indexed on its next read or write): {}",
+                    ctx.tenant, p.detail
+                );
+                product
+            }
+        };
         self.publish(ctx, PRODUCT_CREATED, &product);
         Ok(product_response(StatusCode::CREATED, &product)
             .with_header("location", &format!("/api/products/{id}")))
     }
 
-    /// `PUT /api/products/{id}`.
+    /// `PUT /api/products/{id}`. A category change appends to the new
+    /// category's index first, writes the record with the new category and
+    /// slot (only if category and slot are still those the append was
+    /// decided on), then removes the old entry.
     fn update(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let if_match = req.header_joined("if-match");
-        let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        check_if_match(if_match.as_deref(), &current)?;
+        let mut base = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        check_if_match(if_match.as_deref(), base.version, &what(id))?;
         let patch = parse_patch(&req.body, id)?;
-        let now = now_rfc3339();
-        let (product, previous) = update_json(
-            self.store,
-            &product_key(&ctx.tenant, id),
-            &self.retry,
-            |current: Option<Product>| {
-                let current = current
-                    .filter(|p| !p.deleted)
-                    .ok_or_else(|| not_found(ctx, id))?;
-                check_if_match(if_match.as_deref(), &current)?;
-                Ok::<_, Problem>(match current.apply(&patch, &now) {
-                    None => Change::Keep((current, None)),
-                    Some(next) => Change::Write(next.clone(), (next, Some(current))),
+        const MOVE_ATTEMPTS: u32 = 5;
+        for _ in 0..MOVE_ATTEMPTS {
+            let moving = patch.category.clone().filter(|c| *c != base.category);
+            let new_slot = match &moving {
+                Some(c) => Some(self.index_of(ctx, Some(c)).append(id, &base.incarnation)?),
+                None => None,
+            };
+            let now = rfc3339_of_ms(self.now_ms());
+            let written = self.write_live(ctx, id, if_match.as_deref(), |current| {
+                if moving.is_some()
+                    && (current.category != base.category
+                        || current.slots.category != base.slots.category)
+                {
+                    return Ok(Change::Keep(None));
+                }
+                Ok(match current.apply(&patch, &now) {
+                    None => Change::Keep(Some((current, None))),
+                    Some(mut next) => {
+                        if next.category != current.category {
+                            next.slots.category = new_slot;
+                        }
+                        Change::Write(next.clone(), Some((next, Some(current))))
+                    }
                 })
-            },
-        )?;
-        if let Some(previous) = previous {
-            if previous.category != product.category {
-                self.update_index_after_write(ctx, |ix| {
-                    ix.upsert(IndexEntry {
-                        id: product.id.clone(),
-                        created_at: product.created_at.clone(),
-                        category: product.category.clone(),
-                    })
-                });
+            });
+            let written = match written {
+                Ok(w) => w,
+                Err(p) => {
+                    self.unindex(ctx, moving.as_deref(), new_slot, id);
+                    return Err(p);
+                }
+            };
+            let Some((product, previous)) = written.result else {
+                // Moved or re-indexed meanwhile: our entry is unused.
+                self.unindex(ctx, moving.as_deref(), new_slot, id);
+                base = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+                continue;
+            };
+            let mut stock_changed = written.expired;
+            if let Some(previous) = previous {
+                if previous.category != product.category {
+                    self.unindex(ctx, Some(&previous.category), previous.slots.category, id);
+                    if let Err(p) = self.legacy_record(ctx, &product) {
+                        eprintln!(
+                            "product: legacy index of tenant '{}' keeps the old category of '{id}' (lists re-check each product): {}",
+                            ctx.tenant, p.detail
+                        );
+                    }
+                }
+                self.publish(ctx, PRODUCT_UPDATED, &product);
+                stock_changed |= previous.stock != product.stock;
             }
-            self.publish(ctx, PRODUCT_UPDATED, &product);
-            if previous.stock != product.stock {
+            if stock_changed {
                 self.publish(ctx, STOCK_CHANGED, &product);
             }
+            return Ok(product_response(StatusCode::OK, &product));
         }
-        Ok(product_response(StatusCode::OK, &product))
+        Err(Problem::unavailable(format!(
+            "product '{id}' kept changing category while this update ran ({MOVE_ATTEMPTS} attempts); retry shortly"
+        )))
     }
 
-    /// `DELETE /api/products/{id}`.
+    /// `DELETE /api/products/{id}`: a tombstone keeping the incarnation
+    /// (holds go with it), then the index entries are removed, best effort.
     fn delete(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let if_match = req.header_joined("if-match");
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        check_if_match(if_match.as_deref(), &current)?;
-        let now = now_rfc3339();
-        let last = update_json(
-            self.store,
-            &product_key(&ctx.tenant, id),
-            &self.retry,
-            |current: Option<Product>| {
-                let current = current
-                    .filter(|p| !p.deleted)
-                    .ok_or_else(|| not_found(ctx, id))?;
-                check_if_match(if_match.as_deref(), &current)?;
-                Ok::<_, Problem>(Change::Write(current.tombstone(&now), current))
-            },
-        )?;
-        self.update_index_after_write(ctx, |ix| ix.remove(id));
+        check_if_match(if_match.as_deref(), current.version, &what(id))?;
+        let now = rfc3339_of_ms(self.now_ms());
+        let last = self
+            .write_live(ctx, id, if_match.as_deref(), |current| {
+                Ok(Change::Write(current.tombstone(&now), current))
+            })?
+            .result;
+        self.unindex(ctx, None, last.slots.all, id);
+        self.unindex(ctx, Some(&last.category), last.slots.category, id);
         self.publish(ctx, PRODUCT_DELETED, &last);
         Ok(Response::empty(StatusCode::NO_CONTENT))
     }
 
-    /// `POST /api/products/{id}/reservations`.
+    /// `POST /api/products/{id}/reservations`: hold units for an order.
     fn reserve(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        let request = reservation::parse_request(&req.body)?;
-        let now = now_rfc3339();
-        let outcome = update_json(
-            self.store,
-            &product_key(&ctx.tenant, id),
-            &self.retry,
-            |current: Option<Product>| {
-                let current = current
-                    .filter(|p| !p.deleted)
-                    .ok_or_else(|| not_found(ctx, id))?;
-                match reservation::reserve(&current, &request, &now) {
-                    Ok(Reserved::New(next, r)) => {
-                        Ok(Change::Write((*next).clone(), Reserved::New(next, r)))
-                    }
-                    Ok(repeat @ Reserved::Repeat(_)) => Ok(Change::Keep(repeat)),
-                    Err(refusal) => Err(refusal.to_problem(id, &request)),
+        let request = parse_reservation(&req.body)?;
+        let now = self.now_ms();
+        let hold_ms = self.settings.hold_seconds.saturating_mul(1000);
+        let max_holds = self.settings.max_holds;
+        let written = self.write_live(ctx, id, None, |current| {
+            Ok(match current.reserve(&request, now, hold_ms, max_holds) {
+                Ok(Reserved::New(next, r)) => {
+                    Change::Write((*next).clone(), Ok(Reserved::New(next, r)))
                 }
-            },
-        )?;
+                Ok(repeat @ Reserved::Repeat(_)) => Change::Keep(Ok(repeat)),
+                Err(refusal) => Change::Keep(Err((refusal, current))),
+            })
+        })?;
         let order_id = &request.order_id;
-        Ok(match outcome {
-            Reserved::New(product, r) => {
+        match written.result {
+            Ok(Reserved::New(product, r)) => {
                 self.publish(ctx, STOCK_CHANGED, &product);
-                Response::json(StatusCode::CREATED, &r.view(id, order_id)).with_header(
-                    "location",
-                    &format!("/api/products/{id}/reservations/{order_id}"),
+                Ok(
+                    Response::json(StatusCode::CREATED, &r.view(id, order_id)).with_header(
+                        "location",
+                        &format!("/api/products/{id}/reservations/{order_id}"),
+                    ),
                 )
             }
-            Reserved::Repeat(r) => Response::json(StatusCode::OK, &r.view(id, order_id)),
+            Ok(Reserved::Repeat(r)) => Ok(Response::json(StatusCode::OK, &r.view(id, order_id))),
+            Err((refusal, product)) => {
+                if written.expired {
+                    self.publish(ctx, STOCK_CHANGED, &product);
+                }
+                Ok(refusal_response(&refusal, id, order_id, request.quantity))
+            }
+        }
+    }
+
+    /// `POST /api/products/{id}/reservations/{orderId}/confirm`.
+    fn confirm(&self, ctx: &Ctx, id: &str, order_id: &str) -> Result<Response, Problem> {
+        if !is_valid_id(id) {
+            return Err(not_found(ctx, id));
+        }
+        let now = self.now_ms();
+        let written = self.write_live(ctx, id, None, |current| {
+            Ok(match current.confirm(order_id, now) {
+                Ok((Some(next), r)) => Change::Write(next.clone(), Ok((r, next))),
+                Ok((None, r)) => Change::Keep(Ok((r, current))),
+                Err(refusal) => Change::Keep(Err((refusal, current))),
+            })
+        })?;
+        let (result, product) = match written.result {
+            Ok((r, p)) => (Ok(r), p),
+            Err((refusal, p)) => (Err(refusal), p),
+        };
+        if written.expired {
+            self.publish(ctx, STOCK_CHANGED, &product);
+        }
+        Ok(match result {
+            Ok(r) => Response::json(StatusCode::OK, &r.view(id, order_id)),
+            Err(refusal) => refusal_response(&refusal, id, order_id, 0),
         })
     }
 
-    /// `DELETE /api/products/{id}/reservations/{orderId}`: 204 whether or
-    /// not there was anything to release, so retries are safe.
-    fn release(&self, ctx: &Ctx, id: &str, order_id: &str) -> Result<Response, Problem> {
-        if is_valid_id(id) && is_valid_id(order_id) {
-            let now = now_rfc3339();
-            let released = update_json(
-                self.store,
-                &product_key(&ctx.tenant, id),
-                &self.retry,
-                |current: Option<Product>| {
-                    let next = current
-                        .filter(|p| !p.deleted)
-                        .and_then(|p| reservation::release(&p, order_id, &now));
-                    Ok::<_, Problem>(match next {
-                        Some(next) => Change::Write(next.clone(), Some(next)),
-                        None => Change::Keep(None),
-                    })
-                },
-            )?;
-            if let Some(product) = released {
-                self.publish(ctx, STOCK_CHANGED, &product);
+    /// `DELETE /api/products/{id}/reservations/{orderId}[?confirmedQuantity=n]`:
+    /// 204 whether or not there was anything to release, so retries are
+    /// safe.
+    fn release(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        order_id: &str,
+        req: &Request,
+    ) -> Result<Response, Problem> {
+        let confirmed = parse_confirmed_quantity(req)?;
+        if !(is_valid_id(id) && is_valid_id(order_id)) {
+            return Ok(Response::empty(StatusCode::NO_CONTENT));
+        }
+        let now = self.now_ms();
+        let written = self.write_live(ctx, id, None, |current| {
+            Ok(match current.release(order_id, confirmed, now) {
+                Some((next, moved)) => Change::Write(next.clone(), (next, moved)),
+                None => Change::Keep((current, false)),
+            })
+        });
+        match written {
+            Ok(Written {
+                result: (product, moved),
+                expired,
+            }) => {
+                if moved || expired {
+                    self.publish(ctx, STOCK_CHANGED, &product);
+                }
             }
+            Err(p) if p.status == 404 => {}
+            Err(p) => return Err(p),
         }
         Ok(Response::empty(StatusCode::NO_CONTENT))
     }
 
-    /// The product unless absent or deleted. Ids outside the id rule can
+    /// The live product, settled (written when that changed it; a
+    /// `StockChanged` event when expired holds returned stock) and
+    /// re-indexed when it lacks its slots. Ids outside the id rule can
     /// never exist, so they are not looked up.
     fn live(&self, ctx: &Ctx, id: &str) -> Result<Option<Product>, Problem> {
         if !is_valid_id(id) {
             return Ok(None);
         }
         let product: Option<Product> = get_json(self.store, &product_key(&ctx.tenant, id))?;
-        Ok(product.filter(|p| !p.deleted))
+        let Some(mut product) = product.filter(|p| !p.deleted) else {
+            return Ok(None);
+        };
+        let now = self.now_ms();
+        if product.needs_settling(now) {
+            match self.settle_stored(ctx, id)? {
+                Some(p) => product = p,
+                None => return Ok(None),
+            }
+        }
+        if !product.slots.complete() && self.past_grace(&product, now) && !self.migrating(ctx)? {
+            product = self.repair_logged(ctx, product);
+        }
+        Ok(Some(product))
     }
 
-    /// Changes the tenant's index with CAS; `change` returns whether it
-    /// changed anything.
-    fn update_index(
-        &self,
-        ctx: &Ctx,
-        change: impl Fn(&mut ProductIndex) -> bool,
-    ) -> Result<(), Problem> {
-        update_json(
+    /// Settles the stored product `id` with compare-and-swap; `None` when
+    /// it is gone.
+    fn settle_stored(&self, ctx: &Ctx, id: &str) -> Result<Option<Product>, Problem> {
+        let now = self.now_ms();
+        let settled = update_json(
             self.store,
-            &index_key(&ctx.tenant),
-            &self.retry,
-            |index: Option<ProductIndex>| {
-                let mut index = index.unwrap_or_default();
-                Ok::<_, Problem>(if change(&mut index) {
-                    Change::Write(index, ())
+            &product_key(&ctx.tenant, id),
+            &self.settings.retry,
+            |current: Option<Product>| {
+                let Some(mut p) = current.filter(|p| !p.deleted) else {
+                    return Ok::<_, Problem>(Change::Keep(None));
+                };
+                let s = p.settle(now);
+                Ok(if s.changed {
+                    Change::Write(p.clone(), Some((p, s.stock_changed)))
                 } else {
-                    Change::Keep(())
+                    Change::Keep(Some((p, false)))
                 })
             },
         )?;
-        Ok(())
+        Ok(settled.map(|(p, stock_changed)| {
+            if stock_changed {
+                self.publish(ctx, STOCK_CHANGED, &p);
+            }
+            p
+        }))
     }
 
-    /// Index maintenance after the product itself was written: the change
-    /// stands even if this fails (lists re-check each product), so a
-    /// failure is logged rather than reported as a failed request.
-    fn update_index_after_write(&self, ctx: &Ctx, change: impl Fn(&mut ProductIndex) -> bool) {
-        if let Err(p) = self.update_index(ctx, change) {
-            eprintln!(
-                "product: index of tenant '{}' not updated: {}",
-                ctx.tenant, p.detail
-            );
-        }
+    /// Compare-and-swaps the live product `id`: 404 once it is gone, 412
+    /// when `if_match` no longer matches; the product is settled before
+    /// `step` sees it, and a settle that changed it is written even when
+    /// `step` keeps it.
+    fn write_live<R>(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        if_match: Option<&str>,
+        mut step: impl FnMut(Product) -> Result<Change<Product, R>, Problem>,
+    ) -> Result<Written<R>, Problem> {
+        let now = self.now_ms();
+        let mut expired = false;
+        let result = update_live(
+            self.store,
+            &product_key(&ctx.tenant, id),
+            &self.settings.retry,
+            if_match,
+            &what(id),
+            || not_found(ctx, id),
+            |mut current: Product| {
+                let settled = current.settle(now);
+                expired = settled.stock_changed;
+                Ok(match step(current.clone())? {
+                    Change::Keep(r) if settled.changed => Change::Write(current, r),
+                    other => other,
+                })
+            },
+        )?;
+        Ok(Written { result, expired })
     }
 
     /// Publishes an event with the product snapshot. The change is already
@@ -358,19 +617,12 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     }
 }
 
-fn ctx(req: &Request) -> Result<Ctx, Problem> {
-    Ok(Ctx {
-        tenant: TenantId::from_headers(&req.headers)?,
-        traceparent: traceparent_from(&req.headers),
-    })
-}
-
 fn product_response(status: StatusCode, product: &Product) -> Response {
     Response::json(status, &product.view()).with_header("etag", &etag(product.version))
 }
 
-fn not_allowed(method: &Method, allowed: &str) -> Result<Response, Problem> {
-    Ok(Problem::method_not_allowed_response(method, allowed))
+fn what(id: &str) -> String {
+    format!("product '{id}'")
 }
 
 fn not_found(ctx: &Ctx, id: &str) -> Problem {
@@ -390,17 +642,54 @@ fn exists(ctx: &Ctx, id: &str) -> Problem {
     )
 }
 
-fn check_if_match(if_match: Option<&str>, current: &Product) -> Result<(), Problem> {
-    if if_match_allows(if_match, current.version) {
-        Ok(())
-    } else {
-        Err(Problem::precondition_failed(format!(
-            "If-Match {} does not match the current ETag {} of product '{}'; GET it again and retry with the new ETag",
-            if_match.unwrap_or_default(),
-            etag(current.version),
-            current.id
-        )))
-    }
+/// The answer to a refused reserve or confirm: 409 with a slug the order
+/// service branches on, or 503 with `Retry-After` for too many holds.
+fn refusal_response(refusal: &Refusal, product_id: &str, order: &str, quantity: i64) -> Response {
+    let problem = match refusal {
+        Refusal::OtherQuantity { reserved } => Problem::conflict(
+            "reservation-conflict",
+            format!(
+                "order '{order}' already reserved {reserved} of product '{product_id}', not {quantity}; release it first to reserve a different quantity"
+            ),
+        ),
+        Refusal::Released => Problem::conflict(
+            "reservation-released",
+            format!(
+                "the reservation of order '{order}' on product '{product_id}' was released or expired already; use a new order id to reserve again"
+            ),
+        ),
+        Refusal::Expired => Problem::conflict(
+            "reservation-expired",
+            format!(
+                "the hold of order '{order}' on product '{product_id}' expired and its stock was returned; reserve again under a new order id"
+            ),
+        ),
+        Refusal::Unknown => Problem::conflict(
+            "reservation-unknown",
+            format!(
+                "product '{product_id}' holds nothing for order '{order}'; reserve before confirming"
+            ),
+        ),
+        Refusal::InsufficientStock { available } => Problem::conflict(
+            "insufficient-stock",
+            format!(
+                "product '{product_id}' has {available} in stock, {quantity} requested; reserve fewer or restock first"
+            ),
+        ),
+        Refusal::TooManyHolds { retry_after_secs } => {
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-holds",
+                "Service unavailable",
+                format!(
+                    "product '{product_id}' already has the most unconfirmed holds allowed; retry after {retry_after_secs} s, when one has expired or been confirmed"
+                ),
+            )
+            .to_response()
+            .with_header("retry-after", &retry_after_secs.to_string());
+        }
+    };
+    problem.to_response()
 }
 
 #[cfg(test)]

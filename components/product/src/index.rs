@@ -1,11 +1,97 @@
-//! The per-tenant product index lists are served from (see
-//! [`service_kit::index`]): one entry per product with its category, so a
-//! filtered page needs no product reads.
+//! Where products live in the key-value store and which index entries
+//! count (docs/storage-layout.md, "Products" and "Migration").
+//!
+//! Lists are served from two paged indexes per tenant
+//! ([`service_kit::pages`]): every product, and one per category. An entry
+//! counts only when the product record it names is live, of the same
+//! incarnation, and stores that very slot ([`verdict`]). The legacy
+//! per-tenant document ([`LegacyIndex`]) is only read while a tenant is
+//! being migrated.
 
 use serde::{Deserialize, Serialize};
 use service_kit::index::{CreationIndex, Indexed};
+use service_kit::pages::{Entry, Slot, Verdict, key_hash};
+use service_kit::tenant::TenantId;
 
-/// One product in the index.
+use crate::domain::product::Product;
+
+/// Key of a product record.
+pub fn product_key(tenant: &TenantId, id: &str) -> String {
+    format!("tenant/{tenant}/product/{id}")
+}
+
+/// Key prefix of the paged index of every product of a tenant.
+pub fn all_prefix(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/products/all")
+}
+
+/// Key prefix of the paged index of one category (its SHA-256, so any
+/// category text makes a safe key).
+pub fn category_prefix(tenant: &TenantId, category: &str) -> String {
+    format!("tenant/{tenant}/products/category/{}", key_hash(category))
+}
+
+/// Key of a tenant's legacy index document (read only while migrating).
+pub fn legacy_index_key(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/product-index")
+}
+
+/// Key of a tenant's migration progress marker ([`MigrationMarker`]).
+pub fn migration_key(tenant: &TenantId) -> String {
+    format!("tenant/{tenant}/product-index-migration")
+}
+
+/// How far the migration of a tenant's legacy index has come: entries
+/// before `next` have been moved to the paged indexes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationMarker {
+    /// Position in the legacy document's entries of the next one to move.
+    pub next: usize,
+}
+
+/// Whether an index entry at `slot` counts for `record` (the product it
+/// names, `None` when absent). `category` is the category of a category
+/// index, `None` for the index of every product.
+///
+/// * absent, tombstone, or another incarnation: [`Verdict::Stale`]
+///   (can never count again);
+/// * live and storing this slot: [`Verdict::Valid`];
+/// * live and storing another slot of this very index: stale (a lost
+///   race's or a crashed writer's entry: slots are only ever set
+///   together with a fresh append and a compare-and-swap that checks the
+///   slot it replaces);
+/// * live with no slot yet, or in another category: [`Verdict::Skip`]
+///   (a create or a category move may still be on its way).
+pub fn verdict(
+    entry: &Entry,
+    slot: Slot,
+    record: Option<&Product>,
+    category: Option<&str>,
+) -> Verdict<()> {
+    let Some(p) = record else {
+        return Verdict::Stale;
+    };
+    let incarnation = if p.incarnation.is_empty() {
+        &p.created_at
+    } else {
+        &p.incarnation
+    };
+    if p.deleted || *incarnation != entry.created_at {
+        return Verdict::Stale;
+    }
+    let stored = match category {
+        None => p.slots.all,
+        Some(c) if p.category == c => p.slots.category,
+        Some(_) => return Verdict::Skip,
+    };
+    match stored {
+        Some(s) if s == slot => Verdict::Valid(()),
+        Some(_) => Verdict::Stale,
+        None => Verdict::Skip,
+    }
+}
+
+/// One product in the legacy per-tenant index document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IndexEntry {
@@ -26,12 +112,49 @@ impl Indexed for IndexEntry {
     }
 }
 
-/// A tenant's index document.
-pub type ProductIndex = CreationIndex<IndexEntry>;
+/// A tenant's legacy index entries (`{"entries": [...]}`).
+pub type LegacyIndex = CreationIndex<IndexEntry>;
 
-/// The ids of one page, in order, optionally only one category.
-pub fn page(
-    index: &ProductIndex,
+/// A tenant's legacy index document as stored: the entries, and the
+/// `migrated` flag the migration sets (with compare-and-swap, so no entry
+/// added meanwhile is lost) just before deleting the document. Kept only
+/// to serve lists and feed the migration until it is converted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyDoc {
+    /// The entries, in creation order (products created during the
+    /// migration are appended at the end).
+    #[serde(flatten)]
+    pub index: LegacyIndex,
+    /// Every entry has moved to the paged indexes; the document is about
+    /// to be deleted and must not be added to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migrated: bool,
+}
+
+impl LegacyDoc {
+    /// Records a product created or re-categorised during the migration:
+    /// an existing entry is updated in place, a new one appended at the
+    /// end (never inserted before entries the migration has passed).
+    /// Returns whether anything changed.
+    pub fn record(&mut self, entry: IndexEntry) -> bool {
+        match self.index.entries.iter_mut().find(|e| e.id == entry.id) {
+            Some(e) if *e == entry => false,
+            Some(e) => {
+                *e = entry;
+                true
+            }
+            None => {
+                self.index.entries.push(entry);
+                true
+            }
+        }
+    }
+}
+
+/// The ids of one page of a legacy index, in order, optionally only one
+/// category.
+pub fn legacy_page(
+    index: &LegacyIndex,
     category: Option<&str>,
     offset: usize,
     limit: usize,
@@ -46,6 +169,8 @@ pub fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::product::{NewProduct, Slots};
+    use service_kit::money::Money;
 
     fn entry(id: &str, at: &str, category: &str) -> IndexEntry {
         IndexEntry {
@@ -56,35 +181,71 @@ mod tests {
     }
 
     #[test]
-    fn keeps_creation_then_id_order() {
-        let mut ix = ProductIndex::default();
-        assert!(ix.upsert(entry("b", "t2", "x")));
-        assert!(ix.upsert(entry("z", "t1", "y")));
-        assert!(ix.upsert(entry("a", "t2", "x")));
-        assert_eq!(page(&ix, None, 0, 10), vec!["z", "a", "b"]);
-    }
-
-    #[test]
-    fn upsert_replaces_and_is_idempotent() {
-        let mut ix = ProductIndex::default();
-        ix.upsert(entry("a", "t1", "x"));
-        assert!(!ix.upsert(entry("a", "t1", "x")));
-        assert!(ix.upsert(entry("a", "t1", "y")));
-        assert_eq!(ix.entries.len(), 1);
-        assert_eq!(page(&ix, Some("y"), 0, 10), vec!["a"]);
-    }
-
-    #[test]
-    fn remove_and_pages() {
-        let mut ix = ProductIndex::default();
+    fn legacy_pages_filter_and_skip() {
+        let mut ix = LegacyIndex::default();
         for (i, c) in ["x", "y", "x", "x", "y"].iter().enumerate() {
             ix.upsert(entry(&format!("p{i}"), &format!("t{i}"), c));
         }
-        assert_eq!(page(&ix, Some("x"), 1, 1), vec!["p2"]);
-        assert_eq!(page(&ix, None, 3, 10), vec!["p3", "p4"]);
-        assert!(page(&ix, None, 9, 10).is_empty());
-        assert!(ix.remove("p2"));
-        assert!(!ix.remove("p2"));
-        assert_eq!(page(&ix, Some("x"), 0, 10), vec!["p0", "p3"]);
+        assert_eq!(legacy_page(&ix, Some("x"), 1, 1), vec!["p2"]);
+        assert_eq!(legacy_page(&ix, None, 3, 10), vec!["p3", "p4"]);
+        assert!(legacy_page(&ix, None, 9, 10).is_empty());
+    }
+
+    fn slot(pos: u32) -> Slot {
+        Slot {
+            shard: 1,
+            page: 0,
+            pos,
+        }
+    }
+
+    #[test]
+    fn validity_by_slot() {
+        let mut p = NewProduct {
+            id: None,
+            name: "W".into(),
+            description: String::new(),
+            category: "tools".into(),
+            price: Money::from_minor(1),
+            currency: "USD".into(),
+            stock: 0,
+        }
+        .into_product("p1".into(), "t1");
+        let e = Entry {
+            id: "p1".into(),
+            created_at: "t1".into(),
+            removed: false,
+        };
+        assert_eq!(verdict(&e, slot(0), None, None), Verdict::Stale);
+        assert_eq!(
+            verdict(&e, slot(0), Some(&p), None),
+            Verdict::Skip,
+            "no slot yet"
+        );
+        p.slots = Slots {
+            all: Some(slot(0)),
+            category: Some(slot(5)),
+        };
+        assert_eq!(verdict(&e, slot(0), Some(&p), None), Verdict::Valid(()));
+        assert_eq!(verdict(&e, slot(1), Some(&p), None), Verdict::Stale);
+        assert_eq!(
+            verdict(&e, slot(5), Some(&p), Some("tools")),
+            Verdict::Valid(())
+        );
+        assert_eq!(
+            verdict(&e, slot(4), Some(&p), Some("tools")),
+            Verdict::Stale
+        );
+        assert_eq!(verdict(&e, slot(5), Some(&p), Some("toys")), Verdict::Skip);
+        let other_life = Entry {
+            created_at: "t0".into(),
+            ..e.clone()
+        };
+        assert_eq!(
+            verdict(&other_life, slot(0), Some(&p), None),
+            Verdict::Stale
+        );
+        let t = p.tombstone("t2");
+        assert_eq!(verdict(&e, slot(0), Some(&t), None), Verdict::Stale);
     }
 }

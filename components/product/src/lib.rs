@@ -1,16 +1,23 @@
-//! The WasmShop product catalog component (DESIGN §4): CRUD over products,
-//! stock reservations and product events, per tenant.
+//! The WasmShop product catalog component: CRUD over products, paged
+//! lists, stock reservations (hold / confirm / release with expiry) and
+//! product events, per tenant (docs/storage-layout.md).
 //!
 //! The business rules live in plain modules ([`domain`], [`validation`],
-//! [`reservation`], [`index`], [`api`]) that run natively in unit tests;
-//! this file is the thin glue to the WIT world.
+//! [`index`], [`api`]) that run natively in unit tests; this file is the
+//! thin glue to the WIT world, including reading the component variables
+//! into [`api::Settings`]:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `reservation_hold_seconds` | how long an unconfirmed hold lasts | 120 |
+//! | `reservation_max_holds` | most unconfirmed holds per product (at most 100) | 100 |
+//! | `index_page_capacity` | entries per index page | 128 |
 
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod domain;
 pub mod index;
-pub mod reservation;
 pub mod validation;
 
 use service_kit::bindings::exports::wasi::http::incoming_handler;
@@ -35,8 +42,49 @@ impl incoming_handler::Guest for Component {
                 Err(e) => return Problem::from(e).to_response(),
             };
             let events = MessagingSink::new(PUBSUB_CLIENT);
-            api::Api::new(&store, &events).handle(&req)
+            api::Api::new(&store, &events, settings()).handle(&req)
         });
+    }
+}
+
+/// The settings from the component variables; a variable that is not
+/// declared keeps its default, and one that does not parse keeps it too,
+/// with a log line saying what to fix.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn settings() -> api::Settings {
+    let defaults = api::Settings::default();
+    api::Settings {
+        hold_seconds: variable("reservation_hold_seconds", defaults.hold_seconds, 1),
+        max_holds: variable("reservation_max_holds", defaults.max_holds, 1)
+            .min(domain::product::MAX_HOLDS_CEILING),
+        page_capacity: variable("index_page_capacity", defaults.page_capacity, 1),
+        ..defaults
+    }
+}
+
+/// A whole-number component variable of at least `min`, read through
+/// `wasi:config/store`.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn variable<T>(name: &str, default: T, min: T) -> T
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    use service_kit::bindings::wasi::config::store;
+    match store::get(name) {
+        Ok(None) => default,
+        Ok(Some(text)) => match text.trim().parse::<T>() {
+            Ok(v) if v >= min => v,
+            _ => {
+                eprintln!(
+                    "product: variable '{name}' is '{text}', not a whole number of at least {min}; using {default}. Fix it in [component.product.variables] of spin.toml"
+                );
+                default
+            }
+        },
+        Err(e) => {
+            eprintln!("product: variable '{name}' could not be read ({e:?}); using {default}");
+            default
+        }
     }
 }
 

@@ -1,17 +1,24 @@
-//! Validation of product request bodies and list queries. Every offending
-//! field is reported at once, by name, in a 400 problem.
+//! Validation of product request bodies, reservation calls and list
+//! queries. Every offending field is reported at once, by name, in a 400
+//! problem.
+//!
+//! Text rules: `name` and `category` refuse every control character;
+//! `description` allows line feed and tab (multi-line text) and refuses
+//! other control characters. Each is capped in characters and in UTF-8
+//! bytes, so a stored product stays under 64 KiB.
 
 use service_kit::ids::{ID_RULE, is_valid_id};
 use service_kit::json::{JsonObject, MAX_INT};
 use service_kit::money::Money;
 pub use service_kit::paging::{DEFAULT_LIMIT, MAX_LIMIT};
-use service_kit::paging::{Page, query_param};
+use service_kit::paging::{ListParams, Start, query_param};
 use service_kit::problem::{FieldErrors, Problem};
 use service_kit::web::Request;
 
 use crate::domain::currency::{DEFAULT_CURRENCY, is_iso_4217};
 use crate::domain::product::{
-    CATEGORY_MAX, DESCRIPTION_MAX, MAX_PRICE, NAME_MAX, NewProduct, ProductPatch,
+    CATEGORY_MAX, CATEGORY_MAX_BYTES, DESCRIPTION_MAX, DESCRIPTION_MAX_BYTES, MAX_PRICE, NAME_MAX,
+    NAME_MAX_BYTES, NewProduct, ProductPatch, ReservationRequest,
 };
 
 /// Fields a client may send. `version`, `createdAt` and `updatedAt` are
@@ -30,6 +37,43 @@ const KNOWN_FIELDS: &[&str] = &[
     "updatedAt",
 ];
 
+/// Checks one text field's length (characters and bytes) and control
+/// characters (`allowed` lists the ones permitted).
+fn check_text(
+    field: &str,
+    value: &str,
+    max_chars: usize,
+    max_bytes: usize,
+    allowed: &[char],
+    errors: &mut FieldErrors,
+) {
+    if value.chars().count() > max_chars {
+        errors.add(field, format!("must be at most {max_chars} characters"));
+    } else if value.len() > max_bytes {
+        errors.add(
+            field,
+            format!("must be at most {max_bytes} bytes of UTF-8; shorten it"),
+        );
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_control() && !allowed.contains(c))
+    {
+        let also = if allowed.is_empty() {
+            String::new()
+        } else {
+            " other than line feed and tab".to_owned()
+        };
+        errors.add(
+            field,
+            format!(
+                "must not contain control characters{also} (found U+{:04X}); remove it",
+                c as u32
+            ),
+        );
+    }
+}
+
 /// Reads the editable fields, recording every problem in `errors`.
 fn read_fields(obj: &JsonObject, errors: &mut FieldErrors) -> ProductPatch {
     obj.reject_unknown(KNOWN_FIELDS, errors);
@@ -37,29 +81,24 @@ fn read_fields(obj: &JsonObject, errors: &mut FieldErrors) -> ProductPatch {
     if let Some(n) = &name {
         if n.trim().is_empty() {
             errors.add("name", "must not be empty or blank");
-        } else if n.chars().count() > NAME_MAX {
-            errors.add("name", format!("must be at most {NAME_MAX} characters"));
+        } else {
+            check_text("name", n, NAME_MAX, NAME_MAX_BYTES, &[], errors);
         }
     }
     let description = obj.string("description", errors);
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > DESCRIPTION_MAX)
-    {
-        errors.add(
+    if let Some(d) = &description {
+        check_text(
             "description",
-            format!("must be at most {DESCRIPTION_MAX} characters"),
+            d,
+            DESCRIPTION_MAX,
+            DESCRIPTION_MAX_BYTES,
+            &['\n', '\t'],
+            errors,
         );
     }
     let category = obj.string("category", errors);
-    if category
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > CATEGORY_MAX)
-    {
-        errors.add(
-            "category",
-            format!("must be at most {CATEGORY_MAX} characters"),
-        );
+    if let Some(c) = &category {
+        check_text("category", c, CATEGORY_MAX, CATEGORY_MAX_BYTES, &[], errors);
     }
     let price = obj.money("price", errors);
     if let Some(p) = price {
@@ -145,23 +184,70 @@ pub struct ListQuery {
     pub category: Option<String>,
     /// Page size, 1–1000.
     pub limit: usize,
-    /// Products to skip, ≥ 0.
-    pub offset: usize,
+    /// Where the page starts: an offset (0 ..= 2^63-1) or a cursor.
+    pub start: Start,
 }
 
 impl ListQuery {
-    /// Reads `category`, `limit` and `offset`; bad values are a 400 naming
-    /// the parameter. An empty `category=` means no filter.
+    /// Reads `category`, `limit`, `offset` and `cursor`; bad values are a
+    /// 400 naming the parameter. An empty `category=` means no filter.
     pub fn from_request(req: &Request) -> Result<ListQuery, Problem> {
         let mut errors = FieldErrors::new();
         let category = query_param(req, "category", &mut errors).filter(|c| !c.is_empty());
-        let Page { limit, offset } = Page::from_request(req, &mut errors);
+        let ListParams { limit, start } = ListParams::from_request(req, &mut errors);
         errors.into_result(ListQuery {
             category,
             limit,
-            offset,
+            start,
         })
     }
+}
+
+/// Parses and validates a `POST .../reservations` body
+/// `{"orderId": id, "quantity": n}`.
+pub fn parse_reservation(body: &[u8]) -> Result<ReservationRequest, Problem> {
+    let obj = JsonObject::parse(body)?;
+    let mut errors = FieldErrors::new();
+    obj.reject_unknown(&["orderId", "quantity"], &mut errors);
+    let order_id = if obj.require("orderId", &mut errors) {
+        obj.string("orderId", &mut errors)
+    } else {
+        None
+    };
+    if let Some(id) = &order_id
+        && !is_valid_id(id)
+    {
+        errors.add("orderId", ID_RULE);
+    }
+    let quantity = if obj.require("quantity", &mut errors) {
+        obj.integer("quantity", 1, MAX_INT, &mut errors)
+    } else {
+        None
+    };
+    match (order_id, quantity) {
+        (Some(order_id), Some(quantity)) if errors.is_empty() => {
+            Ok(ReservationRequest { order_id, quantity })
+        }
+        _ => Err(Problem::validation(errors)),
+    }
+}
+
+/// Reads the optional `confirmedQuantity` of a release: a whole number
+/// from 1 to 2147483647, or a 400 naming it.
+pub fn parse_confirmed_quantity(req: &Request) -> Result<Option<i64>, Problem> {
+    let mut errors = FieldErrors::new();
+    let value = query_param(req, "confirmedQuantity", &mut errors);
+    let n = value.and_then(|v| match v.parse::<i64>() {
+        Ok(n) if (1..=MAX_INT).contains(&n) => Some(n),
+        _ => {
+            errors.add(
+                "confirmedQuantity",
+                format!("must be a whole number from 1 to {MAX_INT}, not '{v}'"),
+            );
+            None
+        }
+    });
+    errors.into_result(n)
 }
 
 #[cfg(test)]
@@ -279,7 +365,7 @@ mod tests {
             ListQuery {
                 category: None,
                 limit: 100,
-                offset: 0
+                start: Start::Offset(0)
             }
         );
         assert_eq!(
@@ -287,8 +373,12 @@ mod tests {
             ListQuery {
                 category: Some("Tools".into()),
                 limit: 1000,
-                offset: 5
+                start: Start::Offset(5)
             }
+        );
+        assert_eq!(
+            query("?cursor=abc").unwrap().start,
+            Start::Cursor("abc".into())
         );
         assert_eq!(query("?category=").unwrap().category, None);
         for (q, field) in [
@@ -299,9 +389,75 @@ mod tests {
             ("?offset=-1", "offset"),
             ("?offset=x", "offset"),
             ("?limit=5&limit=6", "limit"),
+            ("?offset=9223372036854775808", "offset"),
+            ("?offset=1&cursor=x", "cursor"),
         ] {
             let p = query(q).unwrap_err();
             assert!(p.errors.contains_key(field), "{q}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_capped_in_bytes_and_refuses_control_characters() {
+        let e = errors_of(&format!(
+            r#"{{"name":"{}","price":1}}"#,
+            "\u{1D11E}".repeat(201)
+        ));
+        assert!(e["name"][0].contains("200 characters"), "{e:?}");
+        for (body, field) in [
+            (r#"{"name":"a\u0007b","price":1}"#, "name"),
+            (r#"{"name":"a\nb","price":1}"#, "name"),
+            (r#"{"name":"x","price":1,"category":"a\tb"}"#, "category"),
+            (
+                r#"{"name":"x","price":1,"description":"a\u0000b"}"#,
+                "description",
+            ),
+            (
+                r#"{"name":"x","price":1,"description":"a\rb"}"#,
+                "description",
+            ),
+        ] {
+            let e = errors_of(body);
+            assert!(e[field][0].contains("control"), "{body}: {e:?}");
+        }
+        let ok = parse_new_product(br#"{"name":"x","price":1,"description":"line 1\n\tline 2"}"#)
+            .unwrap();
+        assert_eq!(ok.description, "line 1\n\tline 2");
+    }
+
+    #[test]
+    fn reservation_bodies() {
+        assert_eq!(
+            parse_reservation(br#"{"orderId":"o-1","quantity":2}"#).unwrap(),
+            ReservationRequest {
+                order_id: "o-1".into(),
+                quantity: 2
+            }
+        );
+        let p = parse_reservation(br#"{"orderId":"a/b","quantity":0,"x":1}"#).unwrap_err();
+        for f in ["orderId", "quantity", "x"] {
+            assert!(p.errors.contains_key(f), "{f}: {p:?}");
+        }
+        let p = parse_reservation(br#"{"quantity":2.0}"#).unwrap_err();
+        assert_eq!(p.errors["orderId"], vec!["is required"]);
+        assert_eq!(parse_reservation(b"[]").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn confirmed_quantity_parameter() {
+        let q =
+            |s: &str| parse_confirmed_quantity(&Request::new(Method::DELETE, &format!("/x{s}")));
+        assert_eq!(q("").unwrap(), None);
+        assert_eq!(q("?confirmedQuantity=3").unwrap(), Some(3));
+        for bad in [
+            "?confirmedQuantity=0",
+            "?confirmedQuantity=x",
+            "?confirmedQuantity=2147483648",
+        ] {
+            assert!(
+                q(bad).unwrap_err().errors.contains_key("confirmedQuantity"),
+                "{bad}"
+            );
         }
     }
 }

@@ -82,6 +82,11 @@ pub trait KvStore {
     type Cas;
     /// The value at `key`, if any.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    /// Whether `key` holds a value, without transferring it (the default
+    /// reads it; [`WasiStore`] asks the store).
+    fn exists(&self, key: &str) -> Result<bool, KvError> {
+        Ok(self.get(key)?.is_some())
+    }
     /// The values at `keys`, in the same order.
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError>;
     /// Unconditionally writes `value` at `key`.
@@ -286,6 +291,12 @@ impl KvStore for WasiStore {
         self.bucket
             .get(key)
             .map_err(|e| store_error(format!("get '{key}'"), e))
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, KvError> {
+        self.bucket
+            .exists(key)
+            .map_err(|e| store_error(format!("check '{key}' exists"), e))
     }
 
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {

@@ -47,6 +47,17 @@ pub const SHARDS: u32 = 8;
 /// 128 entries with 64-character ids is about 13 KB of JSON.
 pub const DEFAULT_PAGE_CAPACITY: usize = 128;
 
+/// A key segment naming an index by free text (a category, a customer):
+/// the lowercase hex SHA-256 of `text`, so any text makes a safe, fixed
+/// length (64 characters) key segment.
+pub fn key_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Where one entry lives: shard, page and position in the page. Stable
 /// forever, so records store it to prove which entry is theirs. Serialises
 /// as the short string `"s.p.i"`, e.g. `"3.0.17"`.

@@ -1,37 +1,67 @@
 //! Native tests of the whole API over the in-memory store: the same
 //! requests the integration tests send, without a host.
 
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use service_kit::events::RecordingSink;
 use service_kit::http::Method;
-use service_kit::kv::{KvStore, MemoryStore, Retry};
+use service_kit::kv::{KvError, KvStore, MemoryCas, MemoryStore, Retry, Swap, put_json};
 use service_kit::web::{Request, Response};
 
 use super::*;
 
+/// 2025-01-01T00:00:00Z.
+const T0: u64 = 1_735_689_600_000;
+
+fn settings() -> Settings {
+    Settings {
+        retry: Retry {
+            max_attempts: 3,
+            base_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        },
+        ..Settings::default()
+    }
+}
+
 struct World {
     store: MemoryStore,
     events: RecordingSink,
+    settings: Settings,
+    /// Milliseconds since the epoch; every read of the clock moves it on
+    /// by 1 ms, so creation times differ.
+    now: Cell<u64>,
 }
 
 impl World {
     fn new() -> Self {
+        World::with(settings())
+    }
+
+    fn with(settings: Settings) -> Self {
         World {
             store: MemoryStore::new(),
             events: RecordingSink::new(),
+            settings,
+            now: Cell::new(T0),
         }
     }
 
+    fn api<'a, St: KvStore>(&'a self, store: &'a St) -> Api<'a, St, RecordingSink> {
+        Api::new(store, &self.events, self.settings.clone()).with_clock(|| {
+            self.now.set(self.now.get() + 1);
+            self.now.get()
+        })
+    }
+
+    fn advance(&self, ms: u64) {
+        self.now.set(self.now.get() + ms);
+    }
+
     fn send(&self, req: Request) -> Response {
-        Api::new(&self.store, &self.events)
-            .with_retry(Retry {
-                max_attempts: 3,
-                base_delay: Duration::ZERO,
-                max_delay: Duration::ZERO,
-            })
-            .handle(&req)
+        self.api(&self.store).handle(&req)
     }
 
     fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value, Response) {
@@ -46,17 +76,7 @@ impl World {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (u16, Value, Response) {
-        let mut req = Request::new(method, path);
-        if let Some(t) = tenant {
-            req = req.with_header("x-tenant-id", t);
-        }
-        for (k, v) in headers {
-            req = req.with_header(k, v);
-        }
-        if let Some(b) = body {
-            req = req.with_body(serde_json::to_vec(&b).unwrap());
-        }
-        let resp = self.send(req);
+        let resp = self.send(request(tenant, method, path, body, headers));
         let json = if resp.body.is_empty() {
             Value::Null
         } else {
@@ -77,6 +97,111 @@ impl World {
             .into_iter()
             .map(|(_, e)| e.kind)
             .collect()
+    }
+
+    /// Ids of one list page and its `Link` header.
+    fn page(&self, tenant: Option<&str>, path: &str) -> (Vec<String>, Option<String>) {
+        let (s, list, resp) = self.call_as(tenant, Method::GET, path, None, &[]);
+        assert_eq!(s, 200, "{path}: {list}");
+        let ids = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        (ids, resp.header("link").map(str::to_owned))
+    }
+
+    /// Every id of a list, following `Link` headers from `path`.
+    fn walk(&self, tenant: Option<&str>, path: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut next = Some(path.to_owned());
+        let mut pages = 0;
+        while let Some(path) = next {
+            let (ids, link) = self.page(tenant, &path);
+            assert!(
+                !ids.is_empty() || all.is_empty(),
+                "a page with a Link is never empty"
+            );
+            all.extend(ids);
+            next = link.map(|l| {
+                let target = l.strip_prefix('<').unwrap().split_once('>').unwrap();
+                assert_eq!(target.1, "; rel=\"next\"");
+                target.0.to_owned()
+            });
+            pages += 1;
+            assert!(pages < 1000, "the walk ends");
+        }
+        all
+    }
+
+    fn ids(&self, path: &str) -> Vec<String> {
+        self.page(None, path).0
+    }
+
+    fn largest_value(&self) -> usize {
+        self.store
+            .keys()
+            .iter()
+            .map(|k| self.store.get(k).unwrap().unwrap().len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn request(
+    tenant: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Request {
+    let mut req = Request::new(method, path);
+    if let Some(t) = tenant {
+        req = req.with_header("x-tenant-id", t);
+    }
+    for (k, v) in headers {
+        req = req.with_header(k, v);
+    }
+    if let Some(b) = body {
+        req = req.with_body(serde_json::to_vec(&b).unwrap());
+    }
+    req
+}
+
+/// A store that runs `hook` once, just before the first CAS read of
+/// `key`: another request sneaking in between a read and a write.
+struct Racing<'a> {
+    inner: &'a MemoryStore,
+    key: String,
+    hook: RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl KvStore for Racing<'_> {
+    type Cas = MemoryCas;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        self.inner.get_many(keys)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.inner.delete(key)
+    }
+    fn cas_read(&self, key: &str) -> Result<(MemoryCas, Option<Vec<u8>>), KvError> {
+        let read = self.inner.cas_read(key)?;
+        if key == self.key
+            && let Some(hook) = self.hook.borrow_mut().take()
+        {
+            hook();
+        }
+        Ok(read)
+    }
+    fn cas_write(&self, cas: MemoryCas, value: &[u8]) -> Result<Swap, KvError> {
+        self.inner.cas_write(cas, value)
     }
 }
 
@@ -310,18 +435,22 @@ fn list_is_ordered_paged_and_filtered() {
 }
 
 #[test]
-fn listing_never_lists_keys_but_reads_the_tenant_index() {
+fn listing_never_lists_keys_but_reads_paged_indexes() {
     let w = World::new();
-    w.create(json!({"id": "p1", "name": "x", "price": 1}));
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "category": "tools"}));
     let keys = w.store.keys();
-    assert!(
-        keys.contains(&"tenant/default/product-index".to_owned()),
-        "{keys:?}"
+    let has = |prefix: &str| keys.iter().any(|k| k.starts_with(prefix));
+    assert!(has("tenant/default/products/all/page/"), "{keys:?}");
+    let tools = format!(
+        "tenant/default/products/category/{}/page/",
+        service_kit::pages::key_hash("tools")
     );
+    assert!(has(&tools), "{keys:?}");
     assert!(
-        keys.contains(&"tenant/default/product/p1".to_owned()),
-        "{keys:?}"
+        !has("tenant/default/product-index"),
+        "no legacy document: {keys:?}"
     );
+    assert_eq!(w.ids("/api/products"), ["p1"]);
 }
 
 #[test]
@@ -437,6 +566,12 @@ fn reservations_take_and_return_stock_idempotently() {
         Some("/api/products/p1/reservations/o1")
     );
     assert_eq!(first["unitPrice"], json!(2.5));
+    assert_eq!(first["status"], "held");
+    let expires = first["expiresAt"].as_str().unwrap();
+    assert!(
+        expires.starts_with("2025-01-01T00:02:00.0"),
+        "120 s after the reserve: {expires}"
+    );
     let (s, again, _) = reserve(2);
     assert_eq!((s, &again), (200, &first));
     assert_eq!(reserve(3).0, 409);
@@ -536,4 +671,532 @@ fn store_keys_are_partitioned_by_tenant() {
     );
     assert!(w.store.keys().iter().all(|k| k.starts_with("tenant/acme/")));
     assert!(w.store.get("tenant/default/product/p1").unwrap().is_none());
+}
+
+#[test]
+fn the_loser_of_a_same_id_create_race_changes_nothing() {
+    let w = World::new();
+    let racing = Racing {
+        inner: &w.store,
+        key: "tenant/default/product/p1".into(),
+        hook: RefCell::new(Some(Box::new(|| {
+            let (s, _, _) = w.call(
+                Method::POST,
+                "/api/products",
+                Some(json!({"id": "p1", "name": "Winner", "price": 1})),
+            );
+            assert_eq!(s, 201);
+        }))),
+    };
+    let req = request(
+        None,
+        Method::POST,
+        "/api/products",
+        Some(json!({"id": "p1", "name": "Loser", "price": 2, "category": "x"})),
+        &[],
+    );
+    let resp = w.api(&racing).handle(&req);
+    assert_eq!(resp.status, 409);
+    let (_, got, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(got["name"], "Winner");
+    assert_eq!(w.ids("/api/products"), ["p1"]);
+    assert!(w.ids("/api/products?category=x").is_empty());
+    assert_eq!(w.event_types(), ["ProductCreated"]);
+}
+
+#[test]
+fn category_moves_follow_in_lists() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "category": "a"}));
+    w.create(json!({"id": "p2", "name": "x", "price": 1, "category": "a"}));
+    for (to, a, b) in [
+        ("b", vec!["p2"], vec!["p1"]),
+        ("a", vec!["p1", "p2"], vec![]),
+    ] {
+        let (s, _, _) = w.call(
+            Method::PUT,
+            "/api/products/p1",
+            Some(json!({"category": to})),
+        );
+        assert_eq!(s, 200);
+        assert_eq!(w.ids("/api/products?category=a"), a);
+        assert_eq!(w.ids("/api/products?category=b"), b);
+        assert_eq!(w.ids("/api/products"), ["p1", "p2"]);
+    }
+}
+
+#[test]
+fn a_put_racing_a_delete_never_resurrects_the_product() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "category": "a"}));
+    let racing = Racing {
+        inner: &w.store,
+        key: "tenant/default/product/p1".into(),
+        hook: RefCell::new(Some(Box::new(|| {
+            assert_eq!(w.call(Method::DELETE, "/api/products/p1", None).0, 204);
+        }))),
+    };
+    let req = request(
+        None,
+        Method::PUT,
+        "/api/products/p1",
+        Some(json!({"category": "b"})),
+        &[],
+    );
+    let resp = w.api(&racing).handle(&req);
+    assert_eq!(resp.status, 404);
+    for q in ["", "?category=a", "?category=b"] {
+        assert!(w.ids(&format!("/api/products{q}")).is_empty(), "{q}");
+    }
+    assert_eq!(w.call(Method::GET, "/api/products/p1", None).0, 404);
+}
+
+#[test]
+fn a_cursor_walk_lists_every_item_exactly_once() {
+    let w = World::with(Settings {
+        page_capacity: 4,
+        ..settings()
+    });
+    let mut all = Vec::new();
+    for i in 0..60 {
+        let id = format!("p{i:02}");
+        let category = ["a", "b", "c"][i % 3];
+        w.create(json!({"id": id, "name": "x", "price": 1, "category": category}));
+        all.push(id);
+    }
+    // Some churn: deletes and moves leave removed and stale entries.
+    for i in [5, 17, 42] {
+        assert_eq!(
+            w.call(Method::DELETE, &format!("/api/products/p{i:02}"), None)
+                .0,
+            204
+        );
+        all.retain(|id| *id != format!("p{i:02}"));
+    }
+    w.call(
+        Method::PUT,
+        "/api/products/p00",
+        Some(json!({"category": "c"})),
+    );
+    assert_eq!(w.walk(None, "/api/products?limit=7"), all);
+    assert_eq!(w.walk(None, "/api/products?limit=1000"), all);
+    let in_a: Vec<String> = all
+        .iter()
+        .filter(|id| {
+            let n: usize = id[1..].parse().unwrap();
+            n.is_multiple_of(3) && n != 0
+        })
+        .cloned()
+        .collect();
+    assert_eq!(w.walk(None, "/api/products?category=a&limit=3"), in_a);
+    // The last page has no Link; a full last page neither.
+    let (ids, link) = w.page(None, &format!("/api/products?limit={}", all.len()));
+    assert_eq!((ids.len(), link), (all.len(), None));
+    let (_, link) = w.page(None, "/api/products?limit=2");
+    let link = link.unwrap();
+    assert!(link.starts_with("</api/products?limit=2&cursor="), "{link}");
+}
+
+#[test]
+fn cursors_are_bound_and_exclusive_with_offset() {
+    let w = World::new();
+    for i in 0..3 {
+        w.create(json!({"id": format!("p{i}"), "name": "x", "price": 1, "category": "a"}));
+    }
+    let (_, link) = w.page(None, "/api/products?limit=1&category=a");
+    let link = link.unwrap();
+    let cursor = link
+        .split("cursor=")
+        .nth(1)
+        .unwrap()
+        .split('>')
+        .next()
+        .unwrap();
+    for path in [
+        format!("/api/products?cursor={cursor}&category=b"),
+        format!("/api/products?cursor={cursor}"),
+        "/api/products?cursor=garbage".to_owned(),
+    ] {
+        let (s, body, _) = w.call(Method::GET, &path, None);
+        assert_eq!(s, 400, "{path}");
+        assert!(body["errors"]["cursor"].is_array(), "{body}");
+    }
+    let (s, _, _) = w.call_as(
+        Some("other"),
+        Method::GET,
+        &format!("/api/products?cursor={cursor}&category=a"),
+        None,
+        &[],
+    );
+    assert_eq!(s, 400, "another tenant");
+    let (s, body, _) = w.call(
+        Method::GET,
+        &format!("/api/products?cursor={cursor}&category=a&offset=1"),
+        None,
+    );
+    assert_eq!(s, 400);
+    assert!(body["errors"]["cursor"].is_array() && body["errors"]["offset"].is_array());
+    assert_eq!(
+        w.ids(&format!("/api/products?cursor={cursor}&category=a")),
+        ["p1", "p2"]
+    );
+}
+
+#[test]
+fn offset_paging_skips_and_ends() {
+    let w = World::with(Settings {
+        page_capacity: 4,
+        ..settings()
+    });
+    for i in 0..20 {
+        w.create(json!({"id": format!("p{i:02}"), "name": "x", "price": 1}));
+    }
+    assert_eq!(
+        w.ids("/api/products?offset=10&limit=3"),
+        ["p10", "p11", "p12"]
+    );
+    let (ids, link) = w.page(None, "/api/products?offset=18&limit=5");
+    assert_eq!(
+        (ids, link),
+        (vec!["p18".to_owned(), "p19".to_owned()], None)
+    );
+    let (ids, link) = w.page(None, "/api/products?offset=9223372036854775807");
+    assert!(ids.is_empty() && link.is_none());
+    let (_, link) = w.page(None, "/api/products?offset=5&limit=5");
+    assert!(
+        !link.unwrap().contains("offset"),
+        "the next link drops offset"
+    );
+}
+
+fn reserve(w: &World, order: &str, quantity: i64) -> (u16, Value, Response) {
+    w.call(
+        Method::POST,
+        "/api/products/p1/reservations",
+        Some(json!({"orderId": order, "quantity": quantity})),
+    )
+}
+
+#[test]
+fn expired_holds_return_stock_with_a_new_version_on_read() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    assert_eq!(reserve(&w, "o1", 2).0, 201);
+    let (_, p, resp) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(
+        (p["stock"].clone(), resp.header("etag")),
+        (json!(3), Some("\"2\""))
+    );
+    w.advance(120_000);
+    let (_, p, resp) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(
+        (p["stock"].clone(), resp.header("etag")),
+        (json!(5), Some("\"3\""))
+    );
+    assert_eq!(
+        w.event_types(),
+        ["ProductCreated", "StockChanged", "StockChanged"]
+    );
+    let (s, body, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations/o1/confirm",
+        None,
+    );
+    assert_eq!(s, 409);
+    assert_eq!(body["type"], "urn:wasmshop:problem:reservation-expired");
+    assert_eq!(
+        reserve(&w, "o1", 2).1["type"],
+        "urn:wasmshop:problem:reservation-released"
+    );
+}
+
+#[test]
+fn lists_return_expired_stock_too() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    reserve(&w, "o1", 5);
+    w.advance(200_000);
+    let (_, list, _) = w.call(Method::GET, "/api/products", None);
+    assert_eq!(
+        (list[0]["stock"].clone(), list[0]["version"].clone()),
+        (json!(5), json!(3))
+    );
+}
+
+#[test]
+fn release_before_reserve_refuses_the_late_reserve() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    let (s, _, _) = w.call(Method::DELETE, "/api/products/p1/reservations/o1", None);
+    assert_eq!(s, 204);
+    let (s, body, _) = reserve(&w, "o1", 1);
+    assert_eq!(s, 409);
+    assert_eq!(body["type"], "urn:wasmshop:problem:reservation-released");
+    let (_, p, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(
+        (p["stock"].clone(), p["version"].clone()),
+        (json!(5), json!(1))
+    );
+}
+
+#[test]
+fn confirm_is_idempotent_and_a_confirmed_sale_can_be_returned() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 2.5, "stock": 5}));
+    reserve(&w, "o1", 2);
+    let confirm = || {
+        w.call(
+            Method::POST,
+            "/api/products/p1/reservations/o1/confirm",
+            None,
+        )
+    };
+    let (s, first, _) = confirm();
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(
+        (first["status"].clone(), first["quantity"].clone()),
+        (json!("confirmed"), json!(2))
+    );
+    assert!(first.get("expiresAt").is_none());
+    let (s, again, _) = confirm();
+    assert_eq!((s, &again), (200, &first));
+    w.advance(1_000_000);
+    assert_eq!(confirm().0, 200, "a confirmed sale never expires");
+    let (s, repeat, _) = reserve(&w, "o1", 2);
+    assert_eq!((s, repeat["status"].clone()), (200, json!("confirmed")));
+    let (_, p, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(p["stock"], 3);
+    let (s, body, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations/zz/confirm",
+        None,
+    );
+    assert_eq!(
+        (s, body["type"].clone()),
+        (409, json!("urn:wasmshop:problem:reservation-unknown"))
+    );
+    // Cancelling the confirmed order returns its units, once.
+    for _ in 0..2 {
+        assert_eq!(
+            w.call(Method::DELETE, "/api/products/p1/reservations/o1", None)
+                .0,
+            204
+        );
+    }
+    assert_eq!(w.call(Method::GET, "/api/products/p1", None).1["stock"], 5);
+    // A sale older than the product's memory is returned by quantity.
+    w.call(
+        Method::DELETE,
+        "/api/products/p1/reservations/ancient?confirmedQuantity=4",
+        None,
+    );
+    assert_eq!(w.call(Method::GET, "/api/products/p1", None).1["stock"], 9);
+    let (s, body, _) = w.call(
+        Method::DELETE,
+        "/api/products/p1/reservations/x?confirmedQuantity=0",
+        None,
+    );
+    assert_eq!(s, 400);
+    assert!(body["errors"]["confirmedQuantity"].is_array());
+}
+
+#[test]
+fn a_deleted_product_drops_its_holds() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    reserve(&w, "o1", 2);
+    assert_eq!(w.call(Method::DELETE, "/api/products/p1", None).0, 204);
+    let (s, _, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations/o1/confirm",
+        None,
+    );
+    assert_eq!(s, 404);
+    assert_eq!(
+        w.call(Method::DELETE, "/api/products/p1/reservations/o1", None)
+            .0,
+        204
+    );
+}
+
+#[test]
+fn too_many_holds_is_503_with_retry_after() {
+    let w = World::with(Settings {
+        max_holds: 2,
+        ..settings()
+    });
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 50}));
+    assert_eq!(reserve(&w, "o1", 1).0, 201);
+    w.advance(30_000);
+    assert_eq!(reserve(&w, "o2", 1).0, 201);
+    let (s, body, resp) = reserve(&w, "o3", 1);
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(resp.header("retry-after"), Some("90"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json")
+    );
+    w.call(
+        Method::POST,
+        "/api/products/p1/reservations/o1/confirm",
+        None,
+    );
+    assert_eq!(
+        reserve(&w, "o3", 1).0,
+        201,
+        "a confirmed hold frees its place"
+    );
+}
+
+#[test]
+fn stored_values_stay_under_64_kib_after_many_operations() {
+    let w = World::new();
+    let long = "\u{1D11E}".repeat(2000);
+    w.create(
+        json!({"id": "p1", "name": "\u{1D11E}".repeat(200), "description": long,
+        "category": "\u{1D11E}".repeat(100), "price": 999999999.99, "stock": 2147483647}),
+    );
+    for i in 0..400 {
+        let order = format!("{i:0>64}");
+        reserve(&w, &order, 1);
+        if i % 3 == 0 {
+            w.call(
+                Method::POST,
+                &format!("/api/products/p1/reservations/{order}/confirm"),
+                None,
+            );
+        } else if i % 3 == 1 {
+            w.call(
+                Method::DELETE,
+                &format!("/api/products/p1/reservations/{order}"),
+                None,
+            );
+        }
+    }
+    for i in 0..300 {
+        w.create(json!({"id": format!("{i:0>64}"), "name": "x", "price": 1}));
+    }
+    let largest = w.largest_value();
+    assert!(
+        largest < 64 * 1024,
+        "largest stored value is {largest} bytes"
+    );
+}
+
+/// A product record as the previous version stored it: a reservation
+/// ledger, no incarnation, no slots.
+fn legacy_record(id: &str, i: usize) -> Value {
+    json!({"id": id, "name": format!("Legacy {i}"), "description": "", "category": if i.is_multiple_of(2) { "even" } else { "odd" },
+        "priceMinor": 100, "currency": "USD", "stock": 10, "version": 3,
+        "createdAt": format!("2024-01-01T00:{:02}:{:02}.000Z", i / 60 % 60, i % 60),
+        "updatedAt": "2024-06-01T00:00:00.000Z",
+        "reservations": {"old-order": {"quantity": 2, "unitPriceMinor": 100, "currency": "USD", "createdAt": "2024-05-01T00:00:00.000Z"}}})
+}
+
+#[test]
+fn a_legacy_tenant_is_migrated_in_chunks() {
+    let w = World::with(Settings {
+        migration_chunk: 150,
+        page_capacity: 16,
+        ..settings()
+    });
+    let mut legacy = crate::index::LegacyIndex::default();
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        let id = format!("p{i:04}");
+        let record = legacy_record(&id, i);
+        legacy.upsert(crate::index::IndexEntry {
+            id: id.clone(),
+            created_at: record["createdAt"].as_str().unwrap().to_owned(),
+            category: record["category"].as_str().unwrap().to_owned(),
+        });
+        put_json(&w.store, &format!("tenant/acme/product/{id}"), &record).unwrap();
+        ids.push(id);
+    }
+    put_json(&w.store, "tenant/acme/product-index", &legacy).unwrap();
+    let acme = Some("acme");
+    // While migrating, lists are served from the legacy document.
+    let (first, link) = w.page(acme, "/api/products?limit=5&offset=2");
+    assert_eq!((first, link), (ids[2..7].to_vec(), None));
+    assert!(
+        w.store
+            .get("tenant/acme/product-index-migration")
+            .unwrap()
+            .is_some()
+    );
+    // A product created meanwhile is listed too.
+    let (s, _, _) = w.call_as(
+        acme,
+        Method::POST,
+        "/api/products",
+        Some(json!({"id": "zz-new", "name": "n", "price": 1})),
+        &[],
+    );
+    assert_eq!(s, 201);
+    let mut requests = 2;
+    while w.store.get("tenant/acme/product-index").unwrap().is_some() {
+        let (page, _) = w.page(acme, "/api/products?limit=1&category=odd");
+        assert_eq!(page, ["p0001"]);
+        requests += 1;
+        assert!(requests < 20, "the migration ends");
+    }
+    assert!(
+        w.store
+            .get("tenant/acme/product-index-migration")
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        (7..=9).contains(&requests),
+        "1000 entries in chunks of 150: {requests}"
+    );
+    let mut expected = ids.clone();
+    expected.push("zz-new".into());
+    assert_eq!(w.walk(acme, "/api/products?limit=100"), expected);
+    let odd: Vec<String> = ids.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(w.walk(acme, "/api/products?category=odd&limit=100"), odd);
+    // A legacy reservation became a confirmed sale on the record's next use.
+    let (s, r, _) = w.call_as(
+        acme,
+        Method::POST,
+        "/api/products/p0007/reservations/old-order/confirm",
+        None,
+        &[],
+    );
+    assert_eq!((s, r["quantity"].clone()), (200, json!(2)));
+    let stored =
+        String::from_utf8(w.store.get("tenant/acme/product/p0007").unwrap().unwrap()).unwrap();
+    assert!(
+        !stored.contains("reservations") && stored.contains("incarnation"),
+        "{stored}"
+    );
+}
+
+#[test]
+fn a_product_left_without_slots_is_reindexed_on_its_next_read() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "category": "a"}));
+    w.create(json!({"id": "p2", "name": "x", "price": 1, "category": "a"}));
+    // A crash between the append and the slot write: entries, no slots.
+    let key = "tenant/default/product/p2";
+    let mut record: Value = serde_json::from_slice(&w.store.get(key).unwrap().unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("slots");
+    put_json(&w.store, key, &record).unwrap();
+    assert_eq!(
+        w.ids("/api/products"),
+        ["p1"],
+        "not listed while it may be in progress"
+    );
+    w.advance(60_000);
+    w.ids("/api/products");
+    assert_eq!(w.ids("/api/products"), ["p1", "p2"]);
+    assert_eq!(w.ids("/api/products?category=a"), ["p1", "p2"]);
+    // A record with no entries at all is re-indexed by a read of it.
+    let mut lost: Value = serde_json::from_slice(&w.store.get(key).unwrap().unwrap()).unwrap();
+    lost["id"] = json!("p3");
+    lost.as_object_mut().unwrap().remove("slots");
+    put_json(&w.store, "tenant/default/product/p3", &lost).unwrap();
+    assert_eq!(w.ids("/api/products").len(), 2);
+    assert_eq!(w.call(Method::GET, "/api/products/p3", None).0, 200);
+    assert_eq!(w.ids("/api/products").len(), 3);
 }

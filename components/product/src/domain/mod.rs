@@ -1,4 +1,7 @@
 //! The product catalog's business rules, free of WIT bindings.
+//! [`product`] uses [`reservation`] (the ledger's data), never the
+//! reverse.
 
 pub mod currency;
 pub mod product;
+pub mod reservation;

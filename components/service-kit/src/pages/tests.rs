@@ -72,6 +72,15 @@ fn ids(entries: &[(Entry, Slot)]) -> Vec<String> {
 }
 
 #[test]
+fn key_hash_is_sha256_hex() {
+    assert_eq!(
+        key_hash(""),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    assert_eq!(key_hash("tools").len(), 64);
+}
+
+#[test]
 fn slot_text_form() {
     let s = Slot {
         shard: 3,
