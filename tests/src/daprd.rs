@@ -1,10 +1,13 @@
 //! A test double of the Dapr sidecar (daprd), written from the Dapr HTTP
-//! API reference (`shared/reference/dapr-http-api.md`, docs.dapr.io
-//! reference/api): state with ETags and first-write (state.redis quirks
-//! included), pub/sub with CloudEvent wrapping and push delivery to the
-//! subscriptions an app returns from `GET /dapr/subscribe`
-//! (SUCCESS/RETRY/DROP, retries, dead-lettering), service invocation by app
-//! id, API tokens both ways and the health endpoints.
+//! API reference (<https://docs.dapr.io/reference/api/>) and daprd's
+//! source where the reference is silent; `docs/dapr-reference.md` lists
+//! what it follows and where each rule comes from: state with ETags and
+//! first-write (state.redis quirks included), pub/sub with CloudEvent
+//! wrapping and push delivery to the subscriptions an app returns from
+//! `GET /dapr/subscribe` (SUCCESS/RETRY/DROP, retries, dead-lettering),
+//! service invocation by app id (with the caller and callee app ids and
+//! the app's `APP_API_TOKEN`), API tokens both ways, the health endpoints,
+//! and the 4 MiB request body limit (`--max-body-size`).
 //!
 //! A [`DaprCluster`] holds what sidecars share (state, broker, app
 //! registry); each [`Sidecar`] serves one app id on its own port.
@@ -23,6 +26,9 @@ use std::time::Duration;
 pub const STATE_STORE: &str = "statestore";
 /// The pub/sub component every sidecar has.
 pub const PUBSUB: &str = "product-pubsub";
+/// daprd's default `--max-body-size` (4Mi, `DefaultMaxRequestBodySize`):
+/// a request body longer than this is refused (docs/dapr-reference.md).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -203,6 +209,22 @@ impl DaprCluster {
         self.shared.deliveries.lock().unwrap().clone()
     }
 
+    /// The largest value in the state store: its full key
+    /// (`<app_id>||<key>`) and its length in bytes as daprd stores it
+    /// (the JSON the app saved).
+    pub fn largest_value(&self) -> Option<(String, usize)> {
+        let state = self.shared.state.lock().unwrap();
+        state
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.trim_start_matches(&format!("{STATE_STORE}/")).to_string(),
+                    e.value.len(),
+                )
+            })
+            .max_by_key(|(_, n)| *n)
+    }
+
     /// The raw stored JSON of `<app_id>||<key>` in the state store.
     pub fn stored(&self, app_id: &str, key: &str) -> Option<Value> {
         let k = format!("{STATE_STORE}/{app_id}||{key}");
@@ -338,11 +360,16 @@ async fn handle(shared: Arc<Shared>, cfg: Arc<SidecarCfg>, req: Request<Incoming
         return reply(401, "text/plain", "invalid api token");
     }
     let (parts, body) = req.into_parts();
-    let body = body
+    let body = match http_body_util::Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return too_large(method.as_str(), &seg);
+        }
+        Err(_) => Bytes::new(),
+    };
     match (method.as_str(), seg.as_slice()) {
         ("GET", ["v1.0", "healthz", "outbound"]) => {
             cfg.outbound_checks.fetch_add(1, Ordering::SeqCst);
@@ -422,10 +449,19 @@ async fn handle(shared: Arc<Shared>, cfg: Arc<SidecarCfg>, req: Request<Incoming
                 format!("{base}/{rest}?{query}")
             };
             let mut r = shared.http.request(method.clone(), url);
+            // daprd overwrites the caller's identity headers with its own
+            // (direct_messaging.go, addCallerAndCalleeAppIDHeaderToMetadata)
+            // and sends the target app its APP_API_TOKEN, never the caller's.
             for (k, v) in &parts.headers {
                 if !matches!(
                     k.as_str(),
-                    "host" | "dapr-api-token" | "content-length" | "connection"
+                    "host"
+                        | "dapr-api-token"
+                        | "content-length"
+                        | "connection"
+                        | "dapr-caller-app-id"
+                        | "dapr-callee-app-id"
+                        | "dapr-caller-namespace"
                 ) {
                     r = r.header(k, v);
                 }
@@ -433,7 +469,9 @@ async fn handle(shared: Arc<Shared>, cfg: Arc<SidecarCfg>, req: Request<Incoming
             if let Some(t) = token {
                 r = r.header("dapr-api-token", t);
             }
-            r = r.header("dapr-caller-app-id", &cfg.app_id);
+            r = r
+                .header("dapr-caller-app-id", &cfg.app_id)
+                .header("dapr-callee-app-id", *app_id);
             match r.body(body).send().await {
                 Ok(resp) => {
                     let mut b = Response::builder().status(resp.status());
@@ -456,6 +494,31 @@ async fn handle(shared: Arc<Shared>, cfg: Arc<SidecarCfg>, req: Request<Incoming
             404,
             "ERR_DIRECT_INVOKE",
             "failed getting app id either from the URL path or the header dapr-app-id",
+        ),
+    }
+}
+
+/// daprd's answer to a body over `--max-body-size`: its body reader fails
+/// with "stream too large" (dapr/kit `streams.LimitReadCloser`), and each
+/// handler reports that read error its own way (docs/dapr-reference.md).
+fn too_large(method: &str, seg: &[&str]) -> Resp {
+    const WHY: &str = "stream too large";
+    match (method, seg) {
+        (_, ["v1.0", "state", ..]) => error(400, "ERR_MALFORMED_REQUEST", WHY),
+        ("POST", ["v1.0", "publish", pubsub, topic]) => error(
+            500,
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            &format!("error when publishing to topic {topic} in pubsub {pubsub}: {WHY}"),
+        ),
+        (_, ["v1.0", "invoke", app_id, ..]) => error(
+            500,
+            "ERR_DIRECT_INVOKE",
+            &format!("failed to invoke, id: {app_id}, err: {WHY}"),
+        ),
+        _ => error(
+            400,
+            "ERR_BODY_READ",
+            &format!("failed to read request body: {WHY}"),
         ),
     }
 }

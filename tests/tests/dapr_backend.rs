@@ -5,7 +5,9 @@
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use wasmshop_tests::daprd::{DaprCluster, PUBSUB, STATE_STORE, Sidecar, SidecarOptions};
+use wasmshop_tests::daprd::{
+    DaprCluster, MAX_BODY_BYTES, PUBSUB, STATE_STORE, Sidecar, SidecarOptions,
+};
 use wasmshop_tests::{
     Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to, wait_for,
     wasmshop_bin,
@@ -187,6 +189,60 @@ fn the_sidecar_double_follows_the_reference() {
         send(c.get(d.url("/v1.0/invoke/ghost/method/x"))).status(),
         500
     );
+}
+
+#[test]
+fn the_sidecar_double_limits_bodies_and_stamps_invocations_as_daprd_does() {
+    let cluster = DaprCluster::new();
+    let (sidecar, _host) = recorder_app(&cluster);
+    let c = client();
+    // A body of exactly --max-body-size (4Mi) passes; one byte more is
+    // refused, each API answering as daprd does (docs/dapr-reference.md).
+    let save = |len: usize| {
+        let (head, tail) = (r#"[{"key":"big","value":""#, r#""}]"#);
+        let body = format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()));
+        assert_eq!(body.len(), len);
+        c.post(sidecar.url(&format!("/v1.0/state/{STATE_STORE}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(save(MAX_BODY_BYTES).status(), 204);
+    let r = save(MAX_BODY_BYTES + 1);
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().unwrap()["errorCode"],
+        "ERR_MALFORMED_REQUEST"
+    );
+    let r = c
+        .post(sidecar.url(&format!("/v1.0/publish/{PUBSUB}/t")))
+        .header("content-type", "text/plain")
+        .body("x".repeat(MAX_BODY_BYTES + 1))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.json::<Value>().unwrap()["errorCode"],
+        "ERR_PUBSUB_PUBLISH_MESSAGE"
+    );
+    assert!(cluster.published("t").is_empty());
+
+    // Invocation: the app sees daprd's caller and callee app ids, whatever
+    // the caller claimed.
+    let caller = cluster.sidecar("caller", SidecarOptions::default());
+    let r = c
+        .post(caller.url("/v1.0/invoke/recorder/method/recorder/echo"))
+        .header("dapr-caller-app-id", "spoofed")
+        .header("dapr-callee-app-id", "elsewhere")
+        .body("hi")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().unwrap();
+    assert_eq!(echo["headers"]["dapr-caller-app-id"], "caller", "{echo}");
+    assert_eq!(echo["headers"]["dapr-callee-app-id"], "recorder", "{echo}");
+    assert_eq!(echo["body"], "hi");
 }
 
 // --------------------------------------------------- two-process deployment
