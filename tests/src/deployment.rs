@@ -3,10 +3,17 @@
 //! next to its own sidecar double, the doubles sharing state and broker,
 //! as each container app does in Azure Container Apps; a request goes to
 //! the host that serves its path, as it would through that app's ingress.
+//! As in Azure Container Apps, every sidecar and host share an
+//! `APP_API_TOKEN` ([`APP_API_TOKEN`]), so the host can tell invocations
+//! from its sidecar (which may reach internal endpoints) from public
+//! traffic.
 
 use crate::daprd::{DaprCluster, Sidecar, SidecarOptions};
 use crate::{Backend, Host, HostBuilder, Response, Value, app_manifest_with_recorder, client};
 use crate::{with_absolute_paths, workspace_root};
+
+/// The `APP_API_TOKEN` of every sidecar and host of a Dapr deployment.
+pub const APP_API_TOKEN: &str = "deployment-app-token";
 
 /// Which component serves a path; the first host serves anything else
 /// (`/healthz`, unknown paths).
@@ -48,17 +55,40 @@ impl Deployment {
 
     /// `components` of `manifest` (the repository's spin.toml when `None`).
     pub fn start(backend: &Backend, manifest: Option<String>, components: &[&str]) -> Self {
+        Self::start_with(backend, manifest, components, Host::builder())
+    }
+
+    /// Like [`Deployment::start`], every host started from `base` (its
+    /// environment and arguments, e.g. `SPIN_VARIABLE_*` overrides or
+    /// `--request-timeout-secs`).
+    pub fn start_with(
+        backend: &Backend,
+        manifest: Option<String>,
+        components: &[&str],
+        base: HostBuilder,
+    ) -> Self {
         let manifest = manifest.unwrap_or_else(repository_manifest);
-        let builder = Host::builder().manifest(manifest.clone());
+        let builder = base.manifest(manifest.clone());
         match backend {
             Backend::Dapr => {
                 let cluster = DaprCluster::new();
                 let services = components
                     .iter()
                     .map(|c| {
-                        let sidecar =
-                            cluster.sidecar(&dapr_app_id(&manifest, c), SidecarOptions::default());
-                        let host = start_next_to(&sidecar, builder.clone().component_ids(&[c]));
+                        let sidecar = cluster.sidecar(
+                            &dapr_app_id(&manifest, c),
+                            SidecarOptions {
+                                app_token: Some(APP_API_TOKEN.into()),
+                                ..Default::default()
+                            },
+                        );
+                        let host = start_next_to(
+                            &sidecar,
+                            builder
+                                .clone()
+                                .component_ids(&[c])
+                                .env("APP_API_TOKEN", APP_API_TOKEN),
+                        );
                         Service {
                             components: vec![c.to_string()],
                             host,
@@ -106,6 +136,14 @@ impl Deployment {
             .host
     }
 
+    /// The sidecar next to the host running `component`, on Dapr.
+    pub fn sidecar_of(&self, component: &str) -> Option<&Sidecar> {
+        self.services
+            .iter()
+            .find(|s| s.components.iter().any(|c| c == component))
+            .and_then(|s| s.sidecar.as_ref())
+    }
+
     /// An absolute URL for `path` on the host that serves it.
     pub fn url(&self, path: &str) -> String {
         self.serving(path).url(path)
@@ -125,6 +163,20 @@ impl Deployment {
                 sidecar.attach_app(s.host.base());
             }
         }
+    }
+
+    /// Calls an endpoint of the product from inside the app, through the
+    /// recorder (see [`Host::internal_call`]); needs a deployment with the
+    /// recorder ([`Deployment::app_with_recorder`]).
+    pub fn internal_call(
+        &self,
+        method: reqwest::Method,
+        tenant: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.serving("/recorder/")
+            .internal_call(method, tenant, path, body)
     }
 
     /// Events the recorder received on `topic` (see [`Host::recorded_events`]).

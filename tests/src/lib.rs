@@ -13,7 +13,7 @@ mod backend;
 pub mod daprd;
 mod deployment;
 pub use backend::{Backend, RedisServer, TEST_VISIBILITY_TIMEOUT_MS};
-pub use deployment::{Deployment, start_next_to};
+pub use deployment::{APP_API_TOKEN, Deployment, start_next_to};
 pub use reqwest::blocking::{Client, Response};
 pub use serde_json::{Value, json};
 
@@ -291,6 +291,46 @@ impl Host {
         self.spawn();
     }
 
+    /// Calls `path` of the product component from inside the app: through
+    /// the recorder's `/recorder/outbound` as `http://product.spin.internal{path}`
+    /// (service chaining, or Dapr service invocation when the product runs
+    /// in another process), with this method, tenant and JSON body. This is
+    /// how a test reaches internal endpoints, which no public route covers.
+    /// Returns the product's status and body (JSON, or the text as a string).
+    pub fn internal_call(
+        &self,
+        method: reqwest::Method,
+        tenant: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let target = format!("http://product.spin.internal{path}");
+        let url = self.url(&format!(
+            "/recorder/outbound?url={}",
+            target
+                .replace('%', "%25")
+                .replace('&', "%26")
+                .replace('?', "%3F")
+        ));
+        let mut req = client().request(method, url).header("x-tenant-id", tenant);
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let r = req.send().expect("the recorder answers");
+        let status = r.status();
+        let text = r.text().unwrap_or_default();
+        assert_eq!(
+            status, 200,
+            "the recorder could not call the product: {text}"
+        );
+        let outer: Value = serde_json::from_str(&text).expect("the recorder answers JSON");
+        let inner = outer["body"].as_str().unwrap_or_default();
+        (
+            outer["status"].as_u64().unwrap_or(0) as u16,
+            serde_json::from_str(inner).unwrap_or_else(|_| Value::String(inner.to_string())),
+        )
+    }
+
     /// Events the recorder received on `topic`, each parsed as JSON.
     pub fn recorded_events(&self, topic: &str) -> Vec<Value> {
         let records: Value = self
@@ -323,6 +363,9 @@ pub fn client() -> Client {
 }
 
 /// The repository's manifest with absolute sources, plus the recorder.
+/// The recorder may also chain to the product (`allowed_outbound_hosts`),
+/// so tests reach the product's internal endpoints through it as the order
+/// service does (see [`Host::internal_call`]).
 pub fn app_manifest_with_recorder() -> String {
     let text = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
     format!(
@@ -351,6 +394,7 @@ component = "recorder"
 [component.recorder]
 source = "{}"
 key_value_stores = ["default"]
+allowed_outbound_hosts = ["http://product.spin.internal"]
 [component.recorder.tool.wasmshop]
 messaging_clients = ["product-pubsub"]
 "#,
