@@ -36,25 +36,36 @@ fn stock(host: &Deployment, tenant: &str, id: &str) -> i64 {
     r.json()["stock"].as_i64().unwrap()
 }
 
-fn reserve(host: &Deployment, tenant: &str, id: &str, order: &str, quantity: i64) -> Resp {
-    call(
-        host,
+/// Holds `quantity` of product `id` for reservation `rid`, through the
+/// internal endpoint (docs/internal-endpoints.md), as the order service
+/// does: from inside the app, via the recorder. Status and body.
+fn reserve(host: &Deployment, tenant: &str, id: &str, rid: &str, quantity: i64) -> (u16, Value) {
+    host.internal_call(
         Method::POST,
+        tenant,
         &format!("/api/products/{id}/reservations"),
+        Some(&json!({"orderId": rid, "quantity": quantity})),
     )
-    .tenant(tenant)
-    .json(json!({"orderId": order, "quantity": quantity}))
-    .send()
 }
 
-fn release(host: &Deployment, tenant: &str, id: &str, order: &str) -> Resp {
-    call(
-        host,
-        Method::DELETE,
-        &format!("/api/products/{id}/reservations/{order}"),
+/// Confirms reservation `rid` of product `id` (internal endpoint).
+fn confirm(host: &Deployment, tenant: &str, id: &str, rid: &str) -> (u16, Value) {
+    host.internal_call(
+        Method::POST,
+        tenant,
+        &format!("/api/products/{id}/reservations/{rid}/confirm"),
+        None,
     )
-    .tenant(tenant)
-    .send()
+}
+
+/// Releases reservation `rid` of product `id` (internal endpoint).
+fn release(host: &Deployment, tenant: &str, id: &str, rid: &str) -> (u16, Value) {
+    host.internal_call(
+        Method::DELETE,
+        tenant,
+        &format!("/api/products/{id}/reservations/{rid}"),
+        None,
+    )
 }
 
 /// The app's product component alone (`--component-id product`), so these
@@ -92,7 +103,7 @@ wasmshop_tests::app_tests!(
     tenants_are_isolated,
     etag_and_if_match,
     money_is_exact,
-    reservations_are_idempotent_and_survive_restart,
+    reservations_hold_confirm_release_and_survive_restart,
     concurrent_reservations_never_oversell,
     events_carry_type_tenant_trace_and_snapshot,
     oversized_body_is_a_problem_not_a_crash,
@@ -257,12 +268,31 @@ fn every_endpoint_and_status_code(backend: &Backend) {
         412
     );
 
-    // Reservations 201, 200, 409, 404; release 204.
-    assert_eq!(reserve(&host, t, "pen", "o1", 1).status, 201);
-    assert_eq!(reserve(&host, t, "pen", "o1", 1).status, 200);
-    assert_eq!(reserve(&host, t, "pen", "o2", 99).status, 409);
-    assert_eq!(reserve(&host, t, "nope", "o1", 1).status, 404);
-    assert_eq!(release(&host, t, "pen", "o1").status, 204);
+    // Reservations are internal (docs/internal-endpoints.md): from
+    // outside every method is 404 and changes nothing.
+    let before = get(&host, t, "pen").json();
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/products/pen/reservations",
+            Some(json!({"orderId": "o1", "quantity": 1})),
+        ),
+        (
+            Method::POST,
+            "/api/products/pen/reservations/o1/confirm",
+            None,
+        ),
+        (Method::DELETE, "/api/products/pen/reservations/o1", None),
+        (Method::GET, "/api/products/pen/reservations", None),
+    ] {
+        let mut c = call(&host, method.clone(), path).tenant(t);
+        if let Some(b) = body {
+            c = c.json(b);
+        }
+        let r = c.send();
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text);
+    }
+    assert_eq!(get(&host, t, "pen").json(), before);
 
     // DELETE 412, 204, then 404 everywhere.
     assert_eq!(
@@ -437,31 +467,6 @@ fn every_field_rule(backend: &Backend) {
         1,
         "rejected PUTs change nothing"
     );
-
-    // Reservation bodies.
-    create(
-        &host,
-        t,
-        json!({"id": "r", "name": "x", "price": 1, "stock": 5}),
-    );
-    for (raw, field) in [
-        (r#"{"quantity":1}"#, "orderId"),
-        (r#"{"orderId":"o/1","quantity":1}"#, "orderId"),
-        (r#"{"orderId":7,"quantity":1}"#, "orderId"),
-        (r#"{"orderId":"o"}"#, "quantity"),
-        (r#"{"orderId":"o","quantity":0}"#, "quantity"),
-        (r#"{"orderId":"o","quantity":-2}"#, "quantity"),
-        (r#"{"orderId":"o","quantity":2.0}"#, "quantity"),
-        (r#"{"orderId":"o","quantity":true}"#, "quantity"),
-        (r#"{"orderId":"o","quantity":2147483648}"#, "quantity"),
-    ] {
-        let r = call(&host, Method::POST, "/api/products/r/reservations")
-            .tenant(t)
-            .raw(raw)
-            .send();
-        assert!(!r.field_errors(field).is_empty(), "{raw}: {}", r.text);
-    }
-    assert_eq!(stock(&host, t, "r"), 5);
 }
 
 fn list_order_filter_and_paging(backend: &Backend) {
@@ -536,7 +541,7 @@ fn list_order_filter_and_paging(backend: &Backend) {
 }
 
 fn tenants_are_isolated(backend: &Backend) {
-    let host = start_product(backend);
+    let host = start_product_with_recorder(backend);
     create(
         &host,
         "acme",
@@ -571,9 +576,9 @@ fn tenants_are_isolated(backend: &Backend) {
             .status,
         404
     );
-    assert_eq!(reserve(&host, "globex", "shared", "o1", 1).status, 404);
-    assert_eq!(reserve(&host, "acme", "shared", "o1", 2).status, 201);
-    assert_eq!(release(&host, "globex", "shared", "o1").status, 204);
+    assert_eq!(reserve(&host, "globex", "shared", "o1", 1).0, 404);
+    assert_eq!(reserve(&host, "acme", "shared", "o1", 2).0, 201);
+    assert_eq!(release(&host, "globex", "shared", "o1").0, 204);
     assert_eq!(
         stock(&host, "acme", "shared"),
         3,
@@ -635,7 +640,7 @@ fn tenants_are_isolated(backend: &Backend) {
 }
 
 fn etag_and_if_match(backend: &Backend) {
-    let host = start_product(backend);
+    let host = start_product_with_recorder(backend);
     let t = "etags";
     create(
         &host,
@@ -681,7 +686,7 @@ fn etag_and_if_match(backend: &Backend) {
         Some("\"5\"")
     );
     // Reservations change the product, so they move the ETag too.
-    assert_eq!(reserve(&host, t, "p", "o1", 1).status, 201);
+    assert_eq!(reserve(&host, t, "p", "o1", 1).0, 201);
     assert_eq!(get(&host, t, "p").header("etag"), Some("\"6\""));
     assert_eq!(put(Some("\"5\""), json!({"name": "u"})).status, 412);
     // Check order: 404 before 412, 412 before 400.
@@ -707,7 +712,7 @@ fn etag_and_if_match(backend: &Backend) {
 }
 
 fn money_is_exact(backend: &Backend) {
-    let host = start_product(backend);
+    let host = start_product_with_recorder(backend);
     let t = "money";
     // 0.1 three times: each price comes back exactly, and three reserved
     // units of 0.1 are priced exactly 0.1 each.
@@ -727,8 +732,9 @@ fn money_is_exact(backend: &Backend) {
         "{}",
         list.text
     );
-    let r = reserve(&host, t, "dime0", "o1", 3);
-    assert!(r.text.contains(r#""unitPrice":0.1,"#), "{}", r.text);
+    let (status, held) = reserve(&host, t, "dime0", "o1", 3);
+    assert_eq!(status, 201, "{held}");
+    assert_eq!(held["unitPrice"].to_string(), "0.1", "{held}");
     // Trailing zeros and exponents normalise; the shortest exact text comes back.
     for (sent, back) in [
         ("12.50", "12.5"),
@@ -766,98 +772,153 @@ fn money_is_exact(backend: &Backend) {
     assert!(get(&host, t, "dime2").text.contains(r#""price":0.1,"#));
 }
 
-fn reservations_are_idempotent_and_survive_restart(backend: &Backend) {
-    let mut host = start_product(backend);
+fn reservations_hold_confirm_release_and_survive_restart(backend: &Backend) {
+    // The try/confirm/cancel contract of docs/storage-layout.md, through
+    // the internal endpoints as the order service calls them.
+    let mut host = start_product_with_recorder(backend);
     let t = "stock";
     create(
         &host,
         t,
         json!({"id": "p", "name": "x", "price": 2.5, "stock": 5}),
     );
-    // First reservation: 201 with Location; stock taken.
-    let first = reserve(&host, t, "p", "order-1", 2);
-    assert_eq!(first.status, 201, "{}", first.text);
-    assert_eq!(
-        first.header("location"),
-        Some("/api/products/p/reservations/order-1")
-    );
-    let body = first.json();
+    // A new hold: 201, stock taken.
+    let (status, held) = reserve(&host, t, "p", "order-1", 2);
+    assert_eq!(status, 201, "{held}");
     assert_eq!(
         (
-            &body["productId"],
-            &body["orderId"],
-            &body["quantity"],
-            &body["unitPrice"],
-            &body["currency"]
+            &held["productId"],
+            &held["orderId"],
+            &held["quantity"],
+            &held["unitPrice"],
+            &held["currency"],
+            &held["status"]
         ),
         (
             &json!("p"),
             &json!("order-1"),
             &json!(2),
             &json!(2.5),
-            &json!("USD")
-        )
+            &json!("USD"),
+            &json!("held")
+        ),
+        "{held}"
     );
+    assert!(held["expiresAt"].is_string(), "{held}");
     assert_eq!(stock(&host, t, "p"), 3);
-    // An identical repeat: 200, same body, nothing taken.
-    let again = reserve(&host, t, "p", "order-1", 2);
-    assert_eq!((again.status, again.json()), (200, body.clone()));
+    // An identical repeat: 200, the same hold, nothing taken.
+    let (status, again) = reserve(&host, t, "p", "order-1", 2);
+    assert_eq!((status, &again["status"]), (200, &json!("held")), "{again}");
     assert_eq!(stock(&host, t, "p"), 3);
-    // Same order, other quantity: 409, nothing taken.
-    let r = reserve(&host, t, "p", "order-1", 1);
-    assert_eq!(r.status, 409);
+    // Same id, other quantity: 409, nothing taken.
+    let (status, r) = reserve(&host, t, "p", "order-1", 1);
     assert_eq!(
-        r.json()["type"],
-        "urn:wasmshop:problem:reservation-conflict"
+        (status, &r["type"]),
+        (409, &json!("urn:wasmshop:problem:reservation-conflict")),
+        "{r}"
     );
-    // Insufficient stock: 409, stock unchanged.
-    let r = reserve(&host, t, "p", "order-2", 4);
-    assert_eq!(r.status, 409);
-    assert_eq!(r.json()["type"], "urn:wasmshop:problem:insufficient-stock");
+    // Not enough stock: 409 naming what is left, stock unchanged.
+    let (status, r) = reserve(&host, t, "p", "order-2", 4);
+    assert_eq!(
+        (status, &r["type"]),
+        (409, &json!("urn:wasmshop:problem:insufficient-stock")),
+        "{r}"
+    );
     assert!(
-        r.json()["detail"].as_str().unwrap().contains('3'),
-        "{}",
-        r.text
+        r["detail"].as_str().unwrap_or_default().contains('3'),
+        "{r}"
     );
     assert_eq!(stock(&host, t, "p"), 3);
     // Exactly the remaining stock is fine.
-    assert_eq!(reserve(&host, t, "p", "order-2", 3).status, 201);
+    assert_eq!(reserve(&host, t, "p", "order-2", 3).0, 201);
     assert_eq!(stock(&host, t, "p"), 0);
-    assert_eq!(reserve(&host, t, "p", "order-3", 1).status, 409);
-
-    // Reservations are stored: after a hard restart the release still works.
-    host.restart();
-    assert_eq!(release(&host, t, "p", "order-1").status, 204);
-    assert_eq!(stock(&host, t, "p"), 2);
-    // Releasing is idempotent.
-    assert_eq!(release(&host, t, "p", "order-1").status, 204);
-    assert_eq!(stock(&host, t, "p"), 2);
-    assert_eq!(release(&host, t, "p", "never-reserved").status, 204);
-    assert_eq!(release(&host, t, "missing-product", "order-1").status, 204);
-    assert_eq!(stock(&host, t, "p"), 2);
-    // A released order id cannot take stock again.
-    let r = reserve(&host, t, "p", "order-1", 2);
-    assert_eq!(r.status, 409);
+    assert_eq!(reserve(&host, t, "p", "order-3", 1).0, 409);
+    // Confirming is idempotent, and a repeated reserve then shows it.
+    let (status, c) = confirm(&host, t, "p", "order-1");
+    assert_eq!((status, &c["status"]), (200, &json!("confirmed")), "{c}");
+    assert_eq!(confirm(&host, t, "p", "order-1").0, 200);
+    let (status, r) = reserve(&host, t, "p", "order-1", 2);
+    assert_eq!((status, &r["status"]), (200, &json!("confirmed")), "{r}");
+    // Unknown products and reservations.
+    assert_eq!(reserve(&host, t, "nope", "order-1", 1).0, 404);
+    let (status, r) = confirm(&host, t, "p", "never-held");
     assert_eq!(
-        r.json()["type"],
-        "urn:wasmshop:problem:reservation-released"
+        (status, &r["type"]),
+        (409, &json!("urn:wasmshop:problem:reservation-unknown")),
+        "{r}"
     );
-    assert_eq!(stock(&host, t, "p"), 2);
+
+    // Holds and sales are stored: after a hard restart the release works.
+    host.restart();
+    assert_eq!(release(&host, t, "p", "order-2").0, 204);
+    assert_eq!(stock(&host, t, "p"), 3, "a released hold returns its stock");
+    assert_eq!(release(&host, t, "p", "order-2").0, 204, "idempotent");
+    assert_eq!(stock(&host, t, "p"), 3);
+    let (status, r) = confirm(&host, t, "p", "order-2");
+    assert_eq!(
+        (status, &r["type"]),
+        (409, &json!("urn:wasmshop:problem:reservation-released")),
+        "{r}"
+    );
+    // Releasing a confirmed sale returns its units.
+    assert_eq!(release(&host, t, "p", "order-1").0, 204);
+    assert_eq!(stock(&host, t, "p"), 5);
+    assert_eq!(release(&host, t, "missing-product", "order-1").0, 204);
+    // A released id cannot take stock again, also when the release came
+    // first (an order that gave up before its reserve arrived).
+    let (status, r) = reserve(&host, t, "p", "order-2", 1);
+    assert_eq!(
+        (status, &r["type"]),
+        (409, &json!("urn:wasmshop:problem:reservation-released")),
+        "{r}"
+    );
+    assert_eq!(release(&host, t, "p", "late").0, 204);
+    let (status, r) = reserve(&host, t, "p", "late", 1);
+    assert_eq!(
+        (status, &r["type"]),
+        (409, &json!("urn:wasmshop:problem:reservation-released")),
+        "{r}"
+    );
+    assert_eq!(stock(&host, t, "p"), 5);
+
+    // Reservation bodies: each broken rule is a 400 naming the field.
+    for (body, field) in [
+        (json!({"quantity": 1}), "orderId"),
+        (json!({"orderId": "o/1", "quantity": 1}), "orderId"),
+        (json!({"orderId": 7, "quantity": 1}), "orderId"),
+        (json!({"orderId": "o"}), "quantity"),
+        (json!({"orderId": "o", "quantity": 0}), "quantity"),
+        (json!({"orderId": "o", "quantity": -2}), "quantity"),
+        (json!({"orderId": "o", "quantity": true}), "quantity"),
+        (
+            json!({"orderId": "o", "quantity": 2147483648_i64}),
+            "quantity",
+        ),
+    ] {
+        let (status, r) =
+            host.internal_call(Method::POST, t, "/api/products/p/reservations", Some(&body));
+        assert_eq!(status, 400, "{body}: {r}");
+        assert!(
+            r["errors"].get(field).is_some(),
+            "{body} should name {field}: {r}"
+        );
+    }
+    assert_eq!(stock(&host, t, "p"), 5);
 }
 
 fn concurrent_reservations_never_oversell(backend: &Backend) {
-    let host = start_product(backend);
+    let host = start_product_with_recorder(backend);
     let t = "rush";
     create(
         &host,
         t,
-        json!({"id": "hot", "name": "Hot item", "price": 9.99, "stock": 30}),
+        json!({"id": "hot", "name": "Hot item", "price": 9.99, "stock": 20}),
     );
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..100)
+        let handles: Vec<_> = (0..60)
             .map(|i| {
                 let host = &host;
-                s.spawn(move || reserve(host, t, "hot", &format!("order-{i}"), 1).status)
+                s.spawn(move || reserve(host, t, "hot", &format!("order-{i}"), 1).0)
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -866,13 +927,13 @@ fn concurrent_reservations_never_oversell(backend: &Backend) {
     for s in &statuses {
         *counts.entry(*s).or_default() += 1;
     }
-    assert_eq!(counts.get(&201), Some(&30), "{counts:?}");
-    assert_eq!(counts.get(&409), Some(&70), "{counts:?}");
+    assert_eq!(counts.get(&201), Some(&20), "{counts:?}");
+    assert_eq!(counts.get(&409), Some(&40), "{counts:?}");
     assert_eq!(stock(&host, t, "hot"), 0);
     assert_eq!(
         get(&host, t, "hot").json()["version"],
-        31,
-        "one version per reservation"
+        21,
+        "one version per hold"
     );
 }
 
@@ -894,11 +955,11 @@ fn events_carry_type_tenant_trace_and_snapshot(backend: &Backend) {
         .tenant(t)
         .json(json!({"stock": 6}))
         .send();
-    assert_eq!(reserve(&host, t, "ev", "o1", 2).status, 201);
-    assert_eq!(reserve(&host, t, "ev", "o1", 2).status, 200);
-    assert_eq!(reserve(&host, t, "ev", "o2", 100).status, 409);
-    assert_eq!(release(&host, t, "ev", "o1").status, 204);
-    assert_eq!(release(&host, t, "ev", "o1").status, 204);
+    assert_eq!(reserve(&host, t, "ev", "o1", 2).0, 201);
+    assert_eq!(reserve(&host, t, "ev", "o1", 2).0, 200);
+    assert_eq!(reserve(&host, t, "ev", "o2", 100).0, 409);
+    assert_eq!(release(&host, t, "ev", "o1").0, 204);
+    assert_eq!(release(&host, t, "ev", "o1").0, 204);
     call(&host, Method::DELETE, "/api/products/ev")
         .tenant(t)
         .send();
