@@ -1,11 +1,11 @@
-//! The built service components import only the WIT contract of DESIGN §3
-//! (plus the basic WASI CLI interfaces `std` pulls in), so they run on our
-//! host and under Spin alike.
+//! The built service components import only the WIT contract of
+//! `wit/world.wit` (world `capabilities`, plus the basic WASI CLI
+//! interfaces `std` pulls in), so they run on our host and under Spin alike.
 
 use wasmshop_tests::{component_interfaces, wasm};
 
 /// Interfaces a service component may import, as `package/interface` with
-/// the version rule DESIGN §3 gives.
+/// the versions `wit/deps/` vendors (the ones Spin accepts).
 fn allowed(name: &str) -> bool {
     let (pkg_iface, version) = name.split_once('@').unwrap_or((name, ""));
     let exact = |v: &str| version == v;
@@ -46,7 +46,7 @@ fn check_service(name: &str) {
     let unexpected: Vec<&String> = imports.iter().filter(|i| !allowed(i)).collect();
     assert!(
         unexpected.is_empty(),
-        "{name}.wasm imports interfaces outside DESIGN §3: {unexpected:?}\nall imports: {imports:#?}"
+        "{name}.wasm imports interfaces outside wit/world.wit: {unexpected:?}\nall imports: {imports:#?}"
     );
     assert!(
         exports

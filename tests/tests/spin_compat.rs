@@ -511,7 +511,8 @@ fn the_adapter_routes_every_subscription_the_host_delivers() {
     }
 }
 
-/// Which component publishes which topic (DESIGN §4).
+/// Which component publishes which topic (openapi.yaml, `ProductEvent`
+/// and `OrderEvent`).
 const PUBLISHES: &[(&str, &str)] = &[("product", "products"), ("order", "orders")];
 
 /// The app of `spin.toml` with every component composed as Spin composes
