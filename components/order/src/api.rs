@@ -1,6 +1,8 @@
 //! The REST API of the order service (`/api/orders`).
 //!
-//! Checks run in this order: 404, then 412, then 400, then 409. Each
+//! Checks run in this order: 404, then 412 (or 304 on a read: RFC 9110
+//! §13.2.2, see [`Conditions`]), then 400, then 409. HEAD is served
+//! wherever GET is, as GET. Each
 //! tenant's orders live under its own key prefix, product calls carry its
 //! id, and so do its events.
 
@@ -13,14 +15,14 @@ use service_kit::kv::{Change, KvStore, get_many_json};
 use service_kit::pages::{Entry, Position, Slot, Verdict, collect_page};
 use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
-use service_kit::rest::{not_allowed, update_live};
+use service_kit::rest::{Conditions, is_read, not_allowed, update_live};
 use service_kit::web::{Request, Response};
 
 use crate::create::Failure;
 use crate::domain::{Order, Status};
 use crate::migration::Phase;
 use crate::products::Transport;
-use crate::service::{Ctx, OrderService, check_if_match, not_found};
+use crate::service::{Ctx, OrderService, check_write, not_found, what};
 use crate::store::{OrderDoc, all_index, customer_index, order_key, product_index, status_index};
 use crate::validation::{ListQuery, idempotency_key, parse_new_order, parse_status_change};
 
@@ -122,15 +124,15 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         let m = &req.method;
         match segments.as_slice() {
             ["api", "orders"] => match *m {
-                Method::GET => self.list(&Ctx::from_request(req)?, req),
+                _ if is_read(m) => self.list(&Ctx::from_request(req)?, req),
                 Method::POST => self.create(&Ctx::from_request(req)?, req),
-                _ => not_allowed(m, "GET, POST"),
+                _ => not_allowed(m, "GET, HEAD, POST"),
             },
             ["api", "orders", id] => match *m {
-                Method::GET => self.get(&Ctx::from_request(req)?, id),
+                _ if is_read(m) => self.get(&Ctx::from_request(req)?, id, req),
                 Method::PUT => self.update(&Ctx::from_request(req)?, id, req),
                 Method::DELETE => self.delete(&Ctx::from_request(req)?, id, req),
-                _ => not_allowed(m, "GET, PUT, DELETE"),
+                _ => not_allowed(m, "GET, HEAD, PUT, DELETE"),
             },
             _ => Err(Problem::not_found(format!(
                 "there is no endpoint at {}; order endpoints are /api/orders and /api/orders/{{id}}",
@@ -205,10 +207,14 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         Ok(r)
     }
 
-    /// `GET /api/orders/{id}` (finishing an unfinished creation first).
-    fn get(&self, ctx: &Ctx, id: &str) -> Result<Response, Problem> {
+    /// `GET /api/orders/{id}` (and HEAD), finishing an unfinished
+    /// creation first; 304 with the ETag when `If-None-Match` names the
+    /// current one.
+    fn get(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let order = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        Ok(order_response(StatusCode::OK, &order))
+        Conditions::from_request(req).respond_read(order.version, &what(id), || {
+            order_response(StatusCode::OK, &order)
+        })
     }
 
     /// `POST /api/orders`: 201 for a new order, 200 for a retry with the
@@ -247,12 +253,12 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// stock before answering; repeating a cancel finishes a release that
     /// failed before.
     fn update(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        let if_match = req.header_joined("if-match");
+        let conditions = Conditions::from_request(req);
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        check_if_match(if_match.as_deref(), &current)?;
+        check_write(&conditions, &current)?;
         let change = parse_status_change(&req.body, id)?;
         let now = now_rfc3339();
-        let (order, changed) = self.change_status(ctx, current, if_match.as_deref(), |o| {
+        let (order, changed) = self.change_status(ctx, current, &conditions, |o| {
             o.transition(change.status, change.cancellation_reason.as_deref(), &now)
                 .map_err(|bad| Problem::conflict("invalid-transition", bad.to_string()))
         })?;
@@ -271,34 +277,38 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// concurrent change can ship it) and its stock returned; closed
     /// orders release nothing. Its index entries go last.
     fn delete(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        let if_match = req.header_joined("if-match");
+        let conditions = Conditions::from_request(req);
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        check_if_match(if_match.as_deref(), &current)?;
+        check_write(&conditions, &current)?;
         let now = now_rfc3339();
-        let (order, cancelled_here) =
-            self.change_status(ctx, current, if_match.as_deref(), |o| {
-                Ok(if o.status.is_open() {
-                    o.transition(Status::Cancelled, Some(DELETE_REASON), &now)
-                        .ok()
-                        .flatten()
-                } else {
-                    None
-                })
-            })?;
+        let (order, cancelled_here) = self.change_status(ctx, current, &conditions, |o| {
+            Ok(if o.status.is_open() {
+                o.transition(Status::Cancelled, Some(DELETE_REASON), &now)
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            })
+        })?;
         if cancelled_here {
             self.publish_transition(ctx, &order);
         }
         if order.status == Status::Cancelled && order.stock_held {
             self.release_stock(ctx, &order, None)?;
         }
-        // The cancellation above already checked If-Match and moved the version on.
-        let if_match = if_match.as_deref().filter(|_| !cancelled_here);
+        // The cancellation above already checked the preconditions and
+        // moved the version on.
+        let conditions = if cancelled_here {
+            &Conditions::NONE
+        } else {
+            &conditions
+        };
         let deleted = update_live(
             self.store,
             &order_key(&ctx.tenant, id),
             &self.settings.retry,
-            if_match,
-            &format!("order '{id}'"),
+            conditions,
+            &what(id),
             || not_found(ctx, id),
             |current: Order| {
                 Ok(Change::Write(

@@ -19,10 +19,11 @@ use service_kit::problem::Problem;
 
 use crate::domain::{Order, OrderSlots, Status};
 use crate::products::Transport;
-use crate::service::{Ctx, OrderService, check_if_match, not_found};
+use crate::service::{Ctx, OrderService, check_write, not_found};
 use crate::store::{
     OrderDoc, all_index, customer_index, open_product_index, order_key, product_index, status_index,
 };
+use service_kit::rest::Conditions;
 
 /// One index entry of an order: the index's key prefix and its slot.
 pub(crate) type Placement = (String, Slot);
@@ -147,17 +148,17 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// (`Ok(None)`: nothing to change), keeping the status and
     /// open-product indexes in step. `decide` runs again on the stored
     /// order inside the compare-and-swap, so it must be free of side
-    /// effects; `if_match` is checked there too. Returns the order and
+    /// effects; the request's `conditions` are checked there too. Returns the order and
     /// whether this call changed it.
     pub(crate) fn change_status(
         &self,
         ctx: &Ctx,
         current: Order,
-        if_match: Option<&str>,
+        conditions: &Conditions,
         decide: impl Fn(&Order) -> Result<Option<Order>, Problem>,
     ) -> Result<(Order, bool), Problem> {
         let current = self.ensure_indexed(ctx, current)?;
-        check_if_match(if_match, &current)?;
+        check_write(conditions, &current)?;
         let Some(target) = decide(&current)? else {
             return Ok((current, false));
         };
@@ -172,7 +173,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 let stored = doc
                     .and_then(OrderDoc::live)
                     .ok_or_else(|| not_found(ctx, &id))?;
-                check_if_match(if_match, &stored)?;
+                check_write(conditions, &stored)?;
                 let Some(mut next) = decide(&stored)? else {
                     return Ok(Change::Keep((stored, Vec::new(), false)));
                 };

@@ -24,6 +24,7 @@ use service_kit::ids::is_valid_id;
 use service_kit::kv::{Change, KvStore, update_json};
 use service_kit::pages::{Position, Slot};
 use service_kit::problem::Problem;
+use service_kit::rest::Conditions;
 use service_kit::tenant::TenantId;
 use service_kit::trace::{is_valid_traceparent, new_traceparent};
 
@@ -237,7 +238,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             data.id,
             stored_name(&data.name)
         );
-        let (order, cancelled) = self.change_status(ctx, order, None, |o| {
+        let (order, cancelled) = self.change_status(ctx, order, &Conditions::NONE, |o| {
             Ok(
                 if o.status.is_open() && o.ordered_incarnation(&data.id, incarnation) {
                     o.transition(Status::Cancelled, Some(&reason), &now)

@@ -10,6 +10,7 @@ use service_kit::events::{CloudEvent, EventSink};
 use service_kit::kv::{Change, KvStore, Retry, get_json, update_json};
 use service_kit::pages::DEFAULT_PAGE_CAPACITY;
 use service_kit::problem::Problem;
+use service_kit::rest::Conditions;
 pub use service_kit::rest::Ctx;
 
 use crate::create::Drive;
@@ -209,7 +210,13 @@ pub(crate) fn not_found(ctx: &Ctx, id: &str) -> Problem {
     ))
 }
 
-/// 412 unless `If-Match` allows changing `order`.
-pub(crate) fn check_if_match(if_match: Option<&str>, order: &Order) -> Result<(), Problem> {
-    service_kit::rest::check_if_match(if_match, order.version, &format!("order '{}'", order.id))
+/// 412 unless the request's preconditions (`If-Match`, `If-None-Match`)
+/// allow changing `order`.
+pub(crate) fn check_write(conditions: &Conditions, order: &Order) -> Result<(), Problem> {
+    conditions.check_write(order.version, &what(&order.id))
+}
+
+/// How problems name an order: `order '<id>'`.
+pub(crate) fn what(id: &str) -> String {
+    format!("order '{id}'")
 }

@@ -1598,3 +1598,99 @@ fn bad_input_is_a_4xx_problem_never_a_500() {
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
 }
+
+#[test]
+fn head_answers_as_get_and_405_names_head_in_allow() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.5, 10);
+    let id = w.place("t", &[("a", 2)]);
+    for path in [
+        format!("/api/orders/{id}"),
+        "/api/orders?limit=1".to_owned(),
+    ] {
+        let get = w.get("t", &path).2;
+        let head = w
+            .send(Request::new(Method::HEAD, &path).with_header("x-tenant-id", "t"))
+            .2;
+        assert_eq!(get.status, 200, "{path}");
+        assert_eq!(head, get, "{path}: HEAD is GET before the body is dropped");
+    }
+    for (path, allow) in [
+        ("/api/orders", "GET, HEAD, POST"),
+        ("/api/orders/x", "GET, HEAD, PUT, DELETE"),
+    ] {
+        let (s, _, r) = w.send(Request::new(Method::PATCH, path));
+        assert_eq!((s, r.header("allow")), (405, Some(allow)), "{path}");
+    }
+}
+
+#[test]
+fn if_none_match_is_304_on_get_and_412_on_put_and_delete() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.5, 10);
+    let id = w.place("t", &[("a", 2)]);
+    let path = format!("/api/orders/{id}");
+    for inm in ["\"1\"", "W/\"1\"", "*"] {
+        let (s, body, r) = w.send(
+            Request::new(Method::GET, &path)
+                .with_header("x-tenant-id", "t")
+                .with_header("if-none-match", inm),
+        );
+        assert_eq!((s, r.header("etag")), (304, Some("\"1\"")), "{inm}");
+        assert_eq!(body, Value::Null);
+        let (s, p, _) = w.send(
+            Request::new(Method::PUT, &path)
+                .with_header("x-tenant-id", "t")
+                .with_header("if-none-match", inm)
+                .with_body(json!({"status": "Confirmed"}).to_string()),
+        );
+        assert_eq!(s, 412, "{inm}: {p}");
+        let (s, _, _) = w.send(
+            Request::new(Method::DELETE, &path)
+                .with_header("x-tenant-id", "t")
+                .with_header("if-none-match", inm),
+        );
+        assert_eq!(s, 412, "{inm}");
+    }
+    let order = w.order("t", &id);
+    assert_eq!(
+        (order["status"].as_str(), order["version"].as_u64()),
+        (Some("Pending"), Some(1))
+    );
+    let (s, _, _) = w.send(
+        Request::new(Method::PUT, &path)
+            .with_header("x-tenant-id", "t")
+            .with_header("if-none-match", "\"5\"")
+            .with_body(json!({"status": "Confirmed"}).to_string()),
+    );
+    assert_eq!(s, 200);
+}
+
+#[test]
+fn integral_quantities_are_whole_numbers() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.5, 300);
+    let (s, body, _) = w.post(
+        "t",
+        serde_json::from_str(r#"{"customerId":"c","items":[{"productId":"a","quantity":283.0}]}"#)
+            .unwrap(),
+    );
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["items"][0]["quantity"], 283);
+    let (s, p, _) = w.post(
+        "t",
+        json!({"customerId":"c","items":[{"productId":"a","quantity":2.5}]}),
+    );
+    assert_eq!(s, 400);
+    assert!(p["errors"]["items[0].quantity"].is_array(), "{p}");
+}
+
+#[test]
+fn offsets_past_32_bits_are_an_empty_page() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.5, 10);
+    w.place("t", &[("a", 1)]);
+    let (s, body, r) = w.get("t", "/api/orders?offset=4294967296");
+    assert_eq!((s, body), (200, json!([])));
+    assert_eq!(r.header("link"), None);
+}

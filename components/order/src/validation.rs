@@ -424,7 +424,7 @@ mod tests {
                 "items[0].quantity",
             ),
             (
-                r#"{"customerId":"c","items":[{"productId":"a","quantity":2.0}]}"#,
+                r#"{"customerId":"c","items":[{"productId":"a","quantity":2.5}]}"#,
                 "items[0].quantity",
             ),
             (

@@ -1,7 +1,9 @@
 //! The REST API of the product catalog (`/api/products`), over any
 //! [`KvStore`] and [`EventSink`] so it runs natively in unit tests.
 //!
-//! Checks run in the order 404, then 412, then 400, then 409. Each
+//! Checks run in the order 404, then 412 (or 304 on a read: RFC 9110
+//! §13.2.2, see [`Conditions`]), then 400, then 409. HEAD is served
+//! wherever GET is, as GET. Each
 //! tenant's data lives under its own key prefix (docs/storage-layout.md,
 //! "Products"), and its events carry its id. Every read or write of a
 //! product first settles it ([`Product::settle`]): a legacy ledger is
@@ -21,7 +23,7 @@ use service_kit::kv::{Change, KvStore, Retry, get_json, get_many_json, update_js
 use service_kit::pages::{DEFAULT_PAGE_CAPACITY, Position, collect_page};
 use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
-use service_kit::rest::{Ctx, Document, check_if_match, not_allowed, update_live};
+use service_kit::rest::{Conditions, Ctx, Document, is_read, not_allowed, update_live};
 use service_kit::web::{Request, Response};
 
 use crate::domain::product::{MAX_HOLDS_CEILING, Product, Refusal, Reserved, rfc3339_of_ms};
@@ -146,15 +148,15 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         let ctx = || Ctx::from_request(req);
         match segments.as_slice() {
             ["api", "products"] => match *m {
-                Method::GET => self.list(&ctx()?, req),
+                _ if is_read(m) => self.list(&ctx()?, req),
                 Method::POST => self.create(&ctx()?, req),
-                _ => not_allowed(m, "GET, POST"),
+                _ => not_allowed(m, "GET, HEAD, POST"),
             },
             ["api", "products", id] => match *m {
-                Method::GET => self.get(&ctx()?, id),
+                _ if is_read(m) => self.get(&ctx()?, id, req),
                 Method::PUT => self.update(&ctx()?, id, req),
                 Method::DELETE => self.delete(&ctx()?, id, req),
-                _ => not_allowed(m, "GET, PUT, DELETE"),
+                _ => not_allowed(m, "GET, HEAD, PUT, DELETE"),
             },
             ["api", "products", id, "reservations"] => match *m {
                 Method::POST => self.reserve(&ctx()?, id, req),
@@ -269,10 +271,13 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         Ok(out)
     }
 
-    /// `GET /api/products/{id}`.
-    fn get(&self, ctx: &Ctx, id: &str) -> Result<Response, Problem> {
+    /// `GET /api/products/{id}` (and HEAD): 304 with the ETag when
+    /// `If-None-Match` names the current one.
+    fn get(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let product = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        Ok(product_response(StatusCode::OK, &product))
+        Conditions::from_request(req).respond_read(product.version, &what(id), || {
+            product_response(StatusCode::OK, &product)
+        })
     }
 
     /// `POST /api/products`: the record first (compare-and-swap on the
@@ -328,9 +333,9 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// slot (only if category and slot are still those the append was
     /// decided on), then removes the old entry.
     fn update(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        let if_match = req.header_joined("if-match");
+        let conditions = Conditions::from_request(req);
         let mut base = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        check_if_match(if_match.as_deref(), base.version, &what(id))?;
+        conditions.check_write(base.version, &what(id))?;
         let patch = parse_patch(&req.body, id)?;
         const MOVE_ATTEMPTS: u32 = 5;
         for _ in 0..MOVE_ATTEMPTS {
@@ -340,7 +345,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                 None => None,
             };
             let now = rfc3339_of_ms(self.now_ms());
-            let written = self.write_live(ctx, id, if_match.as_deref(), |current| {
+            let written = self.write_live(ctx, id, &conditions, |current| {
                 if moving.is_some()
                     && (current.category != base.category
                         || current.slots.category != base.slots.category)
@@ -397,12 +402,12 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// `DELETE /api/products/{id}`: a tombstone keeping the incarnation
     /// (holds go with it), then the index entries are removed, best effort.
     fn delete(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        let if_match = req.header_joined("if-match");
+        let conditions = Conditions::from_request(req);
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
-        check_if_match(if_match.as_deref(), current.version, &what(id))?;
+        conditions.check_write(current.version, &what(id))?;
         let now = rfc3339_of_ms(self.now_ms());
         let last = self
-            .write_live(ctx, id, if_match.as_deref(), |current| {
+            .write_live(ctx, id, &conditions, |current| {
                 Ok(Change::Write(current.tombstone(&now), current))
             })?
             .result;
@@ -419,7 +424,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         let now = self.now_ms();
         let hold_ms = self.settings.hold_seconds.saturating_mul(1000);
         let max_holds = self.settings.max_holds;
-        let written = self.write_live(ctx, id, None, |current| {
+        let written = self.write_live(ctx, id, &Conditions::NONE, |current| {
             Ok(match current.reserve(&request, now, hold_ms, max_holds) {
                 Ok(Reserved::New(next, r)) => {
                     Change::Write((*next).clone(), Ok(Reserved::New(next, r)))
@@ -455,7 +460,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             return Err(not_found(ctx, id));
         }
         let now = self.now_ms();
-        let written = self.write_live(ctx, id, None, |current| {
+        let written = self.write_live(ctx, id, &Conditions::NONE, |current| {
             Ok(match current.confirm(order_id, now) {
                 Ok((Some(next), r)) => Change::Write(next.clone(), Ok((r, next))),
                 Ok((None, r)) => Change::Keep(Ok((r, current))),
@@ -490,7 +495,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             return Ok(Response::empty(StatusCode::NO_CONTENT));
         }
         let now = self.now_ms();
-        let written = self.write_live(ctx, id, None, |current| {
+        let written = self.write_live(ctx, id, &Conditions::NONE, |current| {
             Ok(match current.release(order_id, confirmed, now) {
                 Some((next, moved)) => Change::Write(next.clone(), (next, moved)),
                 None => Change::Keep((current, false)),
@@ -565,14 +570,14 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     }
 
     /// Compare-and-swaps the live product `id`: 404 once it is gone, 412
-    /// when `if_match` no longer matches; the product is settled before
+    /// when `conditions` no longer hold; the product is settled before
     /// `step` sees it, and a settle that changed it is written even when
     /// `step` keeps it.
     fn write_live<R>(
         &self,
         ctx: &Ctx,
         id: &str,
-        if_match: Option<&str>,
+        conditions: &Conditions,
         mut step: impl FnMut(Product) -> Result<Change<Product, R>, Problem>,
     ) -> Result<Written<R>, Problem> {
         let now = self.now_ms();
@@ -581,7 +586,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             self.store,
             &product_key(&ctx.tenant, id),
             &self.settings.retry,
-            if_match,
+            conditions,
             &what(id),
             || not_found(ctx, id),
             |mut current: Product| {

@@ -1,8 +1,11 @@
-//! Optimistic concurrency over HTTP: `ETag` and `If-Match` (RFC 9110).
+//! Entity tags and their comparisons (RFC 9110 §8.8.3, §13.1).
 //!
 //! A resource's ETag is exactly `"<version>"`. `If-Match` uses strong
-//! comparison, so a weak tag (`W/"3"`) never matches, and `*` matches any
-//! existing resource.
+//! comparison, so a weak tag (`W/"3"`) never matches; `If-None-Match` uses
+//! weak comparison (§13.1.2), so `W/"3"` and `"3"` both match version 3.
+//! In both, `*` matches any existing resource. Header values may list
+//! several tags separated by commas (repeated headers are joined with
+//! `, ` first, see [`crate::web::Request::header_joined`]).
 
 /// The ETag header value of a resource version: `"<version>"`.
 pub fn etag(version: u64) -> String {
@@ -21,6 +24,18 @@ pub fn if_match_allows(if_match: Option<&str>, version: u64) -> bool {
         .split(',')
         .map(str::trim)
         .any(|tag| tag == "*" || tag == current)
+}
+
+/// Whether an `If-None-Match` header value (possibly several tags,
+/// comma-joined) matches a resource currently at `version`, by weak
+/// comparison: `*`, `"<version>"` or `W/"<version>"`. A match means the
+/// condition is *false*: a GET/HEAD answers 304, any other method 412.
+pub fn if_none_match_matches(if_none_match: &str, version: u64) -> bool {
+    let current = etag(version);
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current)
 }
 
 #[cfg(test)]
@@ -49,5 +64,21 @@ mod tests {
             "unquoted is not an entity tag"
         );
         assert!(!if_match_allows(Some(""), 3));
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison_lists_and_star() {
+        assert!(if_none_match_matches("\"3\"", 3));
+        assert!(if_none_match_matches("W/\"3\"", 3), "weak tags match");
+        assert!(if_none_match_matches("*", 3));
+        assert!(if_none_match_matches("\"1\", W/\"3\"", 3));
+        assert!(if_none_match_matches("\"1\",\"3\"", 3));
+        assert!(!if_none_match_matches("\"2\"", 3));
+        assert!(!if_none_match_matches("\"1\", \"2\"", 3));
+        assert!(
+            !if_none_match_matches("3", 3),
+            "unquoted is not an entity tag"
+        );
+        assert!(!if_none_match_matches("", 3));
     }
 }

@@ -1,13 +1,16 @@
 //! Field-by-field reading of JSON request bodies.
 //!
-//! A `#[derive(Deserialize)]` stops at the first bad field and cannot tell
-//! `2` from `2.0`; validation problems must instead name *every* offending
-//! field, and integers and money must be judged on their JSON text. A
+//! A `#[derive(Deserialize)]` stops at the first bad field and judges
+//! numbers through floats; validation problems must instead name *every*
+//! offending field, and integers and money must be judged exactly on their
+//! JSON text (`2.0` is the whole number 2, as JSON Schema counts it;
+//! `0.1` is exactly one tenth). A
 //! [`JsonObject`] keeps each field's raw JSON text and offers typed readers
 //! that record a message per field in [`FieldErrors`].
 
 use std::collections::BTreeMap;
 
+use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 
 use crate::money::Money;
@@ -127,21 +130,22 @@ impl JsonObject {
         }
     }
 
-    /// An integer field written as a JSON integer (`2`, not `2.0`, `"2"` or
-    /// `true`) within `min..=max`.
+    /// A whole-number field within `min..=max`: any JSON number whose
+    /// value is integral (`2`, `2.0`, `2e0`, as JSON Schema's `integer`
+    /// counts them), not `2.5`, `"2"` or `true`.
     pub fn integer(&self, name: &str, min: i64, max: i64, errors: &mut FieldErrors) -> Option<i64> {
         let raw = self.raw(name)?;
-        match parse_integer(raw.get()) {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            Some(_) | None if is_integer_text(raw.get()) => {
+        match integral_value(raw.get()) {
+            Some(Some(n)) if (min..=max).contains(&n) => Some(n),
+            Some(_) => {
                 errors.add(&self.path(name), format!("must be between {min} and {max}"));
                 None
             }
-            _ => {
+            None => {
                 errors.add(
                     &self.path(name),
                     format!(
-                        "must be a whole number (JSON integer) between {min} and {max}, not {}",
+                        "must be a whole number between {min} and {max}, not {}",
                         raw.get().trim()
                     ),
                 );
@@ -184,14 +188,29 @@ fn is_integer_text(text: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The value of a JSON integer literal, or `None` for anything else
-/// (fractions, exponents, strings, booleans) or on `i64` overflow.
-fn parse_integer(text: &str) -> Option<i64> {
-    if is_integer_text(text) {
-        text.trim().parse().ok()
-    } else {
-        None
+/// The value of a JSON number whose value is a whole number: `Some(Some(n))`
+/// for one that fits an `i64`, `Some(None)` for a larger one, `None` for
+/// anything else (fractions, strings, booleans, numbers too precise to
+/// judge exactly). Read from the JSON text, never through a float.
+fn integral_value(text: &str) -> Option<Option<i64>> {
+    let t = text.trim();
+    if is_integer_text(t) {
+        return Some(t.parse().ok());
     }
+    let first = t.bytes().next()?;
+    if !(first == b'-' || first.is_ascii_digit()) {
+        return None;
+    }
+    let decimal = if t.contains(['e', 'E']) {
+        Decimal::from_scientific(t).ok()?
+    } else {
+        Decimal::from_str_exact(t).ok()?
+    }
+    .normalize();
+    if decimal.scale() != 0 {
+        return None;
+    }
+    Some(i64::try_from(decimal.mantissa()).ok())
 }
 
 /// A short description of a JSON value's kind, for messages.
@@ -245,22 +264,35 @@ mod tests {
     }
 
     #[test]
-    fn integers_must_be_json_integers_in_range() {
+    fn integers_are_integral_json_numbers_in_range() {
         let o = obj(
-            r#"{"ok": 7, "float": 2.0, "exp": 2e0, "str": "2", "bool": true, "neg": -1, "big": 2147483648, "huge": 99999999999999999999999}"#,
+            r#"{"ok": 7, "float": 2.0, "exp": 2e0, "big_exp": 1.5e3, "zero": -0.0, "half": 2.5, "tiny": 1e-1, "str": "2", "bool": true, "neg": -1, "big": 2147483648, "big_float": 2147483648.0, "huge": 99999999999999999999999, "huge_exp": 1e400}"#,
         );
         let mut e = FieldErrors::new();
         assert_eq!(o.integer("ok", 0, MAX_INT, &mut e), Some(7));
-        for bad in ["float", "exp", "str", "bool", "neg", "big", "huge"] {
+        assert_eq!(o.integer("float", 0, MAX_INT, &mut e), Some(2));
+        assert_eq!(o.integer("exp", 0, MAX_INT, &mut e), Some(2));
+        assert_eq!(o.integer("big_exp", 0, MAX_INT, &mut e), Some(1500));
+        assert_eq!(o.integer("zero", 0, MAX_INT, &mut e), Some(0));
+        assert!(e.is_empty(), "{e:?}");
+        for bad in [
+            "half",
+            "tiny",
+            "str",
+            "bool",
+            "neg",
+            "big",
+            "big_float",
+            "huge",
+            "huge_exp",
+        ] {
             assert_eq!(o.integer(bad, 0, MAX_INT, &mut e), None, "{bad}");
             assert!(e.contains(bad), "{bad}");
         }
-        let mut e2 = FieldErrors::new();
-        obj(r#"{"big": 2147483648}"#).integer("big", 0, MAX_INT, &mut e2);
-        assert_eq!(
-            FieldErrors::into_result(e2, ()).unwrap_err().errors["big"][0],
-            "must be between 0 and 2147483647"
-        );
+        let p = e.into_result(()).unwrap_err();
+        assert_eq!(p.errors["big"][0], "must be between 0 and 2147483647");
+        assert_eq!(p.errors["big_float"][0], "must be between 0 and 2147483647");
+        assert!(p.errors["half"][0].contains("whole number"), "{p:?}");
     }
 
     #[test]

@@ -120,38 +120,6 @@ fn read_limit(req: &Request, errors: &mut FieldErrors) -> usize {
     }
 }
 
-/// Which slice of a list to return, by offset only. Kept for the order
-/// service until it moves to [`ListParams`]; new code uses that.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    /// Most items to return.
-    pub limit: usize,
-    /// Items to skip first.
-    pub offset: usize,
-}
-
-impl Page {
-    /// Reads `limit` and `offset`; bad values are recorded in `errors`
-    /// naming the parameter, and the defaults stand in for them.
-    pub fn from_request(req: &Request, errors: &mut FieldErrors) -> Page {
-        let limit = read_limit(req, errors);
-        let offset = match query_param(req, "offset", errors) {
-            None => 0,
-            Some(v) => match v.parse::<u32>() {
-                Ok(n) => n as usize,
-                Err(_) => {
-                    errors.add(
-                        "offset",
-                        format!("must be a whole number of at least 0, not '{v}'"),
-                    );
-                    0
-                }
-            },
-        };
-        Page { limit, offset }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +151,11 @@ mod tests {
                 limit: 7,
                 start: Start::Offset(MAX_OFFSET)
             }
+        );
+        // Past 2^32: offsets were once read as 32-bit numbers.
+        assert_eq!(
+            params("?offset=4294967296").unwrap().start,
+            Start::Offset(4_294_967_296)
         );
         assert_eq!(
             params("?cursor=abc").unwrap().start,

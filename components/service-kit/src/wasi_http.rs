@@ -21,6 +21,13 @@ const WRITE_CHUNK: usize = 4096;
 /// Reads the request (head and whole body) into the binding-free model, and
 /// sends the handler's response; a body that cannot be read becomes a
 /// problem response without calling the handler.
+///
+/// A HEAD request reaches the handler as HEAD (routers answer it as GET,
+/// see [`crate::rest::is_read`]); its response goes out with the GET
+/// status and headers, ETag included, but no body and no `Content-Length`:
+/// `wasi:http` refuses a response body shorter than its `Content-Length`
+/// (wasmtime and Spin finish such a body with an error), and RFC 9110
+/// §8.6 lets a HEAD response leave the length out.
 pub fn serve(
     request: IncomingRequest,
     out: ResponseOutparam,
@@ -33,10 +40,9 @@ pub fn serve(
     };
     drop(request);
     if is_head {
-        // A response to HEAD never has a body.
-        response.body.clear();
+        response = response.without_body();
     }
-    write_response(out, response);
+    send(out, response, !is_head);
 }
 
 /// Converts a `wasi:http` method.
@@ -173,12 +179,20 @@ pub(crate) fn write_body(body: OutgoingBody, data: &[u8]) -> Result<(), String> 
     OutgoingBody::finish(body, None).map_err(|e| format!("finishing the body failed: {e:?}"))
 }
 
-/// Sends `response` through the outparam.
+/// Sends `response` through the outparam, with a `Content-Length` unless
+/// the status has no body (204, 304).
 pub fn write_response(out: ResponseOutparam, response: Response) {
+    send(out, response, true);
+}
+
+/// Sends `response`; `with_length` false leaves `Content-Length` out (the
+/// answer to HEAD, whose body is not sent).
+fn send(out: ResponseOutparam, response: Response, with_length: bool) {
     let mut headers = response.headers.clone();
+    headers.remove(http::header::CONTENT_LENGTH);
     let bodyless = response.status == http::StatusCode::NO_CONTENT
         || response.status == http::StatusCode::NOT_MODIFIED;
-    if !bodyless {
+    if with_length && !bodyless {
         headers.insert(
             http::header::CONTENT_LENGTH,
             HeaderValue::from(response.body.len()),

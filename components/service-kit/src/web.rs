@@ -177,6 +177,15 @@ impl Response {
         self
     }
 
+    /// This response as the answer to a HEAD request: the same status and
+    /// headers, no body (RFC 9110 §9.3.2). [`crate::wasi_http::serve`]
+    /// applies it to every HEAD request, so handlers answer HEAD exactly
+    /// as GET.
+    pub fn without_body(mut self) -> Self {
+        self.body.clear();
+        self
+    }
+
     /// Replaces the body.
     pub fn with_body(mut self, body: Vec<u8>) -> Self {
         self.body = body;

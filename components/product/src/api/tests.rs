@@ -280,13 +280,157 @@ fn routes_and_methods() {
     let w = World::new();
     let (status, _, resp) = w.call(Method::PATCH, "/api/products", None);
     assert_eq!(status, 405);
-    assert_eq!(resp.header("allow"), Some("GET, POST"));
+    assert_eq!(resp.header("allow"), Some("GET, HEAD, POST"));
+    let (status, _, resp) = w.call(Method::POST, "/api/products/p", None);
+    assert_eq!(status, 405);
+    assert_eq!(resp.header("allow"), Some("GET, HEAD, PUT, DELETE"));
+    let (status, _, resp) = w.call(Method::GET, "/api/products/p/reservations", None);
+    assert_eq!(status, 405);
+    assert_eq!(resp.header("allow"), Some("POST"));
     assert_eq!(w.call(Method::GET, "/api/other", None).0, 404);
     assert_eq!(
         w.call(Method::GET, "/api/products/p/reservations/o", None)
             .0,
         405
     );
+}
+
+#[test]
+fn head_answers_as_get_on_items_and_lists() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "Pen", "price": 1.5}));
+    for path in ["/api/products/p1", "/api/products", "/api/products?limit=1"] {
+        let get = w.send(request(None, Method::GET, path, None, &[]));
+        let head = w.send(request(None, Method::HEAD, path, None, &[]));
+        assert_eq!(get.status, 200, "{path}");
+        assert_eq!(head, get, "{path}: HEAD is GET before the body is dropped");
+        let sent = head.without_body();
+        assert!(sent.body.is_empty());
+        assert_eq!(sent.headers, get.headers);
+    }
+    let head = w.send(request(None, Method::HEAD, "/api/products/p1", None, &[]));
+    assert_eq!(head.header("etag"), Some("\"1\""));
+    assert_eq!(
+        w.send(request(None, Method::HEAD, "/api/products/nope", None, &[]))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn if_none_match_on_get_is_304_with_the_etag() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "Pen", "price": 1.5}));
+    for inm in ["\"1\"", "W/\"1\"", "*", "\"9\", \"1\""] {
+        for m in [Method::GET, Method::HEAD] {
+            let (s, body, resp) = w.call_as(
+                None,
+                m.clone(),
+                "/api/products/p1",
+                None,
+                &[("if-none-match", inm)],
+            );
+            assert_eq!(s, 304, "{m} {inm}");
+            assert_eq!(resp.header("etag"), Some("\"1\""));
+            assert_eq!(body, Value::Null, "no body");
+        }
+    }
+    let (s, body, _) = w.call_as(
+        None,
+        Method::GET,
+        "/api/products/p1",
+        None,
+        &[("if-none-match", "\"2\"")],
+    );
+    assert_eq!((s, body["id"].as_str()), (200, Some("p1")));
+    // If-Match is evaluated first (RFC 9110 §13.2.2).
+    let (s, _, _) = w.call_as(
+        None,
+        Method::GET,
+        "/api/products/p1",
+        None,
+        &[("if-match", "\"2\""), ("if-none-match", "\"1\"")],
+    );
+    assert_eq!(s, 412);
+    // A product that does not exist is 404 whatever the conditions.
+    let (s, _, _) = w.call_as(
+        None,
+        Method::GET,
+        "/api/products/nope",
+        None,
+        &[("if-none-match", "*")],
+    );
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn if_none_match_on_put_and_delete_is_412_and_changes_nothing() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "Pen", "price": 1.5}));
+    let before = w.event_types().len();
+    for inm in ["*", "\"1\"", "W/\"1\""] {
+        let (s, p, _) = w.call_as(
+            None,
+            Method::PUT,
+            "/api/products/p1",
+            Some(json!({"name": "Pencil"})),
+            &[("if-none-match", inm)],
+        );
+        assert_eq!(s, 412, "{inm}: {p}");
+        assert_eq!(p["type"], "urn:wasmshop:problem:precondition-failed");
+        let (s, _, _) = w.call_as(
+            None,
+            Method::DELETE,
+            "/api/products/p1",
+            None,
+            &[("if-none-match", inm)],
+        );
+        assert_eq!(s, 412, "{inm}");
+    }
+    let (_, got, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(
+        (got["name"].as_str(), got["version"].as_u64()),
+        (Some("Pen"), Some(1))
+    );
+    assert_eq!(w.event_types().len(), before, "no event");
+    let (s, got, _) = w.call_as(
+        None,
+        Method::PUT,
+        "/api/products/p1",
+        Some(json!({"name": "Pencil"})),
+        &[("if-none-match", "\"7\"")],
+    );
+    assert_eq!((s, got["version"].as_u64()), (200, Some(2)));
+    let (s, _, _) = w.call_as(
+        None,
+        Method::DELETE,
+        "/api/products/p1",
+        None,
+        &[("if-none-match", "\"1\"")],
+    );
+    assert_eq!(s, 204);
+}
+
+#[test]
+fn integral_numbers_are_whole_numbers_for_stock_and_quantity() {
+    let w = World::new();
+    let body = w.create(json!({"id": "p1", "name": "Pen", "price": 1.5, "stock": 283.0}));
+    assert_eq!(body["stock"], 283);
+    let (s, got, _) = w.call(
+        Method::PUT,
+        "/api/products/p1",
+        Some(serde_json::from_str(r#"{"stock": 2e1}"#).unwrap()),
+    );
+    assert_eq!((s, got["stock"].as_i64()), (200, Some(20)));
+    let (s, p, _) = w.call(Method::PUT, "/api/products/p1", Some(json!({"stock": 2.5})));
+    assert_eq!(s, 400);
+    assert!(p["errors"]["stock"].is_array(), "{p}");
+    let (s, r, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations",
+        Some(json!({"orderId": "o1", "quantity": 3.0})),
+    );
+    assert_eq!((s, r["quantity"].as_i64()), (201, Some(3)), "{r}");
 }
 
 #[test]
