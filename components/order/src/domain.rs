@@ -612,8 +612,9 @@ pub(crate) mod tests {
         o.reservation_id = "r".repeat(64);
         o.currency = "XXX".into();
         o.status = Status::Cancelled;
-        // 500 characters, 1000 bytes of JSON at most (validation).
-        o.cancellation_reason = Some("\"".repeat(500));
+        // 500 characters, 2000 bytes of JSON at most (validation): 4-byte
+        // characters outweigh escaped quotes (2 bytes each).
+        o.cancellation_reason = Some("😀".repeat(500));
         o.version = u64::MAX;
         o.slots = Some(OrderSlots {
             all: slot,

@@ -24,9 +24,11 @@ pub const MAX_ITEMS: usize = 100;
 pub const CUSTOMER_ID_MAX_BYTES: usize = 400;
 /// Most characters in a cancellation reason.
 pub const REASON_MAX: usize = 500;
-/// Most bytes (UTF-8) in a cancellation reason: keeps a stored order
-/// under its size bound (`docs/storage-layout.md`, "Orders").
-pub const REASON_MAX_BYTES: usize = 1000;
+/// Most bytes (UTF-8) in a cancellation reason: 500 characters of up to
+/// 4 bytes, stated so the bound of a stored order is plain
+/// (`docs/storage-layout.md`, "Orders"). Never binding before the
+/// character count, so the character limit of `openapi.yaml` is exact.
+pub const REASON_MAX_BYTES: usize = 2000;
 
 /// The message for text with control characters.
 const NO_CONTROL: &str =
