@@ -7,7 +7,8 @@
 //!
 //! Shapes and units:
 //! - latency rows: `--samples` sequential requests on ONE keep-alive
-//!   connection, each timed on its own (send → whole body read), reported
+//!   connection after `--warmup-samples` untimed ones, each timed on its
+//!   own (send → whole body read), reported
 //!   as median and p99 in milliseconds; rows that create things use fresh
 //!   ids, so no request is a replay;
 //! - largest stored value: bytes of the longest `value` in the embedded
@@ -52,6 +53,10 @@ pub struct ScaleArgs {
     /// Timed requests per latency row.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Untimed requests before each latency row's samples (fresh
+    /// instances and caches settle; rows that create use fresh ids here too).
+    #[arg(long, default_value_t = 20)]
+    warmup_samples: usize,
     /// Concurrent connections while filling.
     #[arg(long, default_value_t = 32)]
     fill_connections: usize,
@@ -139,7 +144,8 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         next_order: Cell::new(0),
         rng: Cell::new(0x5eed),
     };
-    match rt.block_on(local.run_until(tokio::time::timeout(max, bench.all_sizes()))) {
+    let all = local.run_until(async { tokio::time::timeout(max, bench.all_sizes()).await });
+    match rt.block_on(all) {
         Ok(result) => result,
         Err(_) => bail!(
             "stopped after --max-minutes {} (results so far are above); raise it or measure smaller sizes",
@@ -406,14 +412,19 @@ impl Bench {
         }
     }
 
-    /// `--samples` sequential requests of `row` on one connection.
+    /// `--warmup-samples` untimed, then `--samples` timed sequential
+    /// requests of `row` on one connection. A timed request that fails or
+    /// answers another status is an error, not a sample.
     async fn latency_row(&self, row: Row, size: u64) -> anyhow::Result<Stats> {
         let mut conn = Conn::new(&self.authority);
         let tenant = self.args.tenant.as_str();
         let filled = self.next_product.get();
         let mut times = Vec::with_capacity(self.args.samples);
+        let mut created = 0u64;
         let mut errors = 0;
-        for i in 0..self.args.samples {
+        let warmup = self.args.warmup_samples;
+        for i in 0..warmup + self.args.samples {
+            let timed = i >= warmup;
             let (method, path, headers, body, expect) = match row {
                 Row::CreateProduct => {
                     let body = self.measured_product(size, i);
@@ -450,7 +461,7 @@ impl Bench {
                     let etag = match current {
                         Ok(r) if r.status == 200 => r.etag.unwrap_or_default(),
                         _ => {
-                            errors += 1;
+                            errors += u64::from(timed);
                             continue;
                         }
                     };
@@ -490,7 +501,21 @@ impl Bench {
             let reply = conn.send(method, &path, tenant, &headers, body).await;
             let elapsed = start.elapsed();
             match reply {
-                Ok(r) if r.status == expect => times.push(elapsed),
+                Ok(r) if r.status == expect => {
+                    created += 1;
+                    if timed {
+                        times.push(elapsed);
+                    }
+                }
+                Ok(r) if !timed => {
+                    eprintln!(
+                        "  {} (warm-up): unexpected answer {} (wanted {expect}): {}",
+                        row.name(),
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    );
+                }
+                Err(e) if !timed => eprintln!("  {} (warm-up): request failed: {e:#}", row.name()),
                 Ok(r) => {
                     errors += 1;
                     if errors == 1 {
@@ -510,7 +535,6 @@ impl Bench {
                 }
             }
         }
-        let created = (times.len()) as u64;
         match row {
             Row::CreateProduct => self.products.set(self.products.get() + created),
             Row::PlaceOrder => self.orders.set(self.orders.get() + created),
@@ -876,7 +900,7 @@ fn print_summary(results: &[SizeResult]) {
     println!();
     println!("== growth from size {a} to size {b} (median, or creates/s slowdown) ==");
     println!(
-        "{:40} {:>12} {:>12} {:>7} {:>9}  verdict",
+        "{:40} {:>12} {:>12} {:>7} {:>10}  verdict",
         "row",
         format!("@{a}"),
         format!("@{b}"),
@@ -890,7 +914,7 @@ fn print_summary(results: &[SizeResult]) {
         let ok = g <= GROWTH_TARGET;
         missed += usize::from(!ok);
         println!(
-            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>9}  {}",
+            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>10}  {}",
             s.median_ms,
             l.median_ms,
             format!("<= {GROWTH_TARGET}"),
@@ -909,7 +933,7 @@ fn print_summary(results: &[SizeResult]) {
         let ok = g <= GROWTH_TARGET;
         missed += usize::from(!ok);
         println!(
-            "{name:40} {:>10.0}/s {:>10.0}/s {g:>7.2} {:>9}  {}",
+            "{name:40} {:>10.0}/s {:>10.0}/s {g:>7.2} {:>10}  {}",
             s.per_sec,
             l.per_sec,
             format!("<= {GROWTH_TARGET}"),
@@ -925,7 +949,7 @@ fn print_summary(results: &[SizeResult]) {
         .map(|r| r.largest_key.as_str())
         .unwrap_or("");
     println!(
-        "{:40} {:>9.1} KiB {:>9.1} KiB {:>7.2} {:>9}  {}  ({key})",
+        "{:40} {:>8.1} KiB {:>8.1} KiB {:>7.2} {:>10}  {}  ({key})",
         "largest stored value",
         first.largest_value as f64 / 1024.0,
         last.largest_value as f64 / 1024.0,
@@ -937,7 +961,7 @@ fn print_summary(results: &[SizeResult]) {
     let ok = r >= TENANT_RATIO_TARGET;
     missed += usize::from(!ok);
     println!(
-        "{:40} {:>10.0}/s {:>10.0}/s {r:>7.2} {:>9}  {}",
+        "{:40} {:>10.0}/s {:>10.0}/s {r:>7.2} {:>10}  {}",
         format!("one-tenant / many-tenant creates/s @{b}"),
         last.one_tenant.per_sec,
         last.many_tenants.per_sec,
