@@ -11,6 +11,17 @@ rustup target add wasm32-wasip2
 command -v redis-server >/dev/null ||
   (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
 
+# Schemathesis, pinned, for tests/tests/rest_contract.rs (it checks every
+# response of the running host against openapi.yaml with the configuration
+# in tests/schemathesis/). Its own virtualenv under target/ (ignored by git).
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV=target/venv-schemathesis
+if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export SCHEMATHESIS="$PWD/$SCHEMATHESIS_VENV/bin/schemathesis"
+
 # Guest components (release: small and fast to compile for wasmtime).
 cargo build --target wasm32-wasip2 --release \
   -p product -p order -p messaging-adapter -p capabilities-fixture
