@@ -213,11 +213,12 @@ impl Bench {
         self.drain().await?;
         println!();
         println!(
-            "== size {size}: tenant {:?} holds {} products and {} orders (reached in {:.0} s) ==",
+            "== size {size}: tenant {:?} holds {} products and {} orders (reached in {:.0} s; load average {}) ==",
             self.args.tenant,
             self.products.get(),
             self.orders.get(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            load_average()
         );
         println!(
             "{:40} {:>10} {:>10} {:>7}",
@@ -834,6 +835,15 @@ impl Conn {
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(Reply { status, etag, body })
     }
+}
+
+/// The 1-minute load average (Linux), so a reader can tell a run that
+/// shared the machine with other work; `?` where unknown.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Nearest-rank percentile of sorted `times`, in milliseconds; 0 when
