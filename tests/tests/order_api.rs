@@ -215,7 +215,7 @@ fn every_endpoint_and_status_code(backend: &Backend) {
         .send();
     assert_eq!(
         (r.status, r.header("allow")),
-        (405, Some("GET, PUT, DELETE"))
+        (405, Some("GET, HEAD, PUT, DELETE"))
     );
 }
 

@@ -330,19 +330,19 @@ fn schemathesis_finds_no_response_that_disagrees_with_openapi_yaml() {
     };
     let host = Host::start_app();
     let root = workspace_root();
-    let report = tempfile::tempdir().unwrap();
+    // Run in a scratch directory: hypothesis keeps its own files in the
+    // working directory.
+    let scratch = tempfile::tempdir().unwrap();
     let out = Command::new(&cli)
-        .current_dir(&root)
+        .current_dir(scratch.path())
         .env("NO_COLOR", "1")
-        .args([
-            "--config-file",
-            "tests/schemathesis/schemathesis.toml",
-            "run",
-        ])
-        .arg("openapi.yaml")
+        .arg("--config-file")
+        .arg(root.join("tests/schemathesis/schemathesis.toml"))
+        .arg("run")
+        .arg(root.join("openapi.yaml"))
         .args(["--url", host.base(), "--checks", "all"])
         .arg("--report-dir")
-        .arg(report.path())
+        .arg(scratch.path().join("report"))
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
