@@ -9,8 +9,8 @@ use wasmshop_tests::daprd::{
     DaprCluster, MAX_BODY_BYTES, PUBSUB, STATE_STORE, Sidecar, SidecarOptions,
 };
 use wasmshop_tests::{
-    Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to, wait_for,
-    wasmshop_bin,
+    APP_API_TOKEN, Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to,
+    wait_for, wasmshop_bin,
 };
 
 /// The runtime config the deployment uses (infra/runtime-config/dapr.toml).
@@ -272,17 +272,24 @@ fn each_service_is_its_own_dapr_app() {
     let d = Deployment::app(&Backend::Dapr);
     let (product, order_host) = (d.host_of("product"), d.host_of("order"));
     let cluster = d.dapr_cluster().expect("a Dapr deployment");
-    // Only the order service subscribes, to `products`, with a dead-letter topic.
-    let subs: Value = order_host.get("/dapr/subscribe").json().unwrap();
+    // Only the order service subscribes, to `products`, with a dead-letter
+    // topic. The app channel needs the deployment's APP_API_TOKEN.
+    let subscriptions = |host: &Host| -> Value {
+        client()
+            .get(host.url("/dapr/subscribe"))
+            .header("dapr-api-token", APP_API_TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let subs = subscriptions(order_host);
     assert_eq!(
         subs,
         json!([{"pubsubname": "product-pubsub", "topic": "products",
                 "routes": {"default": "/dapr/events/order/products"}, "deadLetterTopic": "products.deadletter"}])
     );
-    assert_eq!(
-        product.get("/dapr/subscribe").json::<Value>().unwrap(),
-        json!([])
-    );
+    assert_eq!(subscriptions(product), json!([]));
     // The order host does not run `product`: it is reached by service invocation.
     assert_eq!(
         order_host.get("/api/products/x").status(),
