@@ -259,6 +259,30 @@ where
     })
 }
 
+/// `keys` without repeats, first occurrence first: a batch read asks the
+/// store for each key once.
+fn unique_keys(keys: &[String]) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    keys.iter()
+        .filter(|k| seen.insert(k.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Lines up a batch answer (`(key, value)` pairs in any order, absent keys
+/// possibly left out) with the keys asked for: one answer per requested
+/// position, so a key asked for twice (two index entries naming one item)
+/// gets its value twice rather than once and then `None`.
+fn in_request_order(
+    keys: &[String],
+    found: Vec<(String, Option<Vec<u8>>)>,
+) -> Vec<Option<Vec<u8>>> {
+    let by_key: BTreeMap<String, Option<Vec<u8>>> = found.into_iter().collect();
+    keys.iter()
+        .map(|k| by_key.get(k).cloned().flatten())
+        .collect()
+}
+
 /// The real store: a `wasi:keyvalue` bucket.
 pub struct WasiStore {
     bucket: crate::bindings::wasi::keyvalue::store::Bucket,
@@ -303,10 +327,10 @@ impl KvStore for WasiStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let found = crate::bindings::wasi::keyvalue::batch::get_many(&self.bucket, keys)
-            .map_err(|e| store_error(format!("get {} keys", keys.len()), e))?;
-        let mut by_key: BTreeMap<String, Option<Vec<u8>>> = found.into_iter().collect();
-        Ok(keys.iter().map(|k| by_key.remove(k).flatten()).collect())
+        let unique = unique_keys(keys);
+        let found = crate::bindings::wasi::keyvalue::batch::get_many(&self.bucket, &unique)
+            .map_err(|e| store_error(format!("get {} keys", unique.len()), e))?;
+        Ok(in_request_order(keys, found))
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -455,6 +479,20 @@ mod tests {
             let next = n.unwrap_or(0) + 1;
             Ok::<_, String>(Change::Write(next, next))
         })
+    }
+
+    #[test]
+    fn batch_answers_every_requested_position_even_repeated_keys() {
+        let keys: Vec<String> = ["a", "b", "a", "c"].map(String::from).into();
+        assert_eq!(unique_keys(&keys), ["a", "b", "c"].map(String::from));
+        let found = vec![
+            ("b".to_owned(), None),
+            ("a".to_owned(), Some(b"1".to_vec())),
+        ];
+        assert_eq!(
+            in_request_order(&keys, found),
+            vec![Some(b"1".to_vec()), None, Some(b"1".to_vec()), None]
+        );
     }
 
     #[test]
