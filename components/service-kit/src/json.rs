@@ -121,10 +121,7 @@ impl JsonObject {
         match serde_json::from_str::<String>(raw.get()) {
             Ok(s) => Some(s),
             Err(_) => {
-                errors.add(
-                    &self.path(name),
-                    format!("must be a string, not {}", kind_of(raw.get())),
-                );
+                errors.add(&self.path(name), not_a_string(raw.get()));
                 None
             }
         }
@@ -213,6 +210,18 @@ fn integral_value(text: &str) -> Option<Option<i64>> {
     Some(i64::try_from(decimal.mantissa()).ok())
 }
 
+/// Why the raw JSON `text` is not a usable string. A JSON string the body
+/// parser accepted fails only on a `\\u` escape of a lone UTF-16
+/// surrogate (`\\ud800` without its low half, or a low half alone), which
+/// names no Unicode character.
+fn not_a_string(text: &str) -> String {
+    if text.trim_start().starts_with('"') {
+        "is not valid text: it contains an invalid Unicode escape, a lone UTF-16 surrogate (\\uD800-\\uDFFF not in a high-low pair) that is no character; send the text as UTF-8, or escape a character beyond U+FFFF as a surrogate pair (e.g. \\ud83d\\ude00)".to_owned()
+    } else {
+        format!("must be a string, not {}", kind_of(text))
+    }
+}
+
 /// A short description of a JSON value's kind, for messages.
 fn kind_of(text: &str) -> &'static str {
     match text.trim_start().bytes().next() {
@@ -261,6 +270,29 @@ mod tests {
         assert_eq!(o.string("c", &mut e), None);
         assert_eq!(o.string("d", &mut e), None);
         assert!(e.contains("b") && !e.contains("c") && !e.contains("d"));
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_as_such() {
+        for text in [r#"{"a": "x\ud800"}"#, r#"{"a": "\udc00y"}"#] {
+            let o = obj(text);
+            let mut e = FieldErrors::new();
+            assert_eq!(o.string("a", &mut e), None, "{text}");
+            let problem = Problem::validation(e);
+            let message = problem.errors["a"][0].clone();
+            assert!(
+                message.contains("invalid Unicode escape")
+                    && message.contains("surrogate")
+                    && !message.contains("not a string"),
+                "{message}"
+            );
+        }
+        // A surrogate pair is one character.
+        let mut e = FieldErrors::new();
+        assert_eq!(
+            obj(r#"{"a": "\ud83d\ude00"}"#).string("a", &mut e).as_deref(),
+            Some("\u{1F600}")
+        );
     }
 
     #[test]
