@@ -211,8 +211,8 @@ fn integral_value(text: &str) -> Option<Option<i64>> {
 }
 
 /// Why the raw JSON `text` is not a usable string. A JSON string the body
-/// parser accepted fails only on a `\\u` escape of a lone UTF-16
-/// surrogate (`\\ud800` without its low half, or a low half alone), which
+/// parser accepted fails only on a `\u` escape of a lone UTF-16
+/// surrogate (`\ud800` without its low half, or a low half alone), which
 /// names no Unicode character.
 fn not_a_string(text: &str) -> String {
     if text.trim_start().starts_with('"') {
