@@ -290,7 +290,9 @@ mod tests {
         // A surrogate pair is one character.
         let mut e = FieldErrors::new();
         assert_eq!(
-            obj(r#"{"a": "\ud83d\ude00"}"#).string("a", &mut e).as_deref(),
+            obj(r#"{"a": "\ud83d\ude00"}"#)
+                .string("a", &mut e)
+                .as_deref(),
             Some("\u{1F600}")
         );
     }
