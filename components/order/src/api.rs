@@ -18,7 +18,7 @@ use service_kit::problem::Problem;
 use service_kit::rest::{Conditions, is_read, not_allowed, update_live};
 use service_kit::web::{Request, Response};
 
-use crate::create::Failure;
+use crate::create::{Drive, Failure};
 use crate::domain::{Order, Status};
 use crate::migration::Phase;
 use crate::products::Transport;
@@ -28,6 +28,12 @@ use crate::validation::{ListQuery, idempotency_key, parse_new_order, parse_statu
 
 /// Reason recorded on an open order cancelled by its deletion.
 pub const DELETE_REASON: &str = "Order deleted";
+
+/// Most unfinished creations one list request finishes
+/// ([`OrderService::finish_overdue`]): each costs a few product calls per
+/// item, so a list never does more than this much of that work; the
+/// others are skipped and left to the next request that meets them.
+pub const MAX_FINISHED_PER_LIST: usize = 4;
 
 /// Which paged index a list reads, chosen by its most selective filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,16 +81,15 @@ impl ListIndex {
         }
     }
 
-    /// Whether `order`, found through an entry at `slot` of this index,
-    /// is listed by it: `Valid` when it stores that slot and passes every
-    /// filter, `Stale` when the entry can never count again.
-    fn judge(self, q: &ListQuery, order: Order, slot: Slot) -> Verdict<Order> {
-        let Some(slots) = order.slots else {
-            // A legacy order being re-indexed: its entries may be about
-            // to count.
-            return Verdict::Skip;
-        };
-        let mine = match self {
+    /// Whether `order` stores the entry at `slot` of this index: `Some`
+    /// answers it, `None` when that cannot be told yet (a legacy order
+    /// being re-indexed, or a status change to this index's status may be
+    /// in flight).
+    fn owns(self, q: &ListQuery, order: &Order, slot: Slot) -> Option<bool> {
+        // A legacy order being re-indexed: its entries may be about to
+        // count.
+        let slots = order.slots?;
+        Some(match self {
             ListIndex::All => slots.all == slot,
             ListIndex::Customer => slots.customer == slot,
             ListIndex::Product => order.items.iter().any(|i| {
@@ -93,21 +98,20 @@ impl ListIndex {
             }),
             ListIndex::Status(s) if order.status == s => slots.status == slot,
             // A change to `s` may be in flight; statuses never come back.
-            ListIndex::Status(s) if order.status.can_reach(s) => return Verdict::Skip,
+            ListIndex::Status(s) if order.status.can_reach(s) => return None,
             ListIndex::Status(_) => false,
-        };
-        if !mine {
-            return Verdict::Stale;
-        }
-        let passes = q.status.is_none_or(|s| s == order.status)
-            && q.customer_id
-                .as_deref()
-                .is_none_or(|c| c == order.customer_id)
-            && q.product_id.as_deref().is_none_or(|p| order.contains(p));
-        if passes {
-            Verdict::Valid(order)
-        } else {
-            Verdict::Skip
+        })
+    }
+
+    /// Whether `order`, found through an entry at `slot` of this index,
+    /// is listed by it: `Valid` when it stores that slot and passes every
+    /// filter, `Stale` when the entry can never count again.
+    fn judge(self, q: &ListQuery, order: Order, slot: Slot) -> Verdict<Order> {
+        match self.owns(q, &order, slot) {
+            None => Verdict::Skip,
+            Some(false) => Verdict::Stale,
+            Some(true) if q.passes(&order) => Verdict::Valid(order),
+            Some(true) => Verdict::Skip,
         }
     }
 }
@@ -145,6 +149,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// (productId, then customerId, then status, else all); each candidate
     /// is read and counts only when it stores the entry's slot and passes
     /// the other filters. A further page is linked with `Link: rel=next`.
+    /// An unfinished creation met on the way is finished once overdue (at
+    /// most [`MAX_FINISHED_PER_LIST`]), and listed if it is then placed
+    /// and passes the filters.
     /// While the tenant's legacy data is being migrated the page comes
     /// from the legacy index instead (offset only).
     fn list(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
@@ -176,6 +183,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         };
         let index = self.index(which.prefix(ctx, &q));
         let mut scan = index.scan(&from)?;
+        let mut budget = MAX_FINISHED_PER_LIST;
         let page = collect_page(
             &index,
             &mut scan,
@@ -190,10 +198,26 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 Ok(batch
                     .iter()
                     .zip(docs)
-                    .map(|((_, slot), doc)| match doc {
+                    .map(|((entry, slot), doc)| match doc {
                         Some(OrderDoc::Live(o)) => which.judge(&q, o, *slot),
-                        // Not placed yet: may become valid.
-                        Some(OrderDoc::Creating(_) | OrderDoc::Confirming(_)) => Verdict::Skip,
+                        Some(doc @ (OrderDoc::Creating(_) | OrderDoc::Confirming(_))) => {
+                            // Not placed yet: may become valid. One left by
+                            // a request that died is finished here once it
+                            // is overdue, when this entry is its own (a
+                            // `creating` one stores no slots yet: any entry
+                            // naming it leads to it).
+                            let own = match &doc {
+                                OrderDoc::Confirming(o) => which.owns(&q, o, *slot) == Some(true),
+                                _ => true,
+                            };
+                            if !own {
+                                return Verdict::Skip;
+                            }
+                            match self.finish_overdue(ctx, &entry.id, doc, &mut budget) {
+                                Some(Drive::Placed(o)) => which.judge(&q, o, *slot),
+                                _ => Verdict::Skip,
+                            }
+                        }
                         _ => Verdict::Stale,
                     })
                     .collect())

@@ -4,7 +4,10 @@
 //! and "Reservations"):
 //!
 //! 1. `creating` (the draft, with a fresh reservation id) is written with
-//!    compare-and-swap on the absent key: the id is taken;
+//!    compare-and-swap on the absent key: the id is taken. Only for an id
+//!    someone else may name (the client's `id`, or one derived from an
+//!    `Idempotency-Key`); a fresh random id is claimed after step 2
+//!    instead, so a request dying before that leaves nothing stored;
 //! 2. per item: read the product (name, incarnation), take a hold
 //!    (price snapshot). Any failure ends the attempt: the document becomes
 //!    `failed` (then is deleted) and every hold is released;
@@ -19,7 +22,8 @@
 //! Every step is a compare-and-swap from the state the previous step
 //! left, under the same reservation id, and reserve/confirm/release are
 //! idempotent at the product service, so two requests driving one order
-//! converge. `Idempotency-Key`: without an `id` in the body the order id
+//! converge; a list that meets an unfinished creation well after its
+//! `createdAt` finishes it too. `Idempotency-Key`: without an `id` in the body the order id
 //! is derived from the key, and the order stores the key and a
 //! fingerprint of the body; a retry finds the order by its id.
 
@@ -89,6 +93,39 @@ pub(crate) enum Drive {
     NotPlaced(Problem, Option<String>),
 }
 
+/// When an attempt writes its `creating` document
+/// (`docs/storage-layout.md`, "Orders", step 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Already written before the holds were taken: the id is one a
+    /// client or a retry may name (its own `id`, or one derived from an
+    /// `Idempotency-Key`), so it is claimed first.
+    Claimed,
+    /// Not written yet: a fresh random id nobody else can name. The
+    /// document is written once every hold is taken, right before the
+    /// index entries that must find it (a list removes an entry whose
+    /// order document is absent). A request dying before that leaves
+    /// nothing stored; its holds expire at the product service.
+    Late,
+}
+
+/// The answer of a create from where driving its attempt ended: a
+/// Cancelled order (its holds expired before they were confirmed) is a
+/// 409, never a 201.
+fn settle(drive: Drive) -> Result<Placed, Failure> {
+    match drive {
+        Drive::Placed(order) if order.status == Status::Cancelled => Err(expired(&order).into()),
+        Drive::Placed(order) => Ok(Placed {
+            order,
+            replayed: false,
+        }),
+        Drive::NotPlaced(problem, retry_after) => Err(Failure {
+            problem: Box::new(problem),
+            retry_after,
+        }),
+    }
+}
+
 /// Who moves a document on, seen from one compare-and-swap.
 enum Step {
     /// This call did.
@@ -124,6 +161,11 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             (None, Some(k)) => keyed_order_id(&ctx.tenant, k),
             (None, None) => new_id(),
         };
+        // Only an id someone else may name needs claiming before the
+        // holds are taken: a client's own id, or one derived from a key
+        // that a retry derives again. A fresh random id is claimed only
+        // once every hold is taken ([`Claim::Late`]).
+        let claim_first = new.id.is_some() || key.is_some();
         let mut legacy_checked = key.is_none();
         for _ in 0..MAX_ROUNDS {
             match self.doc(ctx, &id)? {
@@ -150,6 +192,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                         created_at: now_rfc3339(),
                         idempotency: idem.clone(),
                     };
+                    if !claim_first {
+                        return settle(self.finish_creating(ctx, &id, draft, Claim::Late)?);
+                    }
                     let mine = update_json(
                         self.store,
                         &order_key(&ctx.tenant, &id),
@@ -167,19 +212,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     if !mine {
                         continue;
                     }
-                    return match self.finish_creating(ctx, &id, draft)? {
-                        Drive::Placed(order) if order.status == Status::Cancelled => {
-                            Err(expired(&order).into())
-                        }
-                        Drive::Placed(order) => Ok(Placed {
-                            order,
-                            replayed: false,
-                        }),
-                        Drive::NotPlaced(problem, retry_after) => Err(Failure {
-                            problem: Box::new(problem),
-                            retry_after,
-                        }),
-                    };
+                    return settle(self.finish_creating(ctx, &id, draft, Claim::Claimed)?);
                 }
                 Some(doc) => {
                     let (Some(k), Some(idem)) = (key, &idem) else {
@@ -230,7 +263,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// Moves an unfinished order document on as far as it goes.
     pub(crate) fn drive(&self, ctx: &Ctx, id: &str, doc: OrderDoc) -> Result<Drive, Problem> {
         match doc {
-            OrderDoc::Creating(draft) => self.finish_creating(ctx, id, draft),
+            OrderDoc::Creating(draft) => self.finish_creating(ctx, id, draft, Claim::Claimed),
             OrderDoc::Confirming(order) => self.finish_confirming(ctx, order),
             OrderDoc::Live(order) => Ok(Drive::Placed(self.ensure_indexed(ctx, order)?)),
             _ => Ok(Drive::NotPlaced(not_found(ctx, id), None)),
@@ -238,11 +271,31 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     }
 
     /// Steps 2-3 for `draft` (taking holds again is idempotent), then 4-5.
-    fn finish_creating(&self, ctx: &Ctx, id: &str, draft: Draft) -> Result<Drive, Problem> {
+    /// With [`Claim::Late`] no document exists yet: it is written as
+    /// `creating` once every hold is taken, just before the index entries
+    /// are appended.
+    fn finish_creating(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        draft: Draft,
+        claim: Claim,
+    ) -> Result<Drive, Problem> {
         if draft.items.is_empty() {
             // A placeholder of an earlier version: nothing to finish.
             return self.end_creating(ctx, id, &draft, not_found(ctx, id), None);
         }
+        // Until the document is written, ending the attempt only releases
+        // the holds taken.
+        let end = |problem: Problem, retry_after: Option<String>| match claim {
+            Claim::Claimed => self.end_creating(ctx, id, &draft, problem, retry_after),
+            Claim::Late => {
+                for item in &draft.items {
+                    self.release_hold(ctx, &item.product_id, &draft.reservation_id, None);
+                }
+                Ok(Drive::NotPlaced(problem, retry_after))
+            }
+        };
         let t = &ctx.tenant;
         let rid = &draft.reservation_id;
         let mut items = Vec::new();
@@ -255,28 +308,28 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 Ok(Some(info)) => info,
                 Ok(None) => {
                     let p = unknown_product(ctx, &field, pid);
-                    return self.end_creating(ctx, id, &draft, p, None);
+                    return end(p, None);
                 }
-                Err(u) => return self.end_creating(ctx, id, &draft, u.into(), None),
+                Err(u) => return end(u.into(), None),
             };
             let reserved = match self.products.reserve(t, pid, rid, item.quantity) {
                 Ok(Ok(r)) => r,
                 Ok(Err(Refused::NotFound)) => {
                     let p = unknown_product(ctx, &field, pid);
-                    return self.end_creating(ctx, id, &draft, p, None);
+                    return end(p, None);
                 }
                 Ok(Err(Refused::Busy {
                     retry_after,
                     problem,
                 })) => {
                     let p = busy(&field, pid, &retry_after, problem);
-                    return self.end_creating(ctx, id, &draft, p, Some(retry_after));
+                    return end(p, Some(retry_after));
                 }
                 Ok(Err(Refused::Conflict(p))) => {
                     let p = refused(&field, pid, item.quantity, p);
-                    return self.end_creating(ctx, id, &draft, p, None);
+                    return end(p, None);
                 }
-                Err(u) => return self.end_creating(ctx, id, &draft, u.into(), None),
+                Err(u) => return end(u.into(), None),
             };
             if let Some(c) = &currency
                 && *c != reserved.currency
@@ -289,7 +342,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                         reserved.currency
                     ),
                 );
-                return self.end_creating(ctx, id, &draft, p, None);
+                return end(p, None);
             }
             currency = Some(reserved.currency.clone());
             match reserved
@@ -304,7 +357,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                         &format!("items[{i}].quantity"),
                         "the order total is too large to represent; order fewer units".to_owned(),
                     );
-                    return self.end_creating(ctx, id, &draft, p, None);
+                    return end(p, None);
                 }
             }
             items.push(OrderItem {
@@ -333,6 +386,18 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             slots: None,
             idempotency: draft.idempotency.clone(),
         };
+        if claim == Claim::Late {
+            match self.claim_late(ctx, id, &draft) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let p = Problem::unavailable(format!(
+                        "order id '{id}' drawn for this order was taken meanwhile; nothing was ordered, retry"
+                    ));
+                    return end(p, None);
+                }
+                Err(p) => return end(p, None),
+            }
+        }
         let order = match self.append_entries(ctx, &order) {
             Ok(order) => order,
             Err(p) => return self.end_creating(ctx, id, &draft, p, None),
@@ -374,6 +439,24 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 Err(e.into())
             }
         }
+    }
+
+    /// Writes the `creating` document of a [`Claim::Late`] attempt with
+    /// compare-and-swap on the absent key. `false` when the key holds
+    /// anything (a random id drawn twice: nothing of this attempt is
+    /// there).
+    fn claim_late(&self, ctx: &Ctx, id: &str, draft: &Draft) -> Result<bool, Problem> {
+        Ok(update_json(
+            self.store,
+            &order_key(&ctx.tenant, id),
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                Ok::<_, Problem>(match doc {
+                    None => Change::Write(OrderDoc::Creating(draft.clone()), true),
+                    Some(_) => Change::Keep(false),
+                })
+            },
+        )?)
     }
 
     /// Ends a `creating` attempt that failed with `problem`: marks it

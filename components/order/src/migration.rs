@@ -20,6 +20,8 @@ use service_kit::events::EventSink;
 use service_kit::kv::{Change, KvStore, get_json, get_many_json, put_json, update_json};
 use service_kit::problem::Problem;
 
+use crate::api::MAX_FINISHED_PER_LIST;
+use crate::create::Drive;
 use crate::domain::Order;
 use crate::products::Transport;
 use crate::service::{Ctx, OrderService};
@@ -184,7 +186,8 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
 
     /// A list page served from the legacy tenant index (phase `index`):
     /// candidates in creation order, each order read so status and
-    /// deletion are current. Costs grow with the legacy index, which is
+    /// deletion are current (an overdue unfinished creation is finished
+    /// on the way, at most [`MAX_FINISHED_PER_LIST`]). Costs grow with the legacy index, which is
     /// why it is migrated away.
     pub(crate) fn list_legacy(
         &self,
@@ -205,11 +208,24 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             .collect();
         let mut skipped = 0;
         let mut page = Vec::new();
+        let mut budget = MAX_FINISHED_PER_LIST;
         for chunk in ids.chunks(BATCH) {
             let keys: Vec<String> = chunk.iter().map(|id| order_key(&ctx.tenant, id)).collect();
             let docs: Vec<Option<OrderDoc>> = get_many_json(self.store, &keys)?;
-            for order in docs.into_iter().flatten().filter_map(OrderDoc::live) {
-                if q.status.is_some_and(|s| s != order.status) {
+            for (id, doc) in chunk.iter().zip(docs) {
+                let order = match doc {
+                    Some(OrderDoc::Live(order)) => order,
+                    // An unfinished creation, finished once overdue as
+                    // the paged lists do.
+                    Some(doc @ (OrderDoc::Creating(_) | OrderDoc::Confirming(_))) => {
+                        match self.finish_overdue(ctx, id, doc, &mut budget) {
+                            Some(Drive::Placed(order)) => order,
+                            _ => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                if !q.passes(&order) {
                     continue;
                 }
                 if skipped < offset {

@@ -4,8 +4,9 @@
 //! event sink and transport to the product service, so everything runs
 //! natively in unit tests.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use service_kit::clock::parse_rfc3339;
 use service_kit::events::{CloudEvent, EventSink};
 use service_kit::kv::{Change, KvStore, Retry, get_json, update_json};
 use service_kit::pages::DEFAULT_PAGE_CAPACITY;
@@ -47,6 +48,14 @@ pub struct Settings {
     /// Legacy index entries one request migrates
     /// (`docs/storage-layout.md`, "Migration").
     pub migration_chunk: usize,
+    /// Age (since the order's `createdAt`) after which a list that meets
+    /// an unfinished creation finishes it, as a `GET` would. A creation
+    /// normally ends within a few seconds of its `createdAt`; waiting
+    /// longer than that keeps lists from doing the work of a request that
+    /// is still running. Racing one would be safe anyway (every step is a
+    /// compare-and-swap from the state the previous one left, and the
+    /// product calls are idempotent), only wasted work.
+    pub unfinished_grace: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +66,7 @@ impl Default for Settings {
             page_capacity: DEFAULT_PAGE_CAPACITY,
             idempotency_lease: Duration::from_secs(120),
             migration_chunk: 200,
+            unfinished_grace: Duration::from_secs(10),
         }
     }
 }
@@ -112,6 +122,55 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
                 }
             }
             _ => Ok(None),
+        }
+    }
+
+    /// What a list does with an unfinished creation it meets: once the
+    /// document is older than [`Settings::unfinished_grace`], and while
+    /// `budget` lasts (one unit per creation finished), it finishes it
+    /// exactly as a `GET` would and returns where that ended (`Some`).
+    /// `None` when it was left alone: too young, the budget spent, not an
+    /// unfinished creation, or the attempt failed (logged; a later request
+    /// retries). Without this, the confirmed sales of an order whose
+    /// creating request died mid-confirmation would stay sold to an order
+    /// nobody can see (`docs/storage-layout.md`, "Orders").
+    pub(crate) fn finish_overdue(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        doc: OrderDoc,
+        budget: &mut usize,
+    ) -> Option<Drive> {
+        let created_at = match &doc {
+            OrderDoc::Creating(draft) => &draft.created_at,
+            OrderDoc::Confirming(order) => &order.created_at,
+            _ => return None,
+        };
+        if *budget == 0 || !self.is_overdue(created_at) {
+            return None;
+        }
+        *budget -= 1;
+        match self.drive(ctx, id, doc) {
+            Ok(drive) => Some(drive),
+            Err(p) => {
+                eprintln!(
+                    "order: unfinished creation of order '{id}' of tenant '{}' met by a list could not be finished yet (the next request that meets it retries): {}",
+                    ctx.tenant, p.detail
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether a creation started at `created_at` (RFC 3339) is older than
+    /// the grace period. Unreadable text (a placeholder of an earlier
+    /// version has none) counts as old.
+    fn is_overdue(&self, created_at: &str) -> bool {
+        match parse_rfc3339(created_at) {
+            Ok(t) => SystemTime::now()
+                .duration_since(t)
+                .is_ok_and(|age| age >= self.settings.unfinished_grace),
+            Err(_) => true,
         }
     }
 

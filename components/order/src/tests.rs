@@ -315,11 +315,13 @@ impl Transport for Peer {
     }
 }
 
-/// A [`MemoryStore`] that remembers which keys were read.
+/// A [`MemoryStore`] that remembers which keys were read and every value
+/// written.
 #[derive(Default)]
 struct CountingStore {
     inner: MemoryStore,
     reads: RefCell<Vec<String>>,
+    written: RefCell<Vec<Vec<u8>>>,
 }
 
 impl KvStore for CountingStore {
@@ -333,6 +335,7 @@ impl KvStore for CountingStore {
         self.inner.get_many(keys)
     }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.written.borrow_mut().push(value.to_vec());
         self.inner.set(key, value)
     }
     fn delete(&self, key: &str) -> Result<(), KvError> {
@@ -343,6 +346,7 @@ impl KvStore for CountingStore {
         self.inner.cas_read(key)
     }
     fn cas_write(&self, cas: Self::Cas, value: &[u8]) -> Result<Swap, KvError> {
+        self.written.borrow_mut().push(value.to_vec());
         self.inner.cas_write(cas, value)
     }
 }
@@ -375,6 +379,7 @@ impl World {
                 page_capacity: 4,
                 idempotency_lease: Duration::from_secs(60),
                 migration_chunk: 10,
+                unfinished_grace: Duration::from_secs(10),
             },
         }
     }
@@ -767,6 +772,188 @@ fn a_crash_mid_creation_is_finished_by_the_next_get() {
     assert_eq!((w.peer.stock("t", "a"), w.peer.stock("t", "b")), (7, 6));
     let listed = ids_of(&w.get("t", "/api/orders").1);
     assert_eq!(listed.len(), 2, "{listed:?}");
+}
+
+/// The ids of the tenant's order documents in `confirming`: what a crash
+/// mid-confirmation leaves, unknown to every client.
+fn confirming_ids(w: &World) -> Vec<String> {
+    w.order_keys()
+        .iter()
+        .filter_map(|k| k.strip_prefix("tenant/t/order/"))
+        .filter(|id| matches!(w.doc("t", id), Some(OrderDoc::Confirming(_))))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Moves the `createdAt` of an unfinished order document a minute back,
+/// past the grace period lists give a creation that may still be running.
+fn age(w: &World, id: &str) {
+    let old =
+        service_kit::clock::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(60));
+    let doc = match w.doc("t", id).unwrap() {
+        OrderDoc::Confirming(mut o) => {
+            o.created_at = old.clone();
+            o.updated_at = old;
+            OrderDoc::Confirming(o)
+        }
+        OrderDoc::Creating(mut d) => {
+            d.created_at = old;
+            OrderDoc::Creating(d)
+        }
+        other => panic!("{id} is not unfinished: {other:?}"),
+    };
+    put_json(&w.store.inner, &order_key(&tenant("t"), id), &doc).unwrap();
+}
+
+/// Units of `pid` the tenant's live orders hold (open, or cancelled with
+/// their stock not back yet).
+fn units_in_live_orders(w: &World, pid: &str) -> i64 {
+    w.order_keys()
+        .iter()
+        .filter_map(|k| get_json::<OrderDoc>(&w.store.inner, k).unwrap())
+        .filter_map(OrderDoc::live)
+        .filter(|o| o.stock_held)
+        .flat_map(|o| o.items)
+        .filter(|i| i.product_id == pid)
+        .map(|i| i.quantity)
+        .sum()
+}
+
+#[test]
+fn a_list_finishes_an_overdue_confirmation_nobody_else_can_find() {
+    let w = World::new();
+    for p in ["a", "b", "c"] {
+        w.peer.product("t", p, 1.0, 100);
+    }
+    // Server ids, no Idempotency-Key: the creating requests die after
+    // confirming a and b (c's confirmation never gets through), so no
+    // client knows these orders' ids.
+    w.peer.fail("/api/products/c/reservations/", None, 1000);
+    for _ in 0..6 {
+        let (s, p, _) = w.post("t", order_body(&[("a", 1), ("b", 2), ("c", 3)]));
+        assert_eq!(s, 503, "{p}");
+    }
+    w.peer.fail("", None, 0);
+    let stuck = confirming_ids(&w);
+    assert_eq!(stuck.len(), 6, "{:?}", w.order_keys());
+    let sold = |p: &str| 100 - w.peer.stock("t", p);
+    assert_eq!((sold("a"), sold("b"), sold("c")), (6, 12, 18));
+    assert_eq!(units_in_live_orders(&w, "a"), 0, "sold to invisible orders");
+
+    // Young ones may still be finished by their own request: lists skip
+    // them.
+    assert_eq!(w.get("t", "/api/orders?status=Pending").1, json!([]));
+    assert_eq!(confirming_ids(&w).len(), 6);
+
+    // Past the grace period a list finishes them, a bounded number per
+    // request, and lists the orders it placed.
+    for id in &stuck {
+        age(&w, id);
+    }
+    let first = ids_of(&w.get("t", "/api/orders?status=Pending").1);
+    assert_eq!(first.len(), crate::api::MAX_FINISHED_PER_LIST, "{first:?}");
+    assert_eq!(confirming_ids(&w).len(), 6 - first.len());
+    let all = w.walk_by_cursor("t", "", 2);
+    assert!(confirming_ids(&w).is_empty());
+    let mut sorted = all.clone();
+    sorted.sort();
+    let mut expected = stuck.clone();
+    expected.sort();
+    assert_eq!(sorted, expected, "every finished order is listed once");
+    for id in &stuck {
+        assert_eq!(w.order("t", id)["status"], "Pending");
+        assert!(matches!(w.doc("t", id), Some(OrderDoc::Live(_))));
+    }
+    for p in ["a", "b", "c"] {
+        assert_eq!(sold(p), units_in_live_orders(&w, p), "product {p}");
+    }
+    assert_eq!(w.order_events().len(), 6, "one OrderCreated each");
+
+    // A hold that expired meanwhile: the list ends the order Cancelled
+    // ("reservation expired") and returns the confirmed units too.
+    w.peer.fail("/api/products/c/reservations/", None, 1000);
+    let (s, _, _) = w.post("t", order_body(&[("a", 5), ("c", 1)]));
+    assert_eq!(s, 503);
+    w.peer.fail("", None, 0);
+    let [id] = <[String; 1]>::try_from(confirming_ids(&w)).unwrap();
+    w.peer.expire_holds("t");
+    age(&w, &id);
+    let listed = w.get("t", "/api/orders?customerId=cust-1&limit=100").1;
+    let order = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == id.as_str())
+        .expect("listed once finished");
+    assert_eq!(
+        (
+            order["status"].as_str(),
+            order["cancellationReason"].as_str()
+        ),
+        (Some("Cancelled"), Some("reservation expired"))
+    );
+    for p in ["a", "b", "c"] {
+        assert_eq!(sold(p), units_in_live_orders(&w, p), "product {p}");
+    }
+    assert_eq!((sold("a"), sold("c")), (6, 18));
+
+    // A request that died while appending its index entries, right after
+    // writing its `creating` document: a list meets it through the entry
+    // and finishes it too (its holds are still there: it is placed).
+    crashed_draft(&w, "o-late", "r-late", &[("b", 4)]);
+    reserve_directly(&w, "b", "r-late", 4);
+    let created_at = match w.doc("t", "o-late") {
+        Some(OrderDoc::Creating(d)) => d.created_at,
+        other => panic!("{other:?}"),
+    };
+    w.service()
+        .index(crate::store::all_index(&tenant("t")))
+        .append("o-late", &created_at)
+        .unwrap();
+    assert!(!ids_of(&w.get("t", "/api/orders?limit=100").1).contains(&"o-late".to_owned()));
+    age(&w, "o-late");
+    w.get("t", "/api/orders?limit=100");
+    assert!(matches!(w.doc("t", "o-late"), Some(OrderDoc::Live(_))));
+    let listed = w.walk_by_cursor("t", "", 3);
+    assert_eq!(listed.iter().filter(|id| *id == "o-late").count(), 1);
+    assert_eq!(sold("b"), units_in_live_orders(&w, "b"));
+}
+
+#[test]
+fn only_ids_others_may_name_are_claimed_before_the_holds() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.0, 10);
+    let creating = |w: &World| {
+        w.store
+            .written
+            .borrow()
+            .iter()
+            .filter(|v| String::from_utf8_lossy(v).contains(r#""state":"creating""#))
+            .count()
+    };
+    // A server id without a key: nobody else can name it, so its
+    // `creating` document is written only once every hold is taken (the
+    // index entries appended next must find a document), and an attempt
+    // that fails before leaves nothing stored and wrote nothing.
+    w.place("t", &[("a", 1)]);
+    assert_eq!(creating(&w), 1);
+    assert_eq!(w.post("t", order_body(&[("a", 1), ("nope", 1)])).0, 422);
+    assert_eq!(w.post("t", order_body(&[("a", 100)])).0, 409);
+    w.peer.fail("/api/products/a/reservations", None, 3);
+    assert_eq!(w.post("t", order_body(&[("a", 1)])).0, 503);
+    w.peer.fail("", None, 0);
+    assert_eq!(creating(&w), 1, "no creating document for failed attempts");
+    assert_eq!(w.order_keys().len(), 1, "{:?}", w.order_keys());
+    assert_eq!(w.peer.stock("t", "a"), 9, "failed attempts hold nothing");
+    // A client's id and a keyed id are claimed before the holds, so a
+    // failed attempt there writes one.
+    let mut body = order_body(&[("a", 100)]);
+    body["id"] = json!("mine");
+    assert_eq!(w.post("t", body).0, 409);
+    assert_eq!(creating(&w), 2);
+    assert_eq!(w.post_keyed("t", "k", order_body(&[("a", 100)])).0, 409);
+    assert_eq!(creating(&w), 3);
+    assert_eq!(w.order_keys().len(), 1, "failed attempts are deleted");
 }
 
 #[test]

@@ -308,6 +308,16 @@ impl ListQuery {
         })
     }
 
+    /// Whether `order` passes every filter of the query.
+    pub fn passes(&self, order: &crate::domain::Order) -> bool {
+        self.status.is_none_or(|s| s == order.status)
+            && self
+                .customer_id
+                .as_deref()
+                .is_none_or(|c| c == order.customer_id)
+            && self.product_id.as_deref().is_none_or(|p| order.contains(p))
+    }
+
     /// The filter in a fixed textual form, which a cursor is bound to.
     pub fn filter_text(&self) -> String {
         // JSON keeps the parts apart whatever a customer id contains.
@@ -478,7 +488,9 @@ mod tests {
         for (reason, bad) in [
             ("line\\nbreak".to_owned(), true),
             ("é".repeat(500), false),
-            ("😀".repeat(300), true),
+            // 4-byte characters: the character cap binds first.
+            ("😀".repeat(500), false),
+            ("😀".repeat(501), true),
         ] {
             let body = format!(r#"{{"status":"Cancelled","cancellationReason":"{reason}"}}"#);
             let r = parse_status_change(body.as_bytes(), "o1");
