@@ -23,9 +23,9 @@
 //! left, under the same reservation id, and reserve/confirm/release are
 //! idempotent at the product service, so two requests driving one order
 //! converge; a list that meets an unfinished creation well after its
-//! `createdAt` finishes it too. `Idempotency-Key`: without an `id` in the body the order id
-//! is derived from the key, and the order stores the key and a
-//! fingerprint of the body; a retry finds the order by its id.
+//! `createdAt` finishes it too. `Idempotency-Key`: without an `id` in the
+//! body the order id is derived from the key, and the order stores the
+//! key and a fingerprint of the body; a retry finds the order by its id.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
