@@ -2,6 +2,7 @@
 //! environment so a container needs no command line.
 
 use crate::app::{App, AppOptions};
+use crate::backends::BackendArgs;
 use crate::engine::EngineLimits;
 use crate::manifest::AppManifest;
 use crate::metrics::Metrics;
@@ -48,19 +49,20 @@ pub struct MessagesArgs {
     pub topic: String,
 }
 
-/// Prints one JSON object per stored message of a topic.
-pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
+/// Prints one JSON object per stored message of a topic. This is a tool
+/// of the embedded backend, whose queue it reads.
+pub async fn messages(args: MessagesArgs) -> Result<(), ExitError> {
+    use crate::backends::embedded;
     if !args.data_dir.join("wasmshop.db").exists() {
-        return Err(Failure::input(format!(
+        return Err(ExitError::input(format!(
             "{} holds no embedded database; pass the --data-dir the host runs with",
             args.data_dir.display()
         )));
     }
-    let db =
-        crate::backends::embedded::EmbeddedDb::open(&args.data_dir).map_err(Failure::runtime)?;
-    let stored = crate::backends::embedded::stored_messages(&db, &args.topic)
+    let db = embedded::EmbeddedDb::open(&args.data_dir).map_err(ExitError::runtime)?;
+    let stored = embedded::stored_messages(&db, &args.topic)
         .await
-        .map_err(Failure::runtime)?;
+        .map_err(ExitError::runtime)?;
     for (seq, m) in stored {
         let line = serde_json::json!({
             "seq": seq,
@@ -147,46 +149,33 @@ pub struct UpArgs {
     #[arg(long, env = "WASMSHOP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
     pub shutdown_grace_secs: f64,
 
-    /// With a Dapr backend: how long to wait at start-up for the sidecar
-    /// (GET /v1.0/healthz/outbound) before giving up, in seconds.
-    #[arg(
-        long,
-        env = "WASMSHOP_DAPR_STARTUP_TIMEOUT_SECS",
-        default_value_t = 60.0
-    )]
-    pub dapr_startup_timeout_secs: f64,
-
-    /// With a Dapr backend and no APP_API_TOKEN: accept traffic that only
-    /// the Dapr sidecar may send (internal endpoints reached by service
-    /// invocation, from callers the manifest allows) without proof that it
-    /// comes from the sidecar. Only for an app port nothing but the sidecar
-    /// can reach; set APP_API_TOKEN instead wherever you can.
-    #[arg(long, env = "WASMSHOP_DAPR_ALLOW_UNAUTHENTICATED")]
-    pub dapr_allow_unauthenticated: bool,
+    /// The backends' own flags (`--dapr-*`).
+    #[command(flatten)]
+    pub backends: BackendArgs,
 
     /// Log format.
     #[arg(long, env = "WASMSHOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 }
 
-/// A start-up failure and the exit code it deserves.
+/// Why `wasmshop` exits early, and the exit code it deserves.
 #[derive(Debug)]
-pub struct Failure {
+pub struct ExitError {
     /// The process exit code.
     pub code: i32,
     /// What went wrong and what to do.
     pub message: String,
 }
 
-impl Failure {
+impl ExitError {
     fn input(message: impl ToString) -> Self {
-        Failure {
+        ExitError {
             code: EXIT_INVALID_INPUT,
             message: message.to_string(),
         }
     }
     fn runtime(message: impl ToString) -> Self {
-        Failure {
+        ExitError {
             code: 1,
             message: message.to_string(),
         }
@@ -214,17 +203,17 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Runs `wasmshop up` until SIGTERM/SIGINT.
-pub async fn up(args: UpArgs) -> Result<(), Failure> {
+pub async fn up(args: UpArgs) -> Result<(), ExitError> {
     let started = Instant::now();
-    let manifest = AppManifest::load(&args.from).map_err(Failure::input)?;
+    let manifest = AppManifest::load(&args.from).map_err(ExitError::input)?;
     let runtime_config = match &args.runtime_config_file {
-        Some(path) => RuntimeConfig::load(path).map_err(Failure::input)?,
+        Some(path) => RuntimeConfig::load(path).map_err(ExitError::input)?,
         None => RuntimeConfig::default(),
     };
     let valid_timeout = args.request_timeout_secs.is_finite() && args.request_timeout_secs > 0.0;
     let valid_grace = args.shutdown_grace_secs.is_finite() && args.shutdown_grace_secs >= 0.0;
     if !valid_timeout || !valid_grace {
-        return Err(Failure::input(
+        return Err(ExitError::input(
             "--request-timeout-secs must be positive and --shutdown-grace-secs not negative",
         ));
     }
@@ -243,11 +232,11 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             max_instances: args.max_instances.max(1),
         },
         request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
-        dapr_allow_unauthenticated: args.dapr_allow_unauthenticated,
+        backend_args: args.backends.clone(),
     };
     let app = App::load(options, metrics.clone())
         .await
-        .map_err(|e| Failure::runtime(format!("{e:#}")))?;
+        .map_err(|e| ExitError::runtime(format!("{e:#}")))?;
     for (component, outcome, took) in app.cache_report() {
         tracing::info!(
             component,
@@ -257,38 +246,30 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         );
     }
 
-    // Dapr: the sidecar must answer before we listen (backends::dapr).
-    if let Some(sidecar) = app.dapr() {
-        let timeout =
-            Duration::try_from_secs_f64(args.dapr_startup_timeout_secs).map_err(|_| {
-                Failure::input(
-                    "--dapr-startup-timeout-secs must be a non-negative number of seconds",
-                )
-            })?;
-        sidecar
-            .wait_until_ready(timeout)
-            .await
-            .map_err(Failure::runtime)?;
-    }
+    // Backends that must answer before we listen (the Dapr sidecar).
+    app.backends()
+        .wait_until_ready()
+        .await
+        .map_err(ExitError::runtime)?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| {
-            Failure::runtime(format!(
+            ExitError::runtime(format!(
                 "cannot listen on {} ({e}); choose another address with --listen",
                 args.listen
             ))
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Failure::runtime(format!("cannot read the listening address: {e}")))?;
+        .map_err(|e| ExitError::runtime(format!("cannot read the listening address: {e}")))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs_f64(args.shutdown_grace_secs);
 
     let mut tasks = Vec::new();
     if let Some(metrics_addr) = &args.metrics_listen {
         let l = tokio::net::TcpListener::bind(metrics_addr).await.map_err(|e| {
-            Failure::runtime(format!("cannot listen on {metrics_addr} for metrics ({e}); choose another --metrics-listen"))
+            ExitError::runtime(format!("cannot listen on {metrics_addr} for metrics ({e}); choose another --metrics-listen"))
         })?;
         tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics at /metrics");
         tasks.push(tokio::spawn(crate::trigger::http::serve_metrics(
@@ -297,14 +278,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             stopped.clone(),
         )));
     }
-    let dispatcher = app.embedded_dispatcher(32);
-    tasks.push(tokio::spawn(dispatcher.run(stopped.clone(), grace)));
-    for consumer in app
-        .redis_consumers(32)
-        .map_err(|e| Failure::runtime(format!("{e:#}")))?
-    {
-        tasks.push(tokio::spawn(consumer.run(stopped.clone(), grace)));
-    }
+    tasks.extend(
+        crate::trigger::messaging::start(&app, stopped.clone(), grace)
+            .map_err(ExitError::runtime)?,
+    );
     let server = tokio::spawn(crate::trigger::http::serve(
         app.clone(),
         listener,

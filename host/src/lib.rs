@@ -2,21 +2,34 @@
 //! wasmtime and maps their WIT imports (`wasi:keyvalue`, `wasi:messaging`,
 //! `wasi:http`, `wasi:config`) onto pluggable backends.
 //!
-//! Layout: [`manifest`] and [`runtime_config`] say what to run and on what;
-//! [`engine`] compiles and limits; [`app`] wires components to
-//! [`capabilities`] (one module per WIT interface, each with a backend
-//! trait) implemented by [`backends`]; [`trigger`] runs components on HTTP
-//! requests and message deliveries; [`cli`] is `wasmshop up`.
+//! Layers, each importing only those below it (`docs/architecture.md`
+//! draws the call paths through them):
+//!
+//! 1. [`cli`]: `wasmshop up` and its flags.
+//! 2. [`trigger`]: runs components on HTTP requests, chained calls and
+//!    message deliveries.
+//! 3. [`app`]: the loaded components and backends, and making an
+//!    instance's store.
+//! 4. [`runtime_config`] (which backend serves what) and [`backends`]
+//!    (one folder per backend, registered in one place).
+//! 5. [`capabilities`]: one module per WIT interface with the backend
+//!    traits it is written against; [`ingress`]: the backends' hooks on the
+//!    HTTP listener.
+//! 6. Helpers every layer may use: [`manifest`], [`engine`], [`trace`],
+//!    [`problem`], [`metrics`], [`state`], [`bindings`], [`config_text`].
 
 pub mod app;
 pub mod backends;
 pub mod bindings;
 pub mod capabilities;
 pub mod cli;
+pub mod config_text;
 pub mod engine;
+pub mod ingress;
 pub mod manifest;
 pub mod metrics;
 pub mod problem;
 pub mod runtime_config;
 pub mod state;
+pub mod trace;
 pub mod trigger;

@@ -21,8 +21,8 @@ fn main() {
             Command::Messages(args) => messages(args).await,
         }
     });
-    if let Err(failure) = result {
-        eprintln!("Error: {}", failure.message);
-        std::process::exit(failure.code);
+    if let Err(error) = result {
+        eprintln!("Error: {}", error.message);
+        std::process::exit(error.code);
     }
 }

@@ -30,12 +30,44 @@
 //! pubsub = "product-pubsub"     # Dapr pub/sub component (default: the client name)
 //! ```
 
+use crate::backends::{ConfigError, MessagingConfig, StoreConfig};
+use crate::config_text::first_line;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
-/// The whole runtime config.
+/// Why a runtime config file cannot be used; the message names the file
+/// or the key and says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeConfigError {
+    /// The file cannot be read.
+    #[error("{file}: cannot read the runtime config file ({reason}); check --runtime-config-file")]
+    Unreadable {
+        /// The file as given.
+        file: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The text is not TOML, or an entry does not fit its backend.
+    #[error("{0}; see the runtime config section of the README")]
+    Invalid(String),
+    /// An entry fits its backend's shape but not its rules.
+    #[error(transparent)]
+    Entry(#[from] ConfigError),
+    /// [`RuntimeConfigError::Invalid`] or [`RuntimeConfigError::Entry`]
+    /// of a file.
+    #[error("{file}: {error}")]
+    InFile {
+        /// The file as given.
+        file: String,
+        /// What is wrong in it.
+        error: Box<RuntimeConfigError>,
+    },
+}
+
+/// The whole runtime config: the backend of each store label and
+/// messaging client (the types and settings of each backend are in its
+/// folder under `backends/`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -47,177 +79,45 @@ pub struct RuntimeConfig {
     pub messaging: BTreeMap<String, MessagingConfig>,
 }
 
-/// Backend of one key-value store label.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// The SQLite database in the data directory.
-    Embedded,
-    /// A Redis server, shared by every replica of the app.
-    Redis {
-        /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
-        url: String,
-    },
-    /// A Dapr state store component, through the sidecar (see `backends::dapr`).
-    Dapr {
-        /// The state store component's name (`statestore`).
-        store: String,
-    },
-}
-
-/// Backend and delivery policy of one messaging client.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MessagingConfig {
-    /// Which backend carries the messages (`type = "embedded"`).
-    #[serde(rename = "type")]
-    pub backend: MessagingBackend,
-    /// Delivery attempts before a message goes to `<topic>.deadletter`.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Wait before the second attempt; doubled after each failure (capped at 30 s).
-    #[serde(default = "default_initial_backoff_ms")]
-    pub initial_backoff_ms: u64,
-    /// Redis only: the server (`redis://host:port`).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Redis only: approximate bound of each topic's stream (`XADD MAXLEN ~`);
-    /// the oldest entries are trimmed even if a slow subscriber has not read them.
-    #[serde(default)]
-    pub max_len: Option<u64>,
-    /// Redis only: how long a delivery may stay unacknowledged before another
-    /// consumer takes it over (the holder is presumed dead). Keep it above
-    /// the request timeout and the longest retry backoff.
-    #[serde(default)]
-    pub visibility_timeout_ms: Option<u64>,
-    /// Dapr only: the pub/sub component (default: the client's name).
-    #[serde(default)]
-    pub pubsub: Option<String>,
-}
-
-/// The backend of a messaging client.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MessagingBackend {
-    /// A durable queue in the embedded database, delivered by the host's dispatcher.
-    Embedded,
-    /// Redis Streams with one consumer group per subscribing component.
-    Redis,
-    /// Dapr pub/sub through the sidecar; Dapr delivers through the app channel.
-    Dapr,
-}
-
-fn default_max_attempts() -> u32 {
-    5
-}
-fn default_initial_backoff_ms() -> u64 {
-    200
-}
-
-impl Default for MessagingConfig {
-    fn default() -> Self {
-        MessagingConfig {
-            backend: MessagingBackend::Embedded,
-            max_attempts: default_max_attempts(),
-            initial_backoff_ms: default_initial_backoff_ms(),
-            url: None,
-            max_len: None,
-            visibility_timeout_ms: None,
-            pubsub: None,
-        }
-    }
-}
-
-impl MessagingConfig {
-    /// Backoff before attempt `attempt + 1`, after `attempt` failures.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let ms = self
-            .initial_backoff_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
-        Duration::from_millis(ms.min(30_000))
-    }
-}
-
 impl RuntimeConfig {
     /// Reads a runtime config file; errors name the file and the key.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "{}: cannot read the runtime config file ({e}); check --runtime-config-file",
-                path.display()
-            )
+    pub fn load(path: &Path) -> Result<Self, RuntimeConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RuntimeConfigError::Unreadable {
+            file: file.clone(),
+            reason: e.to_string(),
         })?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&text).map_err(|error| RuntimeConfigError::InFile {
+            file,
+            error: Box::new(error),
+        })
     }
 
-    /// Parses runtime config text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let value: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
+    /// Parses runtime config text, and checks each entry with its backend.
+    pub fn parse(text: &str) -> Result<Self, RuntimeConfigError> {
+        let value: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            RuntimeConfigError::Invalid(format!("not valid TOML: {}", e.message()))
+        })?;
         let config: RuntimeConfig = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| {
-                format!(
-                    "key '{}': {}; see the runtime config section of the README",
+                RuntimeConfigError::Invalid(format!(
+                    "key '{}': {}",
                     e.path(),
                     first_line(&e.inner().to_string())
-                )
+                ))
             })?;
-        config.check_redis_settings()?;
+        for (label, store) in &config.key_value_store {
+            store.check(label)?;
+        }
+        for (name, client) in &config.messaging {
+            client.check(name)?;
+        }
         Ok(config)
-    }
-
-    /// Redis-only messaging keys: required with `type = "redis"`, refused
-    /// elsewhere (a typo'd backend must not silently ignore them).
-    fn check_redis_settings(&self) -> Result<(), String> {
-        for (name, m) in &self.messaging {
-            let redis = m.backend == MessagingBackend::Redis;
-            if redis && m.url.as_deref().is_none_or(str::is_empty) {
-                return Err(format!(
-                    "key 'messaging.{name}.url': missing; a redis messaging client needs url = \"redis://host:port\""
-                ));
-            }
-            if let (true, Some(url)) = (redis, &m.url) {
-                check_redis_url(url, &format!("messaging.{name}.url"))?;
-            }
-            if !redis {
-                for (key, set) in [
-                    ("url", m.url.is_some()),
-                    ("max_len", m.max_len.is_some()),
-                    ("visibility_timeout_ms", m.visibility_timeout_ms.is_some()),
-                ] {
-                    if set {
-                        return Err(format!(
-                            "key 'messaging.{name}.{key}': only applies to type = \"redis\"; remove it or change the type"
-                        ));
-                    }
-                }
-            }
-            if m.pubsub.is_some() && m.backend != MessagingBackend::Dapr {
-                return Err(format!(
-                    "key 'messaging.{name}.pubsub': only applies to type = \"dapr\"; remove it or change the type"
-                ));
-            }
-            if m.max_len == Some(0) || m.visibility_timeout_ms == Some(0) {
-                return Err(format!(
-                    "key 'messaging.{name}': max_len and visibility_timeout_ms must be positive"
-                ));
-            }
-        }
-        for (label, s) in &self.key_value_store {
-            if let StoreConfig::Redis { url } = s {
-                check_redis_url(url, &format!("key_value_store.{label}.url"))?;
-            }
-        }
-        Ok(())
     }
 
     /// The backend of a store label (embedded when not configured).
     pub fn store(&self, label: &str) -> StoreConfig {
-        self.key_value_store
-            .get(label)
-            .cloned()
-            .unwrap_or(StoreConfig::Embedded)
+        self.key_value_store.get(label).cloned().unwrap_or_default()
     }
 
     /// The backend of a messaging client (embedded when not configured).
@@ -226,41 +126,38 @@ impl RuntimeConfig {
     }
 }
 
-/// A Redis URL the client accepts (parsing only, no connection).
-fn check_redis_url(url: &str, key: &str) -> Result<(), String> {
-    use redis::IntoConnectionInfo;
-    url.into_connection_info().map(|_| ()).map_err(|e| {
-        format!("key '{key}': '{url}' is not a Redis URL ({e}); use \"redis://host:port\"")
-    })
-}
-
-/// toml's messages end with a second line repeating the path; keep one line.
-pub(crate) fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or(message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::{dapr, embedded, redis};
+
+    fn error(text: &str) -> String {
+        RuntimeConfig::parse(text).unwrap_err().to_string()
+    }
 
     #[test]
     fn an_empty_file_means_embedded_everything() {
         let rc = RuntimeConfig::parse("").unwrap();
-        assert_eq!(rc.store("default"), StoreConfig::Embedded);
-        assert_eq!(rc.messaging_client("bus").max_attempts, 5);
+        assert_eq!(rc.store("default"), StoreConfig::default());
+        assert_eq!(
+            rc.messaging_client("bus"),
+            MessagingConfig::Embedded(embedded::MessagingSettings::default())
+        );
     }
 
     #[test]
-    fn delivery_policy_is_read_and_backoff_doubles() {
+    fn the_delivery_policy_is_read() {
         let rc = RuntimeConfig::parse(
             "[messaging.bus]\ntype = \"embedded\"\nmax_attempts = 3\ninitial_backoff_ms = 100\n",
         )
         .unwrap();
-        let bus = rc.messaging_client("bus");
-        assert_eq!(bus.max_attempts, 3);
-        assert_eq!(bus.backoff(1), Duration::from_millis(100));
-        assert_eq!(bus.backoff(3), Duration::from_millis(400));
-        assert_eq!(bus.backoff(40), Duration::from_secs(30));
+        assert_eq!(
+            rc.messaging_client("bus"),
+            MessagingConfig::Embedded(embedded::MessagingSettings {
+                max_attempts: 3,
+                initial_backoff_ms: 100
+            })
+        );
     }
 
     #[test]
@@ -272,34 +169,34 @@ mod tests {
         .unwrap();
         assert_eq!(
             rc.store("default"),
-            StoreConfig::Redis {
+            StoreConfig::Redis(redis::StoreSettings {
                 url: "redis://r:6379".into()
-            }
+            })
         );
-        let bus = rc.messaging_client("bus");
-        assert_eq!(bus.backend, MessagingBackend::Redis);
+        let MessagingConfig::Redis(bus) = rc.messaging_client("bus") else {
+            panic!("bus is on redis");
+        };
         assert_eq!(
             (bus.max_len, bus.visibility_timeout_ms),
             (Some(10), Some(500))
         );
 
-        let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"redis\"\n").unwrap_err();
-        assert!(e.contains("messaging.bus.url"), "{e}");
-        let e = RuntimeConfig::parse("[key_value_store.default]\ntype = \"redis\"\n").unwrap_err();
+        let e = error("[messaging.bus]\ntype = \"redis\"\n");
+        assert!(e.contains("messaging.bus") && e.contains("url"), "{e}");
+        let e = error("[key_value_store.default]\ntype = \"redis\"\n");
         assert!(e.contains("key_value_store.default"), "{e}");
-        let e = RuntimeConfig::parse(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://r\"\nport = 1\n",
-        )
-        .unwrap_err();
-        assert!(e.contains("key_value_store.default"), "{e}");
-        let e = RuntimeConfig::parse(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"http://r:6379\"\n",
-        )
-        .unwrap_err();
+        let e =
+            error("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://r\"\nport = 1\n");
+        assert!(
+            e.contains("key_value_store.default") && e.contains("port"),
+            "{e}"
+        );
+        let e = error("[key_value_store.default]\ntype = \"redis\"\nurl = \"http://r:6379\"\n");
         assert!(e.contains("key_value_store.default.url"), "{e}");
-        let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"embedded\"\nmax_len = 5\n")
-            .unwrap_err();
-        assert!(e.contains("messaging.bus.max_len"), "{e}");
+        let e = error("[messaging.bus]\ntype = \"embedded\"\nmax_len = 5\n");
+        assert!(e.contains("messaging.bus") && e.contains("max_len"), "{e}");
+        let e = error("[messaging.bus]\ntype = \"redis\"\nurl = \"redis://r\"\nmax_len = 0\n");
+        assert!(e.contains("messaging.bus") && e.contains("positive"), "{e}");
     }
 
     #[test]
@@ -311,24 +208,26 @@ mod tests {
         .unwrap();
         assert_eq!(
             rc.store("default"),
-            StoreConfig::Dapr {
+            StoreConfig::Dapr(dapr::StoreSettings {
                 store: "statestore".into()
-            }
+            })
         );
-        let bus = rc.messaging_client("product-pubsub");
-        assert_eq!(bus.backend, MessagingBackend::Dapr);
+        let MessagingConfig::Dapr(bus) = rc.messaging_client("product-pubsub") else {
+            panic!("product-pubsub is on dapr");
+        };
         assert_eq!(bus.pubsub.as_deref(), Some("product-pubsub"));
-        let e = RuntimeConfig::parse("[key_value_store.default]\ntype = \"dapr\"\n").unwrap_err();
+        let e = error("[key_value_store.default]\ntype = \"dapr\"\n");
         assert!(e.contains("key_value_store.default"), "{e}");
-        let e = RuntimeConfig::parse("[messaging.bus]\ntype = \"embedded\"\npubsub = \"x\"\n")
-            .unwrap_err();
-        assert!(e.contains("messaging.bus.pubsub"), "{e}");
+        let e = error("[messaging.bus]\ntype = \"embedded\"\npubsub = \"x\"\n");
+        assert!(e.contains("messaging.bus") && e.contains("pubsub"), "{e}");
     }
 
     #[test]
     fn unknown_backends_are_named() {
-        let e =
-            RuntimeConfig::parse("[key_value_store.default]\ntype = \"cassandra\"\n").unwrap_err();
-        assert!(e.contains("key_value_store.default"), "{e}");
+        let e = error("[key_value_store.default]\ntype = \"cassandra\"\n");
+        assert!(
+            e.contains("key_value_store.default") && e.contains("cassandra"),
+            "{e}"
+        );
     }
 }

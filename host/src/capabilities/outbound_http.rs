@@ -28,9 +28,14 @@ const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<WasiBody>, Error>> + Send>>;
 
-/// Where `http://<component>.spin.internal` requests go.
+/// Where `http://<component>.spin.internal` requests go: the HTTP trigger
+/// runs the component in process when this process runs it, else hands
+/// the request to the fallback a backend supplies (Dapr service
+/// invocation), which implements this trait too.
 pub trait ServiceChaining: Send + Sync {
     /// Sends `request` to `component`; `depth` counts the chain so far.
+    /// Errors are `wasi:http` error codes the guest sees
+    /// (`destination-not-found` when nothing serves the component).
     fn call(&self, component: &str, request: http::Request<WasiBody>, depth: u32)
     -> ResponseFuture;
 }
@@ -64,19 +69,6 @@ impl OutboundHttp {
     }
 }
 
-/// A child of `parent` (same trace id, new span id), per W3C Trace Context.
-pub fn child_traceparent(parent: &str) -> Option<String> {
-    let mut parts = parent.split('-');
-    let (version, trace_id, _span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let mut span = [0u8; 8];
-    getrandom::fill(&mut span).ok()?;
-    Some(format!(
-        "{version}-{trace_id}-{}-{flags}",
-        hex::encode(span)
-    ))
-}
-
 type HookOutput = Box<
     dyn Future<
             Output = Result<
@@ -102,12 +94,7 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> HookOutput {
         drop(fut);
         let mut request = request;
-        if !request.headers().contains_key("traceparent")
-            && let Some(tp) = self.traceparent.as_deref().and_then(child_traceparent)
-            && let Ok(value) = http::HeaderValue::from_str(&tp)
-        {
-            request.headers_mut().insert("traceparent", value);
-        }
+        crate::trace::continue_in(request.headers_mut(), self.traceparent.as_deref());
         let Some(target) = OutboundTarget::from_uri(request.uri()) else {
             return Box::new(async { Err(Error::HttpRequestUriInvalid) });
         };

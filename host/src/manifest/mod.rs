@@ -12,7 +12,7 @@ pub use outbound::{AllowedHosts, OutboundTarget};
 pub use routes::{Route, RouteMatch, Router};
 pub use variables::Variables;
 
-use crate::runtime_config::first_line;
+use crate::config_text::first_line;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,12 @@ pub struct ManifestError {
     /// What is wrong and how to fix it.
     pub message: String,
 }
+
+/// One value of the manifest that is wrong (a route, an outbound host, a
+/// variable template); [`ManifestError`] adds where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
 
 /// A loaded, validated application.
 #[derive(Debug, Clone)]
@@ -349,7 +355,7 @@ impl AppManifest {
                 key_value_stores.insert(label);
             }
             let allowed_outbound_hosts = AllowedHosts::parse(&rc.allowed_outbound_hosts)
-                .map_err(|m| err(format!("{table} key 'allowed_outbound_hosts'"), m))?;
+                .map_err(|m| err(format!("{table} key 'allowed_outbound_hosts'"), m.0))?;
             for (name, template) in &rc.variables {
                 if !variables::is_valid_name(name) {
                     return Err(err(
@@ -358,7 +364,7 @@ impl AppManifest {
                     ));
                 }
                 for used in variables::template_references(template)
-                    .map_err(|m| err(format!("[component.{id}.variables] key '{name}'"), m))?
+                    .map_err(|m| err(format!("[component.{id}.variables] key '{name}'"), m.0))?
                 {
                     if !variables.contains_key(&used) {
                         return Err(err(
@@ -426,7 +432,7 @@ impl AppManifest {
             let route = match t.route {
                 RawRoute::Path(p) => {
                     let route =
-                        Route::parse(&p).map_err(|m| err(format!("{table} key 'route'"), m))?;
+                        Route::parse(&p).map_err(|m| err(format!("{table} key 'route'"), m.0))?;
                     if !seen_routes.insert(route.canonical()) {
                         return Err(err(
                             format!("{table} key 'route'"),

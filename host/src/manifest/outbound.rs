@@ -3,6 +3,8 @@
 //! A request whose destination no entry allows is refused before any
 //! connection is made.
 
+use super::InvalidValue;
+
 /// A destination a component wants to reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundTarget {
@@ -46,13 +48,13 @@ fn default_port(scheme: &str) -> Option<u16> {
 impl AllowedHosts {
     /// Parses manifest entries; an entry that is not `scheme://host[:port]`
     /// is an error naming it.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String]) -> Result<Self, InvalidValue> {
         let mut patterns = Vec::new();
         for entry in entries {
             let bad = |why: &str| {
-                format!(
+                InvalidValue(format!(
                     "'{entry}' is not a valid outbound host ({why}); write it as scheme://host[:port], e.g. \"https://api.example.com\" or \"http://product.spin.internal\""
-                )
+                ))
             };
             let (scheme, rest) = entry.split_once("://").ok_or_else(|| bad("no scheme"))?;
             let rest = rest.trim_end_matches('/');
@@ -176,7 +178,7 @@ mod tests {
     #[test]
     fn malformed_entries_are_refused_with_the_entry_named() {
         let e = AllowedHosts::parse(&["example.com".into()]).unwrap_err();
-        assert!(e.contains("'example.com'"), "{e}");
+        assert!(e.0.contains("'example.com'"), "{e}");
         assert!(AllowedHosts::parse(&["ftp://x".into()]).is_err());
         assert!(AllowedHosts::parse(&["https://x/path".into()]).is_err());
         assert!(AllowedHosts::parse(&["https://a*b".into()]).is_err());

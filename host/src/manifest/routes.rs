@@ -3,6 +3,7 @@
 //! wins: an exact route beats a wildcard, and more literal segments beat
 //! fewer, so `/api/products/:id` beats `/api/...`.
 
+use super::InvalidValue;
 use std::collections::BTreeMap;
 
 /// One segment of a route pattern.
@@ -32,9 +33,9 @@ pub struct RouteMatch {
 
 impl Route {
     /// Parses a route such as `/api/products/...` or `/users/:id`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidValue> {
         if !text.starts_with('/') {
-            return Err(format!("route '{text}' must start with '/'"));
+            return Err(InvalidValue(format!("route '{text}' must start with '/'")));
         }
         let mut parts: Vec<&str> = text[1..].split('/').collect();
         let mut wildcard = false;
@@ -48,14 +49,20 @@ impl Route {
         let mut segments = Vec::new();
         for p in parts {
             if p.is_empty() {
-                return Err(format!("route '{text}' has an empty segment ('//')"));
+                return Err(InvalidValue(format!(
+                    "route '{text}' has an empty segment ('//')"
+                )));
             }
             if p == "..." {
-                return Err(format!("route '{text}': '...' is only allowed at the end"));
+                return Err(InvalidValue(format!(
+                    "route '{text}': '...' is only allowed at the end"
+                )));
             }
             if let Some(name) = p.strip_prefix(':') {
                 if name.is_empty() {
-                    return Err(format!("route '{text}': a ':' parameter needs a name"));
+                    return Err(InvalidValue(format!(
+                        "route '{text}': a ':' parameter needs a name"
+                    )));
                 }
                 segments.push(Segment::Param(name.to_string()));
             } else {

@@ -2,7 +2,7 @@
 //! variables written as templates (`"{{ name }}"`), and overrides from the
 //! environment as `SPIN_VARIABLE_<NAME>` (what Spin's env provider reads).
 
-use super::{AppManifest, VariableSpec};
+use super::{AppManifest, InvalidValue, VariableSpec};
 use std::collections::BTreeMap;
 
 /// Whether `name` is a valid variable name.
@@ -14,19 +14,19 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 /// Names referenced by `{{ name }}` placeholders in a template.
-pub fn template_references(template: &str) -> Result<Vec<String>, String> {
+pub fn template_references(template: &str) -> Result<Vec<String>, InvalidValue> {
     let mut names = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("template '{template}' has '{{{{' without '}}}}'"))?;
+        let end = after.find("}}").ok_or_else(|| {
+            InvalidValue(format!("template '{template}' has '{{{{' without '}}}}'"))
+        })?;
         let name = after[..end].trim();
         if !is_valid_name(name) {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "template '{template}' refers to invalid name '{name}'"
-            ));
+            )));
         }
         names.push(name.to_string());
         rest = &after[end + 2..];
@@ -46,7 +46,7 @@ impl Variables {
     pub fn resolve(
         app: &AppManifest,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InvalidValue> {
         let mut app_values = BTreeMap::new();
         for (
             name,
@@ -61,9 +61,9 @@ impl Variables {
                     app_values.insert(name.clone(), v);
                 }
                 None if *required => {
-                    return Err(format!(
+                    return Err(InvalidValue(format!(
                         "variable '{name}' is required but has no value; set the environment variable {env_name}"
-                    ));
+                    )));
                 }
                 None => {}
             }
@@ -75,11 +75,11 @@ impl Variables {
                 let mut value = template.clone();
                 for used in template_references(template)? {
                     let v = app_values.get(&used).ok_or_else(|| {
-                        format!(
+                        InvalidValue(format!(
                             "component '{}' variable '{name}' needs '{used}', which has no value; set SPIN_VARIABLE_{}",
                             c.id,
                             used.to_ascii_uppercase()
-                        )
+                        ))
                     })?;
                     value = replace_placeholder(&value, &used, v);
                 }
@@ -142,7 +142,7 @@ secret = "{{token}}"
         )
         .unwrap();
         let missing = Variables::resolve(&app, |_| None).unwrap_err();
-        assert!(missing.contains("SPIN_VARIABLE_TOKEN"), "{missing}");
+        assert!(missing.0.contains("SPIN_VARIABLE_TOKEN"), "{missing}");
         let vars = Variables::resolve(&app, |k| (k == "SPIN_VARIABLE_TOKEN").then(|| "t0k".into()))
             .unwrap()
             .for_component("c");

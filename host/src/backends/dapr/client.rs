@@ -1,10 +1,11 @@
-//! The HTTP client of the Dapr sidecar API
-//! (<https://docs.dapr.io/reference/api/>): one pooled hyper client, the
+//! The HTTP client of the Dapr sidecar API: one pooled hyper client, the
 //! sidecar at `http://127.0.0.1:$DAPR_HTTP_PORT`, `dapr-api-token` on every
-//! call when `DAPR_API_TOKEN` is set
-//! (<https://docs.dapr.io/operations/security/api-token/>), and a bounded
-//! time for every call so a stuck sidecar never hangs a request.
+//! call when `DAPR_API_TOKEN` is set, and a bounded time for every call so
+//! a stuck sidecar never hangs a request (API facts:
+//! `docs/dapr-reference.md`).
 
+use super::NAME;
+use crate::capabilities::BackendError;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -50,10 +51,10 @@ pub struct DaprClient {
 
 impl DaprClient {
     /// A client of the sidecar on `127.0.0.1:port`.
-    pub fn new(port: u16, token: Option<String>) -> Result<Self, String> {
+    pub fn new(port: u16, token: Option<String>) -> Result<Self, BackendError> {
         let token = match token.filter(|t| !t.is_empty()) {
             Some(t) => Some(HeaderValue::from_str(&t).map_err(|_| {
-                "DAPR_API_TOKEN contains characters not allowed in an HTTP header; set it to the token daprd was given".to_string()
+                BackendError::rejected(NAME, "DAPR_API_TOKEN contains characters not allowed in an HTTP header; set it to the token daprd was given")
             })?),
             None => None,
         };
@@ -72,10 +73,10 @@ impl DaprClient {
 
     /// A client configured from `DAPR_HTTP_PORT` and `DAPR_API_TOKEN`, the
     /// variables `dapr run` and daprd use.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, BackendError> {
         let port = match std::env::var("DAPR_HTTP_PORT") {
             Ok(p) if !p.is_empty() => p.parse::<u16>().map_err(|_| {
-                format!("DAPR_HTTP_PORT is '{p}', not a port number; set it to the sidecar's HTTP port (default {DEFAULT_HTTP_PORT})")
+                BackendError::rejected(NAME, format!("DAPR_HTTP_PORT is '{p}', not a port number; set it to the sidecar's HTTP port (default {DEFAULT_HTTP_PORT})"))
             })?,
             _ => DEFAULT_HTTP_PORT,
         };
@@ -97,7 +98,7 @@ impl DaprClient {
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<DaprResponse, String> {
+    ) -> Result<DaprResponse, BackendError> {
         let url = format!("{}{path}", self.base);
         let mut builder = Request::builder().method(method.clone()).uri(&url);
         if let Some(h) = builder.headers_mut() {
@@ -106,22 +107,28 @@ impl DaprClient {
                 h.insert(TOKEN_HEADER, t.clone());
             }
         }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| format!("cannot build the sidecar request {method} {path}: {e}"))?;
+        let request = builder.body(Full::new(body)).map_err(|e| {
+            BackendError::rejected(
+                NAME,
+                format!("cannot build the sidecar request {method} {path}: {e}"),
+            )
+        })?;
         let run = async {
             let response = self.http.request(request).await.map_err(|e| {
-                format!(
+                BackendError::unavailable(NAME, format!(
                     "the Dapr sidecar at {} is not reachable ({e}); check that daprd runs and DAPR_HTTP_PORT names its HTTP port",
                     self.base
-                )
+                ))
             })?;
             let (parts, body) = response.into_parts();
             let body = body
                 .collect()
                 .await
                 .map_err(|e| {
-                    format!("the Dapr sidecar broke off its answer to {method} {path}: {e}")
+                    BackendError::unavailable(
+                        NAME,
+                        format!("the Dapr sidecar broke off its answer to {method} {path}: {e}"),
+                    )
                 })?
                 .to_bytes();
             Ok(DaprResponse {
@@ -132,9 +139,12 @@ impl DaprClient {
         };
         match tokio::time::timeout(timeout, run).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "the Dapr sidecar at {} did not answer {method} {path} within {timeout:?}; check daprd's health and logs",
-                self.base
+            Err(_) => Err(BackendError::unavailable(
+                NAME,
+                format!(
+                    "the Dapr sidecar at {} did not answer {method} {path} within {timeout:?}; check daprd's health and logs",
+                    self.base
+                ),
             )),
         }
     }
@@ -145,7 +155,7 @@ impl DaprClient {
         method: Method,
         path: &str,
         body: Bytes,
-    ) -> Result<DaprResponse, String> {
+    ) -> Result<DaprResponse, BackendError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -157,8 +167,8 @@ impl DaprClient {
     /// `GET /v1.0/healthz/outbound`: ready for the app to call the sidecar.
     /// Not `/v1.0/healthz`, which waits for the app channel and so would
     /// deadlock a host waiting on it before it listens
-    /// (<https://docs.dapr.io/reference/api/health_api/>).
-    pub async fn outbound_healthy(&self) -> Result<(), String> {
+    /// (`docs/dapr-reference.md`).
+    pub async fn outbound_healthy(&self) -> Result<(), BackendError> {
         let r = self
             .call(
                 Method::GET,
@@ -171,11 +181,14 @@ impl DaprClient {
         if r.status.is_success() {
             Ok(())
         } else {
-            Err(format!(
-                "the Dapr sidecar at {} is not ready yet (GET /v1.0/healthz/outbound answered {}: {})",
-                self.base,
-                r.status,
-                r.text()
+            Err(BackendError::unavailable(
+                NAME,
+                format!(
+                    "the Dapr sidecar at {} is not ready yet (GET /v1.0/healthz/outbound answered {}: {})",
+                    self.base,
+                    r.status,
+                    r.text()
+                ),
             ))
         }
     }

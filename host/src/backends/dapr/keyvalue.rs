@@ -1,12 +1,13 @@
-//! `wasi:keyvalue` on the Dapr state API
-//! (<https://docs.dapr.io/reference/api/state_api/>).
+//! `wasi:keyvalue` on the Dapr state API (what it does and where each
+//! rule comes from: `docs/dapr-reference.md`).
 //!
 //! Mapping: `get` = `GET /v1.0/state/{store}/{key}` (204 = absent); `set` =
 //! save; `delete` = `DELETE`; `get-many` = `POST .../bulk` (the answer's
 //! field is `data`); `set-many`/`delete-many` = `POST .../transaction`;
 //! CAS = the read's `ETag`, then a save with that etag and `first-write`
 //! concurrency, or `first-write` without an etag (create-only) when the key
-//! was absent; `increment` = a CAS loop. `list-keys` has no Dapr equivalent.
+//! was absent; `increment` = the contract's generic CAS loop. `list-keys`
+//! has no Dapr equivalent: it is answered "unsupported".
 //!
 //! Keys containing anything but RFC 3986 unreserved characters (the
 //! services use `tenant/<t>/product/<id>`) cannot travel in the URL path:
@@ -26,7 +27,9 @@
 //! prefixes it with the app id (`keyPrefix`, default `appid`), giving
 //! `orderservice||order.default.k` in the store.
 
+use super::NAME;
 use super::client::{DaprClient, DaprResponse, encode_segment};
+use crate::capabilities::BackendError;
 use crate::capabilities::keyvalue::{
     CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
 };
@@ -39,7 +42,8 @@ use std::sync::Arc;
 
 /// The envelope key of a non-JSON value.
 pub const BYTES_ENVELOPE: &str = "$wasmshop.bytes";
-/// CAS attempts of `increment` and of a `set` on a first-write key.
+/// Attempts of a `set` on a key another writer keeps changing (state.redis
+/// refuses an etag-less save of a key created with first-write).
 const CAS_ATTEMPTS: u32 = 100;
 
 /// A key-value backend on one Dapr state store component.
@@ -68,12 +72,14 @@ impl KeyValueBackend for DaprKeyValue {
         }))
     }
 
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), BackendError> {
         self.client.outbound_healthy().await
     }
 }
 
-struct DaprStore {
+/// The keys of one component's store label: `<component>.<label>.<key>`
+/// in one Dapr state store.
+pub struct DaprStore {
     client: DaprClient,
     store: Arc<str>,
     /// `<component>.<label>.`, prepended to every key.
@@ -108,8 +114,11 @@ pub fn decode_value(stored: &[u8]) -> Result<Vec<u8>, StoreError> {
         return base64::engine::general_purpose::STANDARD
             .decode(text)
             .map_err(|e| {
-                StoreError::Other(format!(
-                    "a stored value has a broken {BYTES_ENVELOPE} envelope ({e}); rewrite the key"
+                StoreError(BackendError::rejected(
+                    NAME,
+                    format!(
+                        "a stored value has a broken {BYTES_ENVELOPE} envelope ({e}); rewrite the key"
+                    ),
                 ))
             });
     }
@@ -163,11 +172,11 @@ impl DaprStore {
             r.status,
             r.text()
         );
-        if r.status.is_server_error() {
-            StoreError::Unavailable(detail)
+        StoreError(if r.status.is_server_error() {
+            BackendError::unavailable(NAME, detail)
         } else {
-            StoreError::Other(detail)
-        }
+            BackendError::rejected(NAME, detail)
+        })
     }
 
     async fn send(
@@ -179,7 +188,7 @@ impl DaprStore {
         self.client
             .json(method, path, Bytes::from(body))
             .await
-            .map_err(StoreError::Unavailable)
+            .map_err(StoreError)
     }
 
     /// The stored value (raw JSON) and its ETag.
@@ -226,9 +235,12 @@ impl DaprStore {
             return Err(self.unexpected("a bulk read", &r));
         }
         let items: Vec<Value> = serde_json::from_slice(&r.body).map_err(|e| {
-            StoreError::Other(format!(
-                "the Dapr bulk state answer is not a JSON array ({e}); check the daprd version"
-            ))
+            BackendError::rejected(
+                NAME,
+                format!(
+                    "the Dapr bulk state answer is not a JSON array ({e}); check the daprd version"
+                ),
+            )
         })?;
         let mut found = std::collections::HashMap::new();
         for item in items {
@@ -236,10 +248,14 @@ impl DaprStore {
                 continue;
             };
             if let Some(err) = item["error"].as_str().filter(|e| !e.is_empty()) {
-                return Err(StoreError::Unavailable(format!(
-                    "Dapr state store '{}' could not read key '{key}': {err}",
-                    self.store
-                )));
+                return Err(BackendError::unavailable(
+                    NAME,
+                    format!(
+                        "Dapr state store '{}' could not read key '{key}': {err}",
+                        self.store
+                    ),
+                )
+                .into());
             }
             // dapr/dapr pkg/api/http/responses.go BulkGetResponse: `data`.
             if let Some(data) = item.get("data").filter(|d| !d.is_null()) {
@@ -280,6 +296,10 @@ impl DaprStore {
 
 #[async_trait]
 impl KeyValueStore for DaprStore {
+    fn backend_name(&self) -> &'static str {
+        NAME
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self.read(key).await? {
             Some((raw, _)) => Ok(Some(decode_value(&raw)?)),
@@ -318,9 +338,11 @@ impl KeyValueStore for DaprStore {
                 return Err(self.unexpected(&format!("saving key '{key}'"), &r));
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "key '{key}' kept changing while it was being set; retry"
-        )))
+        Err(BackendError::unavailable(
+            NAME,
+            format!("key '{key}' kept changing while it was being set; retry"),
+        )
+        .into())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -350,9 +372,11 @@ impl KeyValueStore for DaprStore {
         &self,
         _cursor: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        Err(StoreError::Other(
-            "list-keys is not supported by the Dapr state API (it has no key listing); keep an index document of the keys you need".into(),
-        ))
+        Err(BackendError::unsupported(
+            NAME,
+            "list-keys is not supported by the Dapr state API (it has no key listing); keep an index document of the keys you need",
+        )
+        .into())
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
@@ -405,40 +429,12 @@ impl KeyValueStore for DaprStore {
         self.transaction_ok(ops, "a batch delete").await
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let (current, version) = self.read_versioned(key).await?;
-            let n = match current {
-                None => 0,
-                Some(v) => String::from_utf8_lossy(&v)
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| {
-                        StoreError::Other(format!(
-                            "key '{key}' does not hold an integer, so it cannot be incremented"
-                        ))
-                    })?,
-            };
-            let next = n.checked_add(delta).ok_or_else(|| {
-                StoreError::Other(format!("incrementing key '{key}' by {delta} overflows"))
-            })?;
-            match self.swap(key, &version, next.to_string().as_bytes()).await {
-                Ok(()) => return Ok(next),
-                Err(SwapError::CasFailed) => continue,
-                Err(SwapError::Store(e)) => return Err(e),
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "key '{key}' kept changing during increment ({CAS_ATTEMPTS} attempts); retry"
-        )))
-    }
-
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
         match self.read(key).await? {
             None => Ok((None, CasVersion::Absent)),
             Some((raw, etag)) => {
                 let etag = etag.filter(|e| !e.is_empty()).ok_or_else(|| {
-                    StoreError::Other(format!(
+                    BackendError::rejected(NAME, format!(
                         "Dapr state store '{}' returned key '{key}' without an ETag; compare-and-swap needs a store with ETag support",
                         self.store
                     ))

@@ -1,65 +1,211 @@
 //! The Dapr backend: the host as a Dapr app next to its sidecar.
-//! Key-value → state API ([`state`]), messaging send → pub/sub
-//! ([`pubsub`]), `http://<component>.spin.internal` of a component not run
-//! here → service invocation ([`DaprSidecar::invoke`]). Deliveries come
-//! in through the app channel (`crate::trigger::dapr_app_channel`).
+//! Key-value → state API ([`keyvalue`]); messaging → pub/sub
+//! ([`messaging`]: publish, and deliveries daprd pushes through the app
+//! channel); `http://<component>.spin.internal` of a component not run
+//! here → service invocation ([`invoke`]); `APP_API_TOKEN` and the
+//! internal endpoints on the app's listener ([`app_channel`]). The Dapr
+//! API facts all of them rely on are in `docs/dapr-reference.md`.
 //!
 //! Dapr is in use when the runtime config names `type = "dapr"` for any
-//! store or messaging client; only then does the host wait for the sidecar
-//! and route chained calls to it.
+//! store or messaging client; only then does the host wait for the
+//! sidecar, answer the app channel and route chained calls to it. The
+//! `APP_API_TOKEN` check applies whenever the token is set.
 
+pub mod app_channel;
 pub mod client;
-pub mod pubsub;
-pub mod state;
+pub mod invoke;
+pub mod keyvalue;
+pub mod messaging;
 
-use crate::runtime_config::{MessagingBackend, RuntimeConfig, StoreConfig};
-use client::{DaprClient, encode_segment};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use super::{BackendUnit, Contribution, OpenContext, StartupCheck};
+use crate::capabilities::BackendError;
+use crate::capabilities::keyvalue::KeyValueBackend;
+use crate::capabilities::messaging::MessageBroker;
+use crate::manifest::AppManifest;
+use async_trait::async_trait;
+use client::DaprClient;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
-/// Time a service invocation may take end to end.
-pub const INVOKE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest request or response body relayed through service invocation.
-const MAX_INVOKE_BODY: usize = 16 << 20;
+/// The name errors and logs give this backend.
+pub const NAME: &str = "dapr";
 
-/// The sidecar of this process.
-pub struct DaprSidecar {
-    client: DaprClient,
+/// `[key_value_store.<label>] type = "dapr"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// The Dapr state store component's name (`statestore`).
+    pub store: String,
 }
 
-impl DaprSidecar {
-    /// The sidecar from `DAPR_HTTP_PORT`/`DAPR_API_TOKEN` when the runtime
-    /// config uses Dapr, else `None`.
-    pub fn from_runtime_config(rc: &RuntimeConfig) -> Result<Option<Self>, String> {
-        if !uses_dapr(rc) {
-            return Ok(None);
+/// `[messaging.<client>] type = "dapr"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// The Dapr pub/sub component (default: the client's name).
+    #[serde(default)]
+    pub pubsub: Option<String>,
+    /// Accepted for compatibility with the other backends and not used:
+    /// daprd retries deliveries per its resiliency policy.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Accepted and not used, as `max_attempts`.
+    #[serde(default)]
+    pub initial_backoff_ms: Option<u64>,
+}
+
+/// The Dapr backend's flags of `wasmshop up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Flags {
+    /// With a Dapr backend: how long to wait at start-up for the sidecar
+    /// (GET /v1.0/healthz/outbound) before giving up, in seconds.
+    #[arg(
+        long = "dapr-startup-timeout-secs",
+        env = "WASMSHOP_DAPR_STARTUP_TIMEOUT_SECS",
+        default_value_t = 60.0
+    )]
+    pub startup_timeout_secs: f64,
+
+    /// With a Dapr backend and no APP_API_TOKEN: accept traffic that only
+    /// the Dapr sidecar may send (internal endpoints reached by service
+    /// invocation, from callers the manifest allows) without proof that it
+    /// comes from the sidecar. Only for an app port nothing but the sidecar
+    /// can reach; set APP_API_TOKEN instead wherever you can.
+    #[arg(
+        long = "dapr-allow-unauthenticated",
+        env = "WASMSHOP_DAPR_ALLOW_UNAUTHENTICATED"
+    )]
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            startup_timeout_secs: 60.0,
+            allow_unauthenticated: false,
         }
-        Ok(Some(DaprSidecar {
-            client: DaprClient::from_env()?,
-        }))
+    }
+}
+
+/// The Dapr backend of an app. The sidecar client is made on first use,
+/// so a bad `DAPR_HTTP_PORT` only matters when Dapr is configured.
+pub struct Dapr {
+    manifest: Arc<AppManifest>,
+    flags: Flags,
+    client: Option<DaprClient>,
+    /// Pub/sub component of each messaging client served here.
+    pubsubs: BTreeMap<String, String>,
+}
+
+impl Dapr {
+    fn client(&mut self) -> Result<DaprClient, BackendError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c = DaprClient::from_env()?;
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl BackendUnit for Dapr {
+    type StoreConfig = StoreSettings;
+    type MessagingConfig = MessagingSettings;
+    type Args = Flags;
+
+    fn open(context: &OpenContext<'_>, flags: &Flags) -> Result<Self, BackendError> {
+        if Duration::try_from_secs_f64(flags.startup_timeout_secs).is_err() {
+            return Err(BackendError::rejected(
+                NAME,
+                "--dapr-startup-timeout-secs must be a non-negative number of seconds",
+            ));
+        }
+        Ok(Dapr {
+            manifest: Arc::new(context.manifest.clone()),
+            flags: flags.clone(),
+            client: None,
+            pubsubs: BTreeMap::new(),
+        })
     }
 
-    /// The sidecar client, shared by the backends.
-    pub fn client(&self) -> &DaprClient {
-        &self.client
+    fn store(
+        &mut self,
+        _label: &str,
+        settings: &StoreSettings,
+    ) -> Result<Arc<dyn KeyValueBackend>, BackendError> {
+        Ok(Arc::new(keyvalue::DaprKeyValue::new(
+            self.client()?,
+            &settings.store,
+        )))
     }
 
-    /// Waits until `GET /v1.0/healthz/outbound` succeeds. The host calls
-    /// this before it binds its port: daprd's `/v1.0/healthz` only turns
-    /// healthy once the app's port accepts connections, so waiting on it
-    /// would deadlock (<https://docs.dapr.io/reference/api/health_api/>).
-    pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), String> {
+    fn broker(
+        &mut self,
+        client: &str,
+        settings: &MessagingSettings,
+    ) -> Result<Arc<dyn MessageBroker>, BackendError> {
+        let pubsub = settings
+            .pubsub
+            .clone()
+            .unwrap_or_else(|| client.to_string());
+        self.pubsubs.insert(client.to_string(), pubsub.clone());
+        Ok(Arc::new(messaging::DaprBroker::new(
+            self.client()?,
+            &pubsub,
+        )))
+    }
+
+    fn finish(self) -> Contribution {
+        let guard = Arc::new(app_channel::AppChannel::new(
+            self.manifest.clone(),
+            self.client.is_some(),
+            self.flags.allow_unauthenticated,
+        ));
+        let Some(client) = self.client else {
+            // Not in use: only the APP_API_TOKEN check remains.
+            return Contribution {
+                ingress: vec![guard],
+                ..Contribution::default()
+            };
+        };
+        let receiver = Arc::new(messaging::DaprReceiver::new(self.pubsubs));
+        let timeout = Duration::from_secs_f64(self.flags.startup_timeout_secs);
+        Contribution {
+            receiver: Some(receiver.clone()),
+            ingress: vec![guard, receiver],
+            invocation: Some(Arc::new(invoke::DaprInvocation::new(
+                client.clone(),
+                &self.manifest,
+            ))),
+            startup: Some(Arc::new(Sidecar { client, timeout })),
+        }
+    }
+}
+
+/// Waits for the sidecar before the host listens.
+struct Sidecar {
+    client: DaprClient,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl StartupCheck for Sidecar {
+    /// Waits until `GET /v1.0/healthz/outbound` succeeds. Not
+    /// `/v1.0/healthz`, which only turns healthy once the app's port
+    /// accepts connections, so waiting on it would deadlock (see
+    /// `docs/dapr-reference.md`).
+    async fn wait_until_ready(&self) -> Result<(), BackendError> {
         let started = Instant::now();
+        let timeout = self.timeout;
         tracing::info!(
             sidecar = self.client.base(),
             timeout_secs = timeout.as_secs_f64(),
             "waiting for the Dapr sidecar (GET /v1.0/healthz/outbound)"
         );
-        let mut last_error;
         loop {
-            match self.client.outbound_healthy().await {
+            let last_error = match self.client.outbound_healthy().await {
                 Ok(()) => {
                     tracing::info!(
                         sidecar = self.client.base(),
@@ -68,93 +214,18 @@ impl DaprSidecar {
                     );
                     return Ok(());
                 }
-                Err(e) => last_error = e,
-            }
+                Err(e) => e,
+            };
             if started.elapsed() >= timeout {
-                return Err(format!(
-                    "gave up waiting for the Dapr sidecar after {timeout:?}: {last_error}; start daprd (dapr run --dapr-http-port ...), or raise --dapr-startup-timeout-secs"
+                return Err(BackendError::unavailable(
+                    NAME,
+                    format!(
+                        "gave up waiting for the Dapr sidecar after {timeout:?}: {}; start daprd (dapr run --dapr-http-port ...), or raise --dapr-startup-timeout-secs",
+                        last_error.message()
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-
-    /// Service invocation: sends `request` to `/v1.0/invoke/{app_id}/method/{path}`
-    /// and passes method, headers, body and status through
-    /// (<https://docs.dapr.io/reference/api/service_invocation_api/>).
-    pub async fn invoke(
-        &self,
-        app_id: &str,
-        request: Request<WasiBody>,
-    ) -> Result<Response<WasiBody>, HttpError> {
-        let (parts, body) = request.into_parts();
-        let body = match tokio::time::timeout(INVOKE_TIMEOUT, body.collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(HttpError::HttpRequestBodySize(None)),
-        };
-        if body.len() > MAX_INVOKE_BODY {
-            return Err(HttpError::HttpRequestBodySize(Some(body.len() as u64)));
-        }
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let path = format!(
-            "/v1.0/invoke/{}/method/{}",
-            encode_segment(app_id),
-            path_and_query.trim_start_matches('/')
-        );
-        let mut headers = parts.headers;
-        for h in [
-            http::header::HOST,
-            http::header::CONNECTION,
-            http::header::TRANSFER_ENCODING,
-        ] {
-            headers.remove(h);
-        }
-        headers.remove(client::TOKEN_HEADER);
-        let r = self
-            .client
-            .call(parts.method.clone(), &path, headers, body, INVOKE_TIMEOUT)
-            .await
-            .map_err(|e| {
-                tracing::warn!(app_id, error = %e, "service invocation failed");
-                HttpError::DestinationUnavailable
-            })?;
-        if r.body.len() > MAX_INVOKE_BODY {
-            return Err(HttpError::HttpResponseBodySize(Some(r.body.len() as u64)));
-        }
-        let mut response = Response::new(
-            Full::new(r.body)
-                .map_err(|never: std::convert::Infallible| match never {})
-                .boxed_unsync(),
-        );
-        *response.status_mut() = r.status;
-        *response.headers_mut() = r.headers;
-        for h in [http::header::CONNECTION, http::header::TRANSFER_ENCODING] {
-            response.headers_mut().remove(h);
-        }
-        Ok(response)
-    }
-}
-
-/// Whether any store or messaging client of `rc` is on Dapr.
-pub fn uses_dapr(rc: &RuntimeConfig) -> bool {
-    rc.key_value_store
-        .values()
-        .any(|s| matches!(s, StoreConfig::Dapr { .. }))
-        || rc
-            .messaging
-            .values()
-            .any(|m| m.backend == MessagingBackend::Dapr)
-}
-
-/// The pub/sub component of a Dapr messaging client: `pubsub`, or the
-/// client's name.
-pub fn pubsub_name(rc: &RuntimeConfig, client: &str) -> Option<String> {
-    let cfg = rc.messaging.get(client)?;
-    (cfg.backend == MessagingBackend::Dapr)
-        .then(|| cfg.pubsub.clone().unwrap_or_else(|| client.to_string()))
 }

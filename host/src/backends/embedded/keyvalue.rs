@@ -1,9 +1,10 @@
 //! Key-value on the embedded database: one row per key, namespaced by
 //! component and store label, with a version column for compare-and-swap.
 
-use super::{DbState, EmbeddedDb};
+use super::{DbState, EmbeddedDb, NAME};
+use crate::capabilities::BackendError;
 use crate::capabilities::keyvalue::{
-    CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
+    CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError, add_to_stored,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
@@ -27,20 +28,20 @@ impl EmbeddedKeyValue {
 #[async_trait]
 impl KeyValueBackend for EmbeddedKeyValue {
     fn open(&self, component: &str, label: &str) -> Result<Arc<dyn KeyValueStore>, StoreError> {
-        Ok(Arc::new(Namespace {
+        Ok(Arc::new(EmbeddedStore {
             db: self.db.clone(),
             ns: Arc::from(format!("{component}/{label}")),
         }))
     }
 
-    async fn ready(&self) -> Result<(), String> {
-        self.db
-            .call(|s| s.conn.query_row("SELECT 1", [], |_| Ok(())))
-            .await
+    async fn ready(&self) -> Result<(), BackendError> {
+        self.db.ping().await
     }
 }
 
-struct Namespace {
+/// The keys of one component's store label: rows of `kv` whose `ns` is
+/// `<component>/<label>`.
+pub struct EmbeddedStore {
     db: Arc<EmbeddedDb>,
     ns: Arc<str>,
 }
@@ -63,21 +64,22 @@ fn upsert(
     Ok(())
 }
 
-impl Namespace {
+impl EmbeddedStore {
     async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut DbState, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, StoreError> {
         let ns = self.ns.clone();
-        self.db
-            .call(move |s| f(s, &ns))
-            .await
-            .map_err(StoreError::Other)
+        self.db.call(move |s| f(s, &ns)).await.map_err(StoreError)
     }
 }
 
 #[async_trait]
-impl KeyValueStore for Namespace {
+impl KeyValueStore for EmbeddedStore {
+    fn backend_name(&self) -> &'static str {
+        NAME
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
         self.call(move |s, ns| {
@@ -109,10 +111,6 @@ impl KeyValueStore for Namespace {
                 .map(|_| ())
         })
         .await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.get(key).await?.is_some())
     }
 
     async fn list_keys(
@@ -182,22 +180,22 @@ impl KeyValueStore for Namespace {
                         |r| r.get(0),
                     )
                     .optional()?;
-                let base = match current {
-                    None => 0,
-                    Some(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|t| t.trim().parse::<i64>().ok()) {
-                        Some(n) => n,
-                        None => return Ok(Err(format!("the value at '{key}' is not an integer; increment only works on keys it created or that hold decimal text"))),
-                    },
+                let next = match add_to_stored(NAME, &key, current.as_deref(), delta) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(Err(e)),
                 };
-                let Some(next) = base.checked_add(delta) else {
-                    return Ok(Err(format!("incrementing '{key}' by {delta} overflows a 64-bit integer")));
-                };
-                upsert(&tx, &mut s.next_version, ns, &key, next.to_string().as_bytes())?;
+                upsert(
+                    &tx,
+                    &mut s.next_version,
+                    ns,
+                    &key,
+                    next.to_string().as_bytes(),
+                )?;
                 tx.commit()?;
                 Ok(Ok(next))
             })
             .await?;
-        result.map_err(StoreError::Other)
+        result.map_err(StoreError)
     }
 
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
@@ -244,5 +242,65 @@ impl KeyValueStore for Namespace {
         } else {
             Err(SwapError::CasFailed)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What only this backend decides; the shared contract is checked in
+    //! `tests/tests/keyvalue_contract.rs` against every backend.
+    use super::*;
+
+    fn backend() -> (tempfile::TempDir, EmbeddedKeyValue) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        (dir, EmbeddedKeyValue::new(db))
+    }
+
+    #[tokio::test]
+    async fn versions_survive_a_reopen_and_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = {
+            let kv = EmbeddedKeyValue::new(EmbeddedDb::open(dir.path()).unwrap());
+            let s = kv.open("c", "default").unwrap();
+            s.set("k", b"1").await.unwrap();
+            let (_, old) = s.read_versioned("k").await.unwrap();
+            s.delete("k").await.unwrap();
+            old
+        };
+        let kv = EmbeddedKeyValue::new(EmbeddedDb::open(dir.path()).unwrap());
+        let s = kv.open("c", "default").unwrap();
+        s.set("k", b"1").await.unwrap();
+        assert!(matches!(
+            s.swap("k", &old, b"2").await,
+            Err(SwapError::CasFailed)
+        ));
+        assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_page_holds_a_thousand_keys_in_order() {
+        let (_dir, kv) = backend();
+        let s = kv.open("c", "default").unwrap();
+        let entries: Vec<(String, Vec<u8>)> = (0..PAGE + 5)
+            .map(|i| (format!("k{i:05}"), b"v".to_vec()))
+            .collect();
+        s.set_many(&entries).await.unwrap();
+        let (first, cursor) = s.list_keys(None).await.unwrap();
+        assert_eq!(first.len(), PAGE);
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "sorted");
+        let (rest, end) = s.list_keys(cursor.as_deref()).await.unwrap();
+        assert_eq!(rest.len(), 5);
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_increment_writes_nothing() {
+        let (_dir, kv) = backend();
+        let s = kv.open("c", "default").unwrap();
+        s.set("text", b"abc").await.unwrap();
+        let e = s.increment("text", 1).await.unwrap_err();
+        assert!(matches!(e.0, BackendError::Rejected { .. }), "{e}");
+        assert_eq!(s.get("text").await.unwrap().as_deref(), Some(&b"abc"[..]));
     }
 }

@@ -1,23 +1,25 @@
 //! Messaging on the embedded database: `send` commits the message and one
 //! delivery row per subscriber in a single transaction before returning;
-//! the [`Dispatcher`] hands due deliveries to subscribers, retries failures
-//! with exponential backoff and finally moves the message to
-//! `<topic>.deadletter`. Rows are only removed after a successful delivery,
-//! so a restart resumes whatever was not delivered (at least once).
+//! the [`Dispatcher`] (the receive side, started by [`EmbeddedReceiver`])
+//! hands due deliveries to subscribers and follows the shared
+//! [`delivery`] rules: retries with exponential backoff, then the message
+//! moves to `<topic>.deadletter`. Rows are only removed after a successful
+//! delivery, so a restart resumes whatever was not delivered (at least once).
 
 use super::{EmbeddedDb, now_ms};
-use crate::capabilities::messaging::{BrokerError, BrokerMessage, Message, MessageBroker};
-use crate::runtime_config::MessagingConfig;
-use crate::trigger::messaging::Deliverer;
+use crate::capabilities::BackendError;
+use crate::capabilities::messaging::delivery::{self, AfterFailure, DeliveryPolicy};
+use crate::capabilities::messaging::{
+    BrokerError, BrokerMessage, ComponentSubscription, Deliverer, Message, MessageBroker,
+    MessageReceiver, ReceiveOptions,
+};
 use async_trait::async_trait;
 use rusqlite::{Transaction, params};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
-
-/// Suffix of the topic a message moves to after its last failed attempt.
-pub const DEAD_LETTER_SUFFIX: &str = ".deadletter";
+use tokio::task::JoinHandle;
 
 /// Subscribers of each (client, topic).
 type Subscribers = BTreeMap<(String, String), Vec<String>>;
@@ -30,15 +32,15 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// `subscriptions` lists (component, client, topic) of the components
-    /// this process runs.
-    pub fn new(db: Arc<EmbeddedDb>, subscriptions: &[(String, String, String)]) -> Self {
+    /// `subscriptions` are those of the components this process runs:
+    /// each message sent gets one delivery row per subscriber.
+    pub fn new(db: Arc<EmbeddedDb>, subscriptions: &[ComponentSubscription]) -> Self {
         let mut subscribers: Subscribers = BTreeMap::new();
-        for (component, client, topic) in subscriptions {
+        for s in subscriptions {
             subscribers
-                .entry((client.clone(), topic.clone()))
+                .entry((s.client.clone(), s.topic.clone()))
                 .or_default()
-                .push(component.clone());
+                .push(s.component.clone());
         }
         EmbeddedBroker {
             db,
@@ -47,22 +49,46 @@ impl EmbeddedBroker {
         }
     }
 
-    /// A dispatcher delivering this broker's messages.
-    pub fn dispatcher(
+    /// The receive side, with the delivery policy of each client.
+    pub fn receiver(&self, policies: BTreeMap<String, DeliveryPolicy>) -> EmbeddedReceiver {
+        EmbeddedReceiver {
+            db: self.db.clone(),
+            subscribers: self.subscribers.clone(),
+            wake: self.wake.clone(),
+            policies: Arc::new(policies),
+        }
+    }
+}
+
+/// Starts the [`Dispatcher`] of the queue.
+pub struct EmbeddedReceiver {
+    db: Arc<EmbeddedDb>,
+    subscribers: Arc<Subscribers>,
+    wake: Arc<Notify>,
+    policies: Arc<BTreeMap<String, DeliveryPolicy>>,
+}
+
+impl MessageReceiver for EmbeddedReceiver {
+    /// One dispatcher for the whole queue: its delivery rows were made for
+    /// the subscriptions the broker was opened with.
+    fn start(
         &self,
+        _subscriptions: &[ComponentSubscription],
         deliverer: Arc<dyn Deliverer>,
-        policies: BTreeMap<String, MessagingConfig>,
-        concurrency: usize,
-    ) -> Dispatcher {
-        Dispatcher {
+        options: ReceiveOptions,
+    ) -> Result<Vec<JoinHandle<()>>, BackendError> {
+        let dispatcher = Dispatcher {
             db: self.db.clone(),
             subscribers: self.subscribers.clone(),
             wake: self.wake.clone(),
             deliverer,
-            policies: Arc::new(policies),
+            policies: self.policies.clone(),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-        }
+            permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+        };
+        Ok(vec![tokio::spawn(
+            dispatcher.run(options.shutdown, options.drain),
+        )])
     }
 }
 
@@ -122,15 +148,13 @@ impl MessageBroker for EmbeddedBroker {
                 tx.commit()
             })
             .await
-            .map_err(BrokerError::Other)?;
+            .map_err(BrokerError)?;
         self.wake.notify_one();
         Ok(())
     }
 
-    async fn ready(&self) -> Result<(), String> {
-        self.db
-            .call(|s| s.conn.query_row("SELECT 1", [], |_| Ok(())))
-            .await
+    async fn ready(&self) -> Result<(), BackendError> {
+        self.db.ping().await
     }
 }
 
@@ -146,12 +170,12 @@ struct Due {
 
 /// Delivers queued messages to subscribed components.
 #[derive(Clone)]
-pub struct Dispatcher {
+struct Dispatcher {
     db: Arc<EmbeddedDb>,
     subscribers: Arc<Subscribers>,
     wake: Arc<Notify>,
     deliverer: Arc<dyn Deliverer>,
-    policies: Arc<BTreeMap<String, MessagingConfig>>,
+    policies: Arc<BTreeMap<String, DeliveryPolicy>>,
     in_flight: Arc<Mutex<HashSet<(i64, String)>>>,
     permits: Arc<Semaphore>,
 }
@@ -162,7 +186,7 @@ const MAX_IDLE: Duration = Duration::from_millis(1000);
 impl Dispatcher {
     /// Runs until `shutdown` turns true, then waits (at most `drain`) for
     /// deliveries in progress.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         loop {
             if *shutdown.borrow() {
                 break;
@@ -193,7 +217,7 @@ impl Dispatcher {
 
     /// Starts every due delivery not already running; returns how long to
     /// sleep until the next one is due.
-    async fn dispatch_due(&self) -> Result<Duration, String> {
+    async fn dispatch_due(&self) -> Result<Duration, BackendError> {
         let now = now_ms();
         let (due, next_due): (Vec<Due>, Option<i64>) = self
             .db
@@ -254,26 +278,20 @@ impl Dispatcher {
             inner: d.message.clone(),
         };
         let result = self.deliverer.deliver(&d.subscriber, message).await;
-        let policy = self.policies.get(&d.client).cloned().unwrap_or_default();
+        let policy = self.policies.get(&d.client).copied().unwrap_or_default();
         let attempts = d.attempts + 1;
-        let outcome = match &result {
+        let outcome = match result {
             Ok(()) => self.complete(d.seq, d.subscriber.clone()).await,
-            Err(error) if attempts < policy.max_attempts => {
-                let due = now_ms() + policy.backoff(attempts).as_millis() as i64;
-                tracing::warn!(
-                    subscriber = %d.subscriber, topic = %d.topic, attempt = attempts,
-                    max_attempts = policy.max_attempts, %error,
-                    "delivery failed; will retry"
-                );
-                self.retry_later(d.seq, d.subscriber.clone(), attempts, due, error.clone())
-                    .await
-            }
             Err(error) => {
-                tracing::error!(
-                    subscriber = %d.subscriber, topic = %d.topic, attempts, %error,
-                    "delivery failed for the last time; moving the message to {}{}", d.topic, DEAD_LETTER_SUFFIX
-                );
-                self.dead_letter(d, attempts, error.clone()).await
+                let error = error.to_string();
+                match policy.after_failure(&d.subscriber, &d.topic, attempts, &error) {
+                    AfterFailure::RetryIn(wait) => {
+                        let due = now_ms() + wait.as_millis() as i64;
+                        self.retry_later(d.seq, d.subscriber.clone(), attempts, due, error)
+                            .await
+                    }
+                    AfterFailure::DeadLetter => self.dead_letter(d, attempts, error).await,
+                }
             }
         };
         if let Err(e) = outcome {
@@ -282,7 +300,7 @@ impl Dispatcher {
         }
     }
 
-    async fn complete(&self, seq: i64, subscriber: String) -> Result<(), String> {
+    async fn complete(&self, seq: i64, subscriber: String) -> Result<(), BackendError> {
         self.db
             .call(move |s| {
                 let tx = s.conn.unchecked_transaction()?;
@@ -307,7 +325,7 @@ impl Dispatcher {
         attempts: u32,
         due: i64,
         error: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         self.db
             .call(move |s| {
                 s.conn.execute(
@@ -324,7 +342,7 @@ impl Dispatcher {
     /// (kept in the queue, so it can be inspected or consumed by a
     /// subscriber of that topic). A dead letter of a dead letter is kept as
     /// it is, without further deliveries.
-    async fn dead_letter(&self, d: Due, attempts: u32, error: String) -> Result<(), String> {
+    async fn dead_letter(&self, d: Due, attempts: u32, error: String) -> Result<(), BackendError> {
         let subscribers = self.subscribers.clone();
         self.db
             .call(move |s| {
@@ -333,15 +351,14 @@ impl Dispatcher {
                     "DELETE FROM deliveries WHERE seq = ?1 AND subscriber = ?2",
                     params![d.seq, d.subscriber],
                 )?;
-                if !d.topic.ends_with(DEAD_LETTER_SUFFIX) {
-                    let mut message = d.message.clone();
-                    message.metadata.extend([
-                        ("deadletter-original-topic".to_string(), d.topic.clone()),
-                        ("deadletter-subscriber".to_string(), d.subscriber.clone()),
-                        ("deadletter-attempts".to_string(), attempts.to_string()),
-                        ("deadletter-reason".to_string(), error),
-                    ]);
-                    let topic = format!("{}{DEAD_LETTER_SUFFIX}", d.topic);
+                if let Some(topic) = delivery::dead_letter_topic(&d.topic) {
+                    let message = delivery::dead_letter(
+                        &d.message,
+                        &d.topic,
+                        &d.subscriber,
+                        attempts,
+                        &error,
+                    );
                     enqueue(&tx, &subscribers, &d.client, &topic, &message)?;
                     tx.execute(
                         "DELETE FROM messages WHERE seq = ?1
@@ -359,7 +376,7 @@ impl Dispatcher {
 pub async fn stored_messages(
     db: &EmbeddedDb,
     topic: &str,
-) -> Result<Vec<(i64, BrokerMessage)>, String> {
+) -> Result<Vec<(i64, BrokerMessage)>, BackendError> {
     let topic = topic.to_string();
     db.call(move |s| {
         let mut stmt = s.conn.prepare(

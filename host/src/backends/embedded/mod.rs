@@ -6,12 +6,106 @@
 mod keyvalue;
 mod messaging;
 
-pub use keyvalue::EmbeddedKeyValue;
-pub use messaging::{DEAD_LETTER_SUFFIX, Dispatcher, EmbeddedBroker, stored_messages};
+pub use keyvalue::{EmbeddedKeyValue, EmbeddedStore};
+pub use messaging::{EmbeddedBroker, EmbeddedReceiver, stored_messages};
 
+use super::{BackendUnit, Contribution, OpenContext};
+use crate::capabilities::BackendError;
+use crate::capabilities::keyvalue::KeyValueBackend;
+use crate::capabilities::messaging::MessageBroker;
+use crate::capabilities::messaging::delivery::{self, DeliveryPolicy};
 use rusqlite::Connection;
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// The name errors and logs give this backend.
+pub const NAME: &str = "embedded";
+
+/// `[key_value_store.<label>] type = "embedded"`: no settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {}
+
+/// `[messaging.<client>] type = "embedded"`: the delivery policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// Delivery attempts before a message goes to `<topic>.deadletter`.
+    #[serde(default = "delivery::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt in milliseconds; doubled after each
+    /// failure (capped at 30 s).
+    #[serde(default = "delivery::default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+}
+
+impl Default for MessagingSettings {
+    fn default() -> Self {
+        MessagingSettings {
+            max_attempts: delivery::DEFAULT_MAX_ATTEMPTS,
+            initial_backoff_ms: delivery::DEFAULT_INITIAL_BACKOFF_MS,
+        }
+    }
+}
+
+/// The embedded backend has no flags of its own (`--data-dir` is the host's).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Flags {}
+
+/// The embedded backend of an app: the database, always open (it is the
+/// default of every label and client), one key-value backend and one
+/// broker shared by all labels and clients.
+pub struct Embedded {
+    store: Arc<EmbeddedKeyValue>,
+    broker: Arc<EmbeddedBroker>,
+    policies: BTreeMap<String, DeliveryPolicy>,
+}
+
+impl BackendUnit for Embedded {
+    type StoreConfig = StoreSettings;
+    type MessagingConfig = MessagingSettings;
+    type Args = Flags;
+
+    fn open(context: &OpenContext<'_>, _flags: &Flags) -> Result<Self, BackendError> {
+        let db = EmbeddedDb::open(context.data_dir)?;
+        Ok(Embedded {
+            store: Arc::new(EmbeddedKeyValue::new(db.clone())),
+            broker: Arc::new(EmbeddedBroker::new(db, context.subscriptions)),
+            policies: BTreeMap::new(),
+        })
+    }
+
+    fn store(
+        &mut self,
+        _label: &str,
+        _settings: &StoreSettings,
+    ) -> Result<Arc<dyn KeyValueBackend>, BackendError> {
+        Ok(self.store.clone())
+    }
+
+    fn broker(
+        &mut self,
+        client: &str,
+        settings: &MessagingSettings,
+    ) -> Result<Arc<dyn MessageBroker>, BackendError> {
+        self.policies.insert(
+            client.to_string(),
+            DeliveryPolicy::new(settings.max_attempts, settings.initial_backoff_ms),
+        );
+        Ok(self.broker.clone())
+    }
+
+    /// The dispatcher always runs: the queue may hold deliveries from an
+    /// earlier run even when no client is embedded now.
+    fn finish(self) -> Contribution {
+        Contribution {
+            receiver: Some(Arc::new(self.broker.receiver(self.policies))),
+            ..Contribution::default()
+        }
+    }
+}
 
 /// The database file and its single connection. SQLite serialises writers
 /// anyway; one connection behind a mutex, used from blocking threads, keeps
@@ -59,12 +153,12 @@ CREATE INDEX IF NOT EXISTS messages_topic ON messages (topic);
 
 impl EmbeddedDb {
     /// Opens (creating if needed) `wasmshop.db` in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Arc<Self>, String> {
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, BackendError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            format!(
+            BackendError::unavailable(NAME, format!(
                 "cannot create the data directory {} ({e}); pass a writable one with --data-dir",
                 data_dir.display()
-            )
+            ))
         })?;
         let path = data_dir.join("wasmshop.db");
         let open = || -> rusqlite::Result<(Connection, i64)> {
@@ -78,10 +172,10 @@ impl EmbeddedDb {
             Ok((conn, max + 1))
         };
         let (conn, next_version) = open().map_err(|e| {
-            format!(
+            BackendError::unavailable(NAME, format!(
                 "cannot open the embedded database {} ({e}); check the file is not corrupt or used by another program",
                 path.display()
-            )
+            ))
         })?;
         Ok(Arc::new(EmbeddedDb {
             conn: Arc::new(Mutex::new(DbState { conn, next_version })),
@@ -98,15 +192,21 @@ impl EmbeddedDb {
     async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut DbState) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, String> {
+    ) -> Result<R, BackendError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut state)
         })
         .await
-        .map_err(|e| format!("embedded database task failed: {e}"))?
-        .map_err(|e| format!("embedded database error: {e}"))
+        .map_err(|e| BackendError::rejected(NAME, format!("embedded database task failed: {e}")))?
+        .map_err(|e| BackendError::rejected(NAME, format!("embedded database error: {e}; check free disk space and that nothing else writes {}", self.path.display())))
+    }
+
+    /// `SELECT 1`, for `/readyz`.
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.call(|s| s.conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
     }
 }
 

@@ -5,7 +5,8 @@
 //! Every write that changes a value is a Lua script, hence atomic with its
 //! version bump.
 
-use super::{Failure, RedisConn, glob_escape};
+use super::{NAME, RedisConn, glob_escape};
+use crate::capabilities::BackendError;
 use crate::capabilities::keyvalue::{
     CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
 };
@@ -74,37 +75,36 @@ impl RedisKeyValue {
 #[async_trait]
 impl KeyValueBackend for RedisKeyValue {
     fn open(&self, component: &str, label: &str) -> Result<Arc<dyn KeyValueStore>, StoreError> {
-        Ok(Arc::new(Namespace {
+        Ok(Arc::new(RedisStore {
             conn: self.conn.clone(),
             prefix: format!("wasmshop:kv:{component}:{label}:"),
         }))
     }
 
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), BackendError> {
         self.conn.ping().await
     }
 }
 
-struct Namespace {
+/// The keys of one component's store label: hashes under
+/// `wasmshop:kv:<component>:<label>:`.
+pub struct RedisStore {
     conn: RedisConn,
     prefix: String,
 }
 
-fn store_error(f: Failure) -> StoreError {
-    match f {
-        Failure::Unavailable(m) => StoreError::Unavailable(m),
-        Failure::Other(m) => StoreError::Other(m),
-    }
-}
-
-impl Namespace {
+impl RedisStore {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 }
 
 #[async_trait]
-impl KeyValueStore for Namespace {
+impl KeyValueStore for RedisStore {
+    fn backend_name(&self) -> &'static str {
+        NAME
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = self.key(key);
         self.conn
@@ -112,7 +112,7 @@ impl KeyValueStore for Namespace {
                 |mut c| async move { redis::cmd("HGET").arg(k).arg("v").query_async(&mut c).await },
             )
             .await
-            .map_err(store_error)
+            .map_err(StoreError)
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -128,7 +128,7 @@ impl KeyValueStore for Namespace {
         self.conn
             .call(|mut c| async move { redis::cmd("EXISTS").arg(k).query_async(&mut c).await })
             .await
-            .map_err(store_error)
+            .map_err(StoreError)
     }
 
     async fn list_keys(
@@ -138,9 +138,12 @@ impl KeyValueStore for Namespace {
         let mut scan: u64 = match cursor {
             None => 0,
             Some(c) => c.parse().map_err(|_| {
-                StoreError::Other(format!(
-                    "list-keys cursor '{c}' was not returned by this store; start again without a cursor"
-                ))
+                BackendError::rejected(
+                    NAME,
+                    format!(
+                        "list-keys cursor '{c}' was not returned by this store; start again without a cursor"
+                    ),
+                )
             })?,
         };
         let pattern = format!("{}*", glob_escape(&self.prefix));
@@ -161,7 +164,7 @@ impl KeyValueStore for Namespace {
                         .await
                 })
                 .await
-                .map_err(store_error)?;
+                .map_err(StoreError)?;
             for raw in batch {
                 let full = String::from_utf8_lossy(&raw);
                 if let Some(k) = full.strip_prefix(&self.prefix)
@@ -189,7 +192,7 @@ impl KeyValueStore for Namespace {
         self.conn
             .call(|mut c| async move { pipe.query_async(&mut c).await })
             .await
-            .map_err(store_error)
+            .map_err(StoreError)
     }
 
     async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
@@ -204,7 +207,7 @@ impl KeyValueStore for Namespace {
         self.conn
             .call(|mut c| async move { inv.invoke_async::<()>(&mut c).await })
             .await
-            .map_err(store_error)
+            .map_err(StoreError)
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -217,7 +220,7 @@ impl KeyValueStore for Namespace {
                 |mut c| async move { redis::cmd("DEL").arg(full).query_async::<()>(&mut c).await },
             )
             .await
-            .map_err(store_error)
+            .map_err(StoreError)
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
@@ -227,21 +230,24 @@ impl KeyValueStore for Namespace {
             .conn
             .call(|mut c| async move { inv.invoke_async::<String>(&mut c).await })
             .await;
+        let rejected = |message: String| StoreError(BackendError::rejected(NAME, message));
         match result {
             Ok(text) => text.parse().map_err(|_| {
-                StoreError::Other(format!(
+                rejected(format!(
                     "Redis returned '{text}' for the counter '{key}', not an integer"
                 ))
             }),
-            Err(Failure::Other(m)) if m.contains("not an integer") => {
-                Err(StoreError::Other(format!(
+            Err(BackendError::Rejected { message, .. }) if message.contains("not an integer") => {
+                Err(rejected(format!(
                     "the value at '{key}' is not an integer; increment only works on keys it created or that hold decimal text"
                 )))
             }
-            Err(Failure::Other(m)) if m.contains("overflow") => Err(StoreError::Other(format!(
-                "incrementing '{key}' by {delta} overflows a 64-bit integer"
-            ))),
-            Err(f) => Err(store_error(f)),
+            Err(BackendError::Rejected { message, .. }) if message.contains("overflow") => {
+                Err(rejected(format!(
+                    "incrementing '{key}' by {delta} overflows a 64-bit integer"
+                )))
+            }
+            Err(e) => Err(StoreError(e)),
         }
     }
 
@@ -258,7 +264,7 @@ impl KeyValueStore for Namespace {
                     .await
             })
             .await
-            .map_err(store_error)?;
+            .map_err(StoreError)?;
         Ok(match (value, version) {
             (None, _) => (None, CasVersion::Absent),
             // Written by something other than this host: a version that never matches.
@@ -281,7 +287,7 @@ impl KeyValueStore for Namespace {
             .conn
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await
-            .map_err(store_error)?;
+            .map_err(StoreError)?;
         if written == 1 {
             Ok(())
         } else {
@@ -406,7 +412,7 @@ mod tests {
         let s = kv.open("c", "default").unwrap();
         let started = Instant::now();
         let e = s.get("k").await.unwrap_err();
-        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        assert!(e.0.is_unavailable(), "{e}");
         assert!(
             e.to_string().contains(&port.to_string()),
             "names the server: {e}"

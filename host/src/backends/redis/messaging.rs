@@ -5,26 +5,31 @@
 //! across replicas every message is handled by one of them. An entry is
 //! acknowledged after the handler succeeded; one left pending by a dead
 //! process is taken over (`XAUTOCLAIM`) after the visibility timeout.
-//! Failed attempts are retried with the embedded backend's exponential
-//! backoff; Redis' delivery counter bounds them across processes, and the
-//! last failure moves the message to `<topic>.deadletter` with the same
-//! metadata the embedded backend adds.
+//! Failed attempts follow the shared [`delivery`] rules (exponential
+//! backoff, then `<topic>.deadletter` with the `deadletter-*` metadata);
+//! Redis' delivery counter bounds them across processes.
+//! [`RedisBroker`] is the send side, [`RedisReceiver`] starts one
+//! [`RedisConsumer`] per subscription.
 
-use super::{Failure, RedisConn};
-use crate::backends::embedded::DEAD_LETTER_SUFFIX;
-use crate::capabilities::messaging::{BrokerError, BrokerMessage, Message, MessageBroker};
-use crate::runtime_config::MessagingConfig;
-use crate::trigger::messaging::Deliverer;
+use super::{MessagingSettings, RedisConn};
+use crate::capabilities::BackendError;
+use crate::capabilities::messaging::delivery::{self, AfterFailure, DeliveryPolicy};
+use crate::capabilities::messaging::{
+    BrokerError, BrokerMessage, ComponentSubscription, Deliverer, Message, MessageBroker,
+    MessageReceiver, ReceiveOptions,
+};
 use async_trait::async_trait;
 use redis::Value;
 use redis::streams::{
     StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamPendingId,
     StreamReadReply,
 };
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 
 /// Stream length bound when the runtime config sets none.
 pub const DEFAULT_MAX_LEN: u64 = 100_000;
@@ -54,13 +59,6 @@ impl RedisBroker {
             conn,
             max_len: max_len.unwrap_or(DEFAULT_MAX_LEN),
         }
-    }
-}
-
-fn broker_error(f: Failure) -> BrokerError {
-    match f {
-        Failure::Unavailable(m) => BrokerError::Unavailable(m),
-        Failure::Other(m) => BrokerError::Other(m),
     }
 }
 
@@ -95,11 +93,52 @@ impl MessageBroker for RedisBroker {
         self.conn
             .call(|mut c| async move { cmd.query_async::<()>(&mut c).await })
             .await
-            .map_err(broker_error)
+            .map_err(BrokerError)
     }
 
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), BackendError> {
         self.conn.ping().await
+    }
+}
+
+/// The receive side: one consumer per subscription whose client is
+/// served by Redis, sharing one bound of deliveries in flight.
+pub struct RedisReceiver {
+    clients: BTreeMap<String, (RedisConn, MessagingSettings)>,
+}
+
+impl RedisReceiver {
+    /// A receiver for `clients` (name → connection and settings).
+    pub fn new(clients: BTreeMap<String, (RedisConn, MessagingSettings)>) -> Self {
+        RedisReceiver { clients }
+    }
+}
+
+impl MessageReceiver for RedisReceiver {
+    fn start(
+        &self,
+        subscriptions: &[ComponentSubscription],
+        deliverer: Arc<dyn Deliverer>,
+        options: ReceiveOptions,
+    ) -> Result<Vec<JoinHandle<()>>, BackendError> {
+        let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        let mut tasks = Vec::new();
+        for sub in subscriptions {
+            let Some((conn, settings)) = self.clients.get(&sub.client) else {
+                continue;
+            };
+            let consumer = RedisConsumer::new(
+                conn.clone(),
+                sub,
+                settings,
+                deliverer.clone(),
+                permits.clone(),
+            )?;
+            tasks.push(tokio::spawn(
+                consumer.run(options.shutdown.clone(), options.drain),
+            ));
+        }
+        Ok(tasks)
     }
 }
 
@@ -122,14 +161,14 @@ fn parse_entry(entry: &StreamId) -> BrokerMessage {
 /// Delivers one (client, topic) to one subscribing component: a consumer
 /// of the component's group, named uniquely for this process.
 #[derive(Clone)]
-pub struct RedisConsumer {
+struct RedisConsumer {
     conn: RedisConn,
     reader: RedisConn,
     client: String,
     topic: String,
     component: String,
     consumer: String,
-    policy: MessagingConfig,
+    policy: DeliveryPolicy,
     visibility: Duration,
     max_len: u64,
     deliverer: Arc<dyn Deliverer>,
@@ -138,33 +177,31 @@ pub struct RedisConsumer {
 }
 
 impl RedisConsumer {
-    /// A consumer for `component`'s subscription to `client`/`topic`;
-    /// `permits` bounds concurrent deliveries across all consumers.
-    pub fn new(
+    /// A consumer for one subscription; `permits` bounds concurrent
+    /// deliveries across all consumers.
+    fn new(
         conn: RedisConn,
-        client: &str,
-        topic: &str,
-        component: &str,
-        policy: MessagingConfig,
+        subscription: &ComponentSubscription,
+        settings: &MessagingSettings,
         deliverer: Arc<dyn Deliverer>,
         permits: Arc<Semaphore>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BackendError> {
         let mut id = [0u8; 6];
         let _ = getrandom::fill(&mut id);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         Ok(RedisConsumer {
             reader: conn.dedicated(BLOCK)?,
             conn,
-            client: client.into(),
-            topic: topic.into(),
-            component: component.into(),
+            client: subscription.client.clone(),
+            topic: subscription.topic.clone(),
+            component: subscription.component.clone(),
             consumer: format!("{host}-{}-{}", std::process::id(), hex::encode(id)),
-            visibility: policy
+            visibility: settings
                 .visibility_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_VISIBILITY_TIMEOUT),
-            max_len: policy.max_len.unwrap_or(DEFAULT_MAX_LEN),
-            policy,
+            max_len: settings.max_len.unwrap_or(DEFAULT_MAX_LEN),
+            policy: settings.policy(),
             deliverer,
             permits,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
@@ -178,7 +215,7 @@ impl RedisConsumer {
     /// Runs until `shutdown` turns true, then waits (at most `drain`) for
     /// deliveries in progress; what is left stays pending for another process.
     /// Survives Redis outages: it logs, backs off and tries again.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    async fn run(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let mut failures = 0u32;
         let mut group_ready = false;
         let mut autoclaim_from = "0-0".to_string();
@@ -264,7 +301,7 @@ impl RedisConsumer {
 
     /// Creates the component's group, from the start of the stream so that
     /// nothing sent before the first subscriber ran is missed.
-    async fn ensure_group(&self) -> Result<(), Failure> {
+    async fn ensure_group(&self) -> Result<(), BackendError> {
         let (key, group) = (self.key(), self.component.clone());
         let created = self
             .conn
@@ -280,14 +317,14 @@ impl RedisConsumer {
             })
             .await;
         match created {
-            Err(Failure::Other(m)) if m.contains("BUSYGROUP") => Ok(()),
+            Err(BackendError::Rejected { message, .. }) if message.contains("BUSYGROUP") => Ok(()),
             other => other,
         }
     }
 
     /// Takes over entries another consumer left unacknowledged past the
     /// visibility timeout; returns where the next scan starts.
-    async fn reclaim(&self, from: &str) -> Result<String, Failure> {
+    async fn reclaim(&self, from: &str) -> Result<String, BackendError> {
         let (key, group, me, idle, from) = (
             self.key(),
             self.component.clone(),
@@ -326,7 +363,7 @@ impl RedisConsumer {
 
     /// The group's pending-entry record of `id` (owner, delivery count),
     /// if it is still pending.
-    async fn pending_entry(&self, id: &str) -> Result<Option<StreamPendingId>, Failure> {
+    async fn pending_entry(&self, id: &str) -> Result<Option<StreamPendingId>, BackendError> {
         let (key, group, id) = (self.key(), self.component.clone(), id.to_string());
         let reply: StreamPendingCountReply = self
             .conn
@@ -345,7 +382,7 @@ impl RedisConsumer {
     }
 
     /// Reads entries never delivered to the group, waiting up to [`BLOCK`].
-    async fn read_new(&self) -> Result<(), Failure> {
+    async fn read_new(&self) -> Result<(), BackendError> {
         let count = self.permits.available_permits().clamp(1, BATCH);
         let (key, group, me) = (self.key(), self.component.clone(), self.consumer.clone());
         let reply: Option<StreamReadReply> = self
@@ -405,17 +442,19 @@ impl RedisConsumer {
                 topic: Some(self.topic.clone()),
                 inner: message.clone(),
             };
-            match self.deliverer.deliver(&self.component, delivery).await {
+            let error = match self.deliverer.deliver(&self.component, delivery).await {
                 Ok(()) => {
                     self.finish(&entry.id, None).await;
                     return;
                 }
-                Err(error) if attempts < max => {
-                    tracing::warn!(
-                        subscriber = %self.component, topic = %self.topic, attempt = attempts,
-                        max_attempts = max, %error, "delivery failed; will retry"
-                    );
-                    tokio::time::sleep(self.policy.backoff(attempts)).await;
+                Err(error) => error.to_string(),
+            };
+            match self
+                .policy
+                .after_failure(&self.component, &self.topic, attempts, &error)
+            {
+                AfterFailure::RetryIn(wait) => {
+                    tokio::time::sleep(wait).await;
                     match self.claim_again(&entry.id).await {
                         Ok(true) => attempts += 1,
                         Ok(false) => return, // acknowledged or taken over meanwhile
@@ -426,11 +465,7 @@ impl RedisConsumer {
                         }
                     }
                 }
-                Err(error) => {
-                    tracing::error!(
-                        subscriber = %self.component, topic = %self.topic, attempts, %error,
-                        "delivery failed for the last time; moving the message to {}{}", self.topic, DEAD_LETTER_SUFFIX
-                    );
+                AfterFailure::DeadLetter => {
                     self.finish(&entry.id, Some((&message, attempts, error)))
                         .await;
                     return;
@@ -442,7 +477,7 @@ impl RedisConsumer {
     /// Re-claims an entry this consumer still owns, counting one more
     /// delivery in Redis (so the bound holds if this process dies) and
     /// resetting its idle time.
-    async fn claim_again(&self, id: &str) -> Result<bool, Failure> {
+    async fn claim_again(&self, id: &str) -> Result<bool, BackendError> {
         let (key, group, me, id) = (
             self.key(),
             self.component.clone(),
@@ -477,16 +512,11 @@ impl RedisConsumer {
         let mut pipe = redis::pipe();
         pipe.atomic();
         if let Some((message, attempts, reason)) = dead
-            && !self.topic.ends_with(DEAD_LETTER_SUFFIX)
+            && let Some(dead_topic) = delivery::dead_letter_topic(&self.topic)
         {
-            let mut message = message.clone();
-            message.metadata.extend([
-                ("deadletter-original-topic".to_string(), self.topic.clone()),
-                ("deadletter-subscriber".to_string(), self.component.clone()),
-                ("deadletter-attempts".to_string(), attempts.to_string()),
-                ("deadletter-reason".to_string(), reason),
-            ]);
-            let dead_key = stream_key(&self.client, &format!("{}{DEAD_LETTER_SUFFIX}", self.topic));
+            let message =
+                delivery::dead_letter(message, &self.topic, &self.component, attempts, &reason);
+            let dead_key = stream_key(&self.client, &dead_topic);
             pipe.add_command(xadd(&dead_key, self.max_len, &message))
                 .ignore();
         }

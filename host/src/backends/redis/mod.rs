@@ -9,27 +9,169 @@
 mod keyvalue;
 mod messaging;
 
-pub use keyvalue::RedisKeyValue;
-pub use messaging::{RedisBroker, RedisConsumer};
+pub use keyvalue::{RedisKeyValue, RedisStore};
+pub use messaging::{RedisBroker, RedisReceiver};
 
+use super::{BackendUnit, ConfigError, Contribution, OpenContext};
+use crate::capabilities::BackendError;
+use crate::capabilities::keyvalue::KeyValueBackend;
+use crate::capabilities::messaging::MessageBroker;
+use crate::capabilities::messaging::delivery::{self, DeliveryPolicy};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The name errors and logs give this backend.
+pub const NAME: &str = "redis";
+
+/// `[key_value_store.<label>] type = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub url: String,
+}
+
+/// `[messaging.<client>] type = "redis"`: the server, the stream bound
+/// and the delivery policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// The server (`redis://host:port`).
+    pub url: String,
+    /// Delivery attempts before a message goes to `<topic>.deadletter`.
+    #[serde(default = "delivery::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt in milliseconds; doubled after each
+    /// failure (capped at 30 s).
+    #[serde(default = "delivery::default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Approximate bound of each topic's stream (`XADD MAXLEN ~`); the
+    /// oldest entries are trimmed even if a slow subscriber has not read
+    /// them. Default [`messaging::DEFAULT_MAX_LEN`].
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    /// How long a delivery may stay unacknowledged before another consumer
+    /// takes it over (the holder is presumed dead), in milliseconds. Keep it
+    /// above the request timeout and the longest retry backoff. Default
+    /// [`messaging::DEFAULT_VISIBILITY_TIMEOUT`].
+    #[serde(default)]
+    pub visibility_timeout_ms: Option<u64>,
+}
+
+impl MessagingSettings {
+    /// The delivery policy of these settings.
+    pub fn policy(&self) -> DeliveryPolicy {
+        DeliveryPolicy::new(self.max_attempts, self.initial_backoff_ms)
+    }
+}
+
+/// The Redis backend has no flags of its own.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Flags {}
+
+/// The Redis backend of an app: one connection per distinct URL, shared
+/// by the labels and clients that name it.
+#[derive(Default)]
+pub struct Redis {
+    conns: BTreeMap<String, RedisConn>,
+    /// Messaging clients served here, for the receiver.
+    clients: BTreeMap<String, (RedisConn, MessagingSettings)>,
+}
+
+impl Redis {
+    /// The connection to `url`, shared with earlier users of the same URL;
+    /// `setting` names the runtime-config key for error messages.
+    fn conn(&mut self, url: &str, setting: &str) -> Result<RedisConn, BackendError> {
+        if let Some(c) = self.conns.get(url) {
+            return Ok(c.clone());
+        }
+        let c = RedisConn::open(url, setting)?;
+        self.conns.insert(url.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl BackendUnit for Redis {
+    type StoreConfig = StoreSettings;
+    type MessagingConfig = MessagingSettings;
+    type Args = Flags;
+
+    fn check_store(key: &str, settings: &StoreSettings) -> Result<(), ConfigError> {
+        check_url(&settings.url, &format!("{key}.url"))
+    }
+
+    fn check_messaging(key: &str, settings: &MessagingSettings) -> Result<(), ConfigError> {
+        check_url(&settings.url, &format!("{key}.url"))?;
+        if settings.max_len == Some(0) || settings.visibility_timeout_ms == Some(0) {
+            return Err(ConfigError {
+                key: key.to_string(),
+                message: "max_len and visibility_timeout_ms must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn open(_context: &OpenContext<'_>, _flags: &Flags) -> Result<Self, BackendError> {
+        Ok(Redis::default())
+    }
+
+    fn store(
+        &mut self,
+        label: &str,
+        settings: &StoreSettings,
+    ) -> Result<Arc<dyn KeyValueBackend>, BackendError> {
+        let conn = self.conn(&settings.url, &format!("key_value_store.{label}.url"))?;
+        Ok(Arc::new(RedisKeyValue::new(conn)))
+    }
+
+    fn broker(
+        &mut self,
+        client: &str,
+        settings: &MessagingSettings,
+    ) -> Result<Arc<dyn MessageBroker>, BackendError> {
+        let conn = self.conn(&settings.url, &format!("messaging.{client}.url"))?;
+        self.clients
+            .insert(client.to_string(), (conn.clone(), settings.clone()));
+        Ok(Arc::new(RedisBroker::new(conn, settings.max_len)))
+    }
+
+    fn finish(self) -> Contribution {
+        Contribution {
+            receiver: (!self.clients.is_empty())
+                .then(|| Arc::new(RedisReceiver::new(self.clients)) as _),
+            ..Contribution::default()
+        }
+    }
+}
+
+/// A Redis URL the client accepts (parsing only, no connection).
+fn check_url(url: &str, key: &str) -> Result<(), ConfigError> {
+    use redis::IntoConnectionInfo;
+    let problem = if url.is_empty() {
+        Some("missing; write url = \"redis://host:port\"".to_string())
+    } else {
+        url.into_connection_info()
+            .err()
+            .map(|e| format!("'{url}' is not a Redis URL ({e}); use \"redis://host:port\""))
+    };
+    match problem {
+        Some(message) => Err(ConfigError {
+            key: key.to_string(),
+            message,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Longest wait for a TCP connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for one answer (beyond any server-side blocking time).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a Redis call failed, before it becomes a capability's error type.
-#[derive(Debug, Clone)]
-pub(crate) enum Failure {
-    /// Redis is unreachable or did not answer in time; retrying later may work.
-    Unavailable(String),
-    /// Redis answered with an error.
-    Other(String),
-}
 
 /// A reconnecting, multiplexed connection to one Redis server, shared by
 /// every store label and messaging client configured with the same URL.
@@ -45,16 +187,24 @@ impl RedisConn {
     /// Prepares a connection without connecting, so the host starts (not
     /// ready) while Redis is down. `setting` names the runtime-config key
     /// for error messages.
-    pub fn open(url: &str, setting: &str) -> Result<Self, String> {
+    pub fn open(url: &str, setting: &str) -> Result<Self, BackendError> {
         let client = redis::Client::open(url).map_err(|e| {
-            format!("{setting}: '{url}' is not a valid Redis URL ({e}); use redis://host:port")
+            BackendError::rejected(
+                NAME,
+                format!("{setting}: '{url}' is not a valid Redis URL ({e}); use redis://host:port"),
+            )
         })?;
         let address = client.get_connection_info().addr().to_string();
         let manager = ConnectionManager::new_lazy_with_config(
             client.clone(),
             Self::manager_config(RESPONSE_TIMEOUT),
         )
-        .map_err(|e| format!("{setting}: cannot set up the Redis connection to {address}: {e}"))?;
+        .map_err(|e| {
+            BackendError::unavailable(
+                NAME,
+                format!("{setting}: cannot set up the Redis connection to {address}: {e}"),
+            )
+        })?;
         Ok(RedisConn {
             client,
             manager,
@@ -75,12 +225,17 @@ impl RedisConn {
 
     /// A separate connection for commands that block server-side
     /// (`XREADGROUP BLOCK`), which would stall everything multiplexed behind them.
-    fn dedicated(&self, blocking: Duration) -> Result<RedisConn, String> {
+    fn dedicated(&self, blocking: Duration) -> Result<RedisConn, BackendError> {
         let manager = ConnectionManager::new_lazy_with_config(
             self.client.clone(),
             Self::manager_config(RESPONSE_TIMEOUT + blocking),
         )
-        .map_err(|e| format!("cannot set up a Redis connection to {}: {e}", self.address))?;
+        .map_err(|e| {
+            BackendError::unavailable(
+                NAME,
+                format!("cannot set up a Redis connection to {}: {e}", self.address),
+            )
+        })?;
         Ok(RedisConn {
             client: self.client.clone(),
             manager,
@@ -89,7 +244,7 @@ impl RedisConn {
     }
 
     /// Runs one command (or script, or pipeline) with a hard time bound.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -98,7 +253,7 @@ impl RedisConn {
             .await
     }
 
-    async fn call_within<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, Failure>
+    async fn call_within<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, BackendError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -106,16 +261,19 @@ impl RedisConn {
         match tokio::time::timeout(limit, f(self.manager.clone())).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.classify(e)),
-            Err(_) => Err(Failure::Unavailable(format!(
-                "Redis at {} did not answer within {limit:?}; check that it is running and reachable, then retry",
-                self.address
-            ))),
+            Err(_) => Err(BackendError::unavailable(
+                NAME,
+                format!(
+                    "Redis at {} did not answer within {limit:?}; check that it is running and reachable, then retry",
+                    self.address
+                ),
+            )),
         }
     }
 
     /// Server-side errors are the command's fault; everything else
     /// (connection refused, reset, timeout, loading) means "not reachable now".
-    fn classify(&self, e: RedisError) -> Failure {
+    fn classify(&self, e: RedisError) -> BackendError {
         let answered = match e.kind() {
             ErrorKind::Server(
                 ServerErrorKind::BusyLoading
@@ -130,34 +288,25 @@ impl RedisConn {
             _ => false,
         };
         if answered {
-            Failure::Other(format!(
-                "Redis at {} refused the command: {e}",
-                self.address
-            ))
+            BackendError::rejected(
+                NAME,
+                format!("Redis at {} refused the command: {e}", self.address),
+            )
         } else {
-            Failure::Unavailable(format!(
-                "cannot reach Redis at {} ({e}); check that it is running and reachable, then retry",
-                self.address
-            ))
+            BackendError::unavailable(
+                NAME,
+                format!(
+                    "cannot reach Redis at {} ({e}); check that it is running and reachable, then retry",
+                    self.address
+                ),
+            )
         }
     }
 
     /// `PING`, for `/readyz`.
-    async fn ping(&self) -> Result<(), String> {
+    async fn ping(&self) -> Result<(), BackendError> {
         self.call(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
             .await
-            .map_err(|f| match f {
-                Failure::Unavailable(m) | Failure::Other(m) => m,
-            })
-    }
-}
-
-/// The text of a failure, whatever its kind.
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Unavailable(m) | Failure::Other(m) => f.write_str(m),
-        }
     }
 }
 
@@ -171,21 +320,4 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// One connection per distinct Redis URL of the runtime config.
-#[derive(Default)]
-pub struct RedisConns(std::collections::BTreeMap<String, RedisConn>);
-
-impl RedisConns {
-    /// The connection to `url`, shared with earlier users of the same URL;
-    /// `setting` names the runtime-config key for error messages.
-    pub fn get(&mut self, url: &str, setting: &str) -> Result<RedisConn, String> {
-        if let Some(c) = self.0.get(url) {
-            return Ok(c.clone());
-        }
-        let c = RedisConn::open(url, setting)?;
-        self.0.insert(url.to_string(), c.clone());
-        Ok(c)
-    }
 }

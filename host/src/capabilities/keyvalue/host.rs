@@ -22,7 +22,7 @@ impl store::Host for KeyValueCtx {
         &mut self,
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
-        if !self.allowed.contains(&identifier) {
+        if !self.allowed_stores.contains(&identifier) {
             tracing::warn!(
                 component = %self.component,
                 store = %identifier,

@@ -4,22 +4,17 @@
 
 mod host;
 
+use super::error::BackendError;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 
-/// Why a backend call failed. The message tells the guest (and the log)
-/// what went wrong and what to do about it.
+/// Why a key-value call failed: a backend's error, seen by the key-value
+/// capability (the guest gets its text as `error::other`).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The backend cannot be reached right now; retrying later may work.
-    #[error("key-value backend unavailable: {0}")]
-    Unavailable(String),
-    /// Any other failure.
-    #[error("{0}")]
-    Other(String),
-}
+#[error(transparent)]
+pub struct StoreError(#[from] pub BackendError);
 
 /// Why a compare-and-swap failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,6 +27,12 @@ pub enum SwapError {
     Store(#[from] StoreError),
 }
 
+impl From<BackendError> for SwapError {
+    fn from(e: BackendError) -> Self {
+        SwapError::Store(StoreError(e))
+    }
+}
+
 /// What a compare-and-swap was based on: an opaque backend version, or
 /// the fact that the key was absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,35 +43,132 @@ pub enum CasVersion {
     Version(String),
 }
 
-/// One namespace of one backend: the keys of one store label of one component.
+/// CAS rounds of the generic [`KeyValueStore::increment`] before it gives
+/// up on a key that keeps changing.
+pub const INCREMENT_ATTEMPTS: u32 = 100;
+
+/// One namespace of one backend: the keys of one store label of one
+/// component. Every backend implements this contract, and
+/// `tests/tests/keyvalue_contract.rs` checks it against each of them.
+///
+/// - Namespaces MUST be separate: no key of one (component, label) is
+///   visible in another, whatever characters the names contain.
+/// - Values are bytes and MUST come back byte for byte (a backend that
+///   stores JSON wraps other values, see the Dapr backend).
+/// - `delete` of an absent key MUST succeed.
+/// - `swap` MUST be atomic with respect to every write of the same key:
+///   it writes only if the key is still at the version `read_versioned`
+///   returned, else fails with [`SwapError::CasFailed`] and writes
+///   nothing. A version MUST NOT be reused after a delete and re-create,
+///   so a stale handle never succeeds. [`CasVersion::Absent`] swaps only
+///   create.
+/// - `increment` MUST be atomic (no lost updates under concurrency); the
+///   default is a CAS loop over `read_versioned` and `swap`. It treats an
+///   absent key as 0, and answers [`BackendError::Rejected`] for a value
+///   that is not decimal integer text or when the sum overflows `i64`.
+/// - `list_keys` returns one page and the cursor of the next (`None` on
+///   the last page); cursors are opaque, valid only for the store that
+///   made them, and an unknown one MUST be rejected, not restarted. Keys
+///   MAY come back more than once across pages, never missed. A backend
+///   with no key listing MUST answer [`BackendError::Unsupported`];
+///   that is the only operation allowed to be unsupported.
+/// - Batch operations need not be atomic (`wasi:keyvalue/batch` does not
+///   promise it); `get_many` MUST answer in the order asked.
+/// - Any call MAY fail with [`BackendError::Unavailable`] when the
+///   backend cannot be reached; the host retries nothing itself.
 #[async_trait]
 pub trait KeyValueStore: Send + Sync {
     /// The value of `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Stores `value` under `key`.
+    /// Stores `value` under `key` (last write wins).
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`; absent keys are fine.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Whether `key` exists.
-    async fn exists(&self, key: &str) -> Result<bool, StoreError>;
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.get(key).await?.is_some())
+    }
     /// One page of keys after `cursor`, and the cursor of the next page.
     async fn list_keys(
         &self,
         cursor: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>), StoreError>;
     /// Values of many keys, in the order asked.
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
     /// Stores many values.
-    async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
+    async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        for (key, value) in entries {
+            self.set(key, value).await?;
+        }
+        Ok(())
+    }
     /// Removes many keys.
-    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
     /// Atomically adds `delta` to the integer stored (as decimal text) at
     /// `key`, starting from 0; returns the new value.
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        for _ in 0..INCREMENT_ATTEMPTS {
+            let (current, version) = self.read_versioned(key).await?;
+            let next = add_to_stored(self.backend_name(), key, current.as_deref(), delta)?;
+            match self.swap(key, &version, next.to_string().as_bytes()).await {
+                Ok(()) => return Ok(next),
+                Err(SwapError::CasFailed) => continue,
+                Err(SwapError::Store(e)) => return Err(e),
+            }
+        }
+        Err(BackendError::unavailable(
+            self.backend_name(),
+            format!(
+                "key '{key}' kept changing during increment ({INCREMENT_ATTEMPTS} attempts); retry"
+            ),
+        )
+        .into())
+    }
     /// Reads a value together with the version a later swap is checked against.
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError>;
     /// Writes `value` only if the key is still at `version`.
     async fn swap(&self, key: &str, version: &CasVersion, value: &[u8]) -> Result<(), SwapError>;
+    /// The backend's name, for error messages of the default methods.
+    fn backend_name(&self) -> &'static str;
+}
+
+/// `stored` (decimal text, absent = 0) plus `delta`, with the errors the
+/// contract of [`KeyValueStore::increment`] names.
+pub fn add_to_stored(
+    backend: &'static str,
+    key: &str,
+    stored: Option<&[u8]>,
+    delta: i64,
+) -> Result<i64, BackendError> {
+    let base = match stored {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                BackendError::rejected(
+                    backend,
+                    format!("the value at '{key}' is not an integer; increment only works on keys it created or that hold decimal text"),
+                )
+            })?,
+    };
+    base.checked_add(delta).ok_or_else(|| {
+        BackendError::rejected(
+            backend,
+            format!("incrementing '{key}' by {delta} overflows a 64-bit integer"),
+        )
+    })
 }
 
 /// A backend serving store labels (one instance per runtime-config entry).
@@ -79,7 +177,7 @@ pub trait KeyValueBackend: Send + Sync {
     /// The namespace of `label` for `component`.
     fn open(&self, component: &str, label: &str) -> Result<Arc<dyn KeyValueStore>, StoreError>;
     /// Whether the backend is reachable (for `/readyz`).
-    async fn ready(&self) -> Result<(), String>;
+    async fn ready(&self) -> Result<(), BackendError>;
 }
 
 /// Which backend serves each store label.
@@ -136,21 +234,21 @@ pub struct Cas {
 pub struct KeyValueCtx {
     table: ResourceTable,
     component: Arc<str>,
-    allowed: Arc<std::collections::BTreeSet<String>>,
+    allowed_stores: Arc<std::collections::BTreeSet<String>>,
     stores: Arc<StoreRegistry>,
 }
 
 impl KeyValueCtx {
-    /// `allowed` is the component's `key_value_stores` list.
+    /// `allowed_stores` is the component's `key_value_stores` list.
     pub fn new(
         component: Arc<str>,
-        allowed: Arc<std::collections::BTreeSet<String>>,
+        allowed_stores: Arc<std::collections::BTreeSet<String>>,
         stores: Arc<StoreRegistry>,
     ) -> Self {
         KeyValueCtx {
             table: ResourceTable::new(),
             component,
-            allowed,
+            allowed_stores,
             stores,
         }
     }

@@ -9,7 +9,7 @@ impl types::Host for MessagingCtx {}
 
 impl types::HostClient for MessagingCtx {
     async fn connect(&mut self, name: String) -> wasmtime::Result<Result<Resource<Client>, Error>> {
-        if !self.allowed.contains(&name) {
+        if !self.allowed_clients.contains(&name) {
             return Ok(Err(Error::PermissionDenied(format!(
                 "component '{}' may not use messaging client '{name}'; add it to messaging_clients in [component.{}.tool.wasmshop]",
                 self.component, self.component
@@ -124,17 +124,16 @@ impl producer::Host for MessagingCtx {
                 "the topic is empty; name the topic to publish to".into(),
             )));
         }
-        if let Some(tp) = &self.traceparent
-            && !message.metadata.iter().any(|(k, _)| k == "traceparent")
-        {
-            message.metadata.push(("traceparent".into(), tp.clone()));
-        }
+        crate::trace::add_to_metadata(&mut message.metadata, self.traceparent.as_deref());
         Ok(broker
             .send(&name, &topic, message)
             .await
-            .map_err(|e| match e {
-                BrokerError::Unavailable(m) => Error::Connection(m),
-                BrokerError::Other(m) => Error::Other(m),
+            .map_err(|BrokerError(e)| {
+                if e.is_unavailable() {
+                    Error::Connection(e.message().to_string())
+                } else {
+                    Error::Other(e.to_string())
+                }
             }))
     }
 }

@@ -3,11 +3,16 @@
 //! `incoming-handler`. Which clients a component may connect to comes from
 //! its `messaging_clients` list in the manifest.
 
+pub mod delivery;
 mod host;
 
+use super::error::BackendError;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use wasmtime::component::ResourceTable;
 
 /// A message as it travels through a broker.
@@ -21,21 +26,24 @@ pub struct BrokerMessage {
     pub metadata: Vec<(String, String)>,
 }
 
-/// Why a send failed.
+/// Why a send failed: a backend's error, seen by the messaging capability.
+/// An unavailable backend becomes `error::connection` for the guest (the
+/// message was not accepted; retry later), anything else `error::other`.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum BrokerError {
-    /// The broker cannot be reached; the message was not accepted.
-    #[error("message broker unavailable: {0}")]
-    Unavailable(String),
-    /// Any other failure.
-    #[error("{0}")]
-    Other(String),
-}
+#[error(transparent)]
+pub struct BrokerError(#[from] pub BackendError);
 
-/// A broker behind one or more messaging clients.
+/// The send side of a messaging backend, behind one or more messaging
+/// clients.
+///
+/// Contract: `send` MUST return `Ok` only once the message is durable
+/// (it survives a crash of this process) and MUST NOT deliver it to
+/// anyone before it is; it SHOULD answer
+/// [`BackendError::Unavailable`] when the broker cannot be reached, so
+/// the guest may retry.
 #[async_trait]
 pub trait MessageBroker: Send + Sync {
-    /// Accepts a message for `topic`; returns only once it is durable.
+    /// Accepts a message for `topic` of messaging client `client`.
     async fn send(
         &self,
         client: &str,
@@ -43,7 +51,74 @@ pub trait MessageBroker: Send + Sync {
         message: BrokerMessage,
     ) -> Result<(), BrokerError>;
     /// Whether the broker is reachable (for `/readyz`).
-    async fn ready(&self) -> Result<(), String>;
+    async fn ready(&self) -> Result<(), BackendError>;
+}
+
+/// One subscription of a component run by this process: it gets the
+/// messages of `topic` sent through messaging client `client`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ComponentSubscription {
+    /// The subscribing component.
+    pub component: String,
+    /// The messaging client (runtime config `[messaging.<client>]`).
+    pub client: String,
+    /// The topic.
+    pub topic: String,
+}
+
+/// Why a delivery failed; the receiver retries it (see [`delivery`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// The component is not run by this process or exports no
+    /// `wasi:messaging/incoming-handler`.
+    #[error("{0}")]
+    NoHandler(String),
+    /// The handler returned an error.
+    #[error("the handler returned an error: {0}")]
+    Handler(String),
+    /// The handler trapped, ran out of memory or out of time.
+    #[error("the handler failed: {0}")]
+    Failed(String),
+}
+
+/// The handle a receiver delivers through: runs a subscribed component's
+/// `wasi:messaging/incoming-handler` on one message in a fresh instance
+/// (the messaging trigger implements it).
+#[async_trait]
+pub trait Deliverer: Send + Sync {
+    /// `Ok` when the handler accepted the message; `Err` means the
+    /// receiver should retry it.
+    async fn deliver(&self, component: &str, message: Message) -> Result<(), DeliveryError>;
+}
+
+/// When receivers stop and how they share the work.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Turns true on shutdown: receivers stop taking new messages.
+    pub shutdown: watch::Receiver<bool>,
+    /// How long deliveries in progress may still run after shutdown.
+    pub drain: Duration,
+    /// Deliveries one receiver runs at once.
+    pub max_in_flight: usize,
+}
+
+/// The receive side of a messaging backend.
+///
+/// Contract: `start` MUST deliver only the subscriptions whose client this
+/// backend serves (it is given all of them) and MUST NOT block: it
+/// spawns what consumes and returns the tasks, which MUST end at most
+/// `drain` after `shutdown` turns true. Delivery is at least once: a
+/// message is acknowledged only after [`Deliverer::deliver`] returned
+/// `Ok`, and failures follow [`delivery::DeliveryPolicy`] (or the broker's
+/// own policy where it retries by itself, as Dapr does).
+pub trait MessageReceiver: Send + Sync {
+    /// Starts delivering `subscriptions` through `deliverer`.
+    fn start(
+        &self,
+        subscriptions: &[ComponentSubscription],
+        deliverer: Arc<dyn Deliverer>,
+        options: ReceiveOptions,
+    ) -> Result<Vec<JoinHandle<()>>, BackendError>;
 }
 
 /// Which broker serves each messaging client name.
@@ -88,24 +163,24 @@ pub struct Message {
 pub struct MessagingCtx {
     table: ResourceTable,
     component: Arc<str>,
-    allowed: Arc<BTreeSet<String>>,
+    allowed_clients: Arc<BTreeSet<String>>,
     brokers: Arc<BrokerRegistry>,
     traceparent: Option<String>,
 }
 
 impl MessagingCtx {
-    /// `allowed` is the component's `messaging_clients` list; `traceparent`
-    /// is added to sent messages that carry none.
+    /// `allowed_clients` is the component's `messaging_clients` list;
+    /// `traceparent` is added to sent messages that carry none.
     pub fn new(
         component: Arc<str>,
-        allowed: Arc<BTreeSet<String>>,
+        allowed_clients: Arc<BTreeSet<String>>,
         brokers: Arc<BrokerRegistry>,
         traceparent: Option<String>,
     ) -> Self {
         MessagingCtx {
             table: ResourceTable::new(),
             component,
-            allowed,
+            allowed_clients,
             brokers,
             traceparent,
         }

@@ -1,10 +1,15 @@
-//! The HTTP trigger: a hyper server that routes each request to its
-//! component (Spin's route rules), answers the probes itself, and drains
-//! in-flight requests on shutdown.
+//! The HTTP trigger: a hyper server that answers the probes itself, lets
+//! each backend's [`crate::ingress::Ingress`] hooks see the request, routes
+//! it to its component (Spin's route rules; [`component`] runs it), and
+//! drains in-flight requests on shutdown.
 
-use crate::app::{App, RouteContext};
+pub mod component;
+
+use crate::app::App;
+use crate::ingress::Unrouted;
 use crate::metrics::Metrics;
 use crate::problem::{json, problem};
+use component::RouteContext;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -80,7 +85,7 @@ async fn route(
         return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
     }
     if probe && path == READYZ {
-        return match app.readiness().await {
+        return match app.backends().readiness().await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
             Err(failures) => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -89,31 +94,16 @@ async fn route(
             ),
         };
     }
-    // Dapr's app channel and the APP_API_TOKEN check (dapr_app_channel.rs).
-    let req = match crate::trigger::dapr_app_channel::intercept(app, req).await {
-        Ok(response) => return response,
-        Err(req) => req,
-    };
-    let Some((route, component, matched)) = app.router().route(&path) else {
-        // Internal endpoints, for authenticated sidecar traffic only.
-        use crate::trigger::dapr_app_channel::{Unrouted, unrouted};
-        return match unrouted(app, &req) {
-            Unrouted::Serve(component) => {
-                app.serve_unrouted(&component, req, 0, Some(client)).await
-            }
-            Unrouted::Refuse(response) => response,
-            Unrouted::NotFound(why) => {
-                let routes: Vec<&str> = app.router().routes().map(|(r, _)| r.as_str()).collect();
-                let mut detail = format!(
-                    "no route matches {path}; this host serves {}",
-                    routes.join(", ")
-                );
-                if let Some(why) = why {
-                    detail = format!("{detail}; {why}");
-                }
-                problem(StatusCode::NOT_FOUND, "no-route", detail)
-            }
+    // The backends' hooks: Dapr's app channel and its APP_API_TOKEN check.
+    let mut req = req;
+    for hook in app.backends().ingress() {
+        req = match hook.intercept(req).await {
+            Ok(response) => return response,
+            Err(req) => req,
         };
+    }
+    let Some((route, component, matched)) = app.router().route(&path) else {
+        return unrouted(app, req, client).await;
     };
     let ctx = RouteContext {
         route: Some(route.as_str().to_string()),
@@ -122,7 +112,39 @@ async fn route(
         client_addr: Some(client),
     };
     let component = component.clone();
-    app.serve_http(&component, req, ctx).await
+    component::serve(app, &component, req, ctx).await
+}
+
+/// A request no public route covers: an internal endpoint if a backend
+/// lets it through (authenticated sidecar traffic only), else 404.
+async fn unrouted(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<HyperOutgoingBody> {
+    let decision = app
+        .backends()
+        .ingress()
+        .iter()
+        .find_map(|hook| hook.unrouted(&req, app.as_ref()));
+    let why = match decision {
+        Some(Unrouted::Serve(component)) => {
+            return component::serve_unrouted(app, &component, req, 0, Some(client)).await;
+        }
+        Some(Unrouted::Refuse(response)) => return response,
+        Some(Unrouted::NotFound(why)) => why,
+        None => None,
+    };
+    let routes: Vec<&str> = app.router().routes().map(|(r, _)| r.as_str()).collect();
+    let mut detail = format!(
+        "no route matches {}; this host serves {}",
+        req.uri().path(),
+        routes.join(", ")
+    );
+    if let Some(why) = why {
+        detail = format!("{detail}; {why}");
+    }
+    problem(StatusCode::NOT_FOUND, "no-route", detail)
 }
 
 /// Serves Prometheus metrics on their own listener.

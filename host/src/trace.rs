@@ -1,0 +1,149 @@
+//! W3C Trace Context (<https://www.w3.org/TR/trace-context/>): the one
+//! place that reads, checks and makes `traceparent` values. A request
+//! without a valid one starts a trace; outgoing calls and sent messages
+//! carry a child of the instance's; message metadata carries it under the
+//! same name.
+
+use http::{HeaderMap, HeaderValue};
+
+/// The header and metadata name of the trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// The vendor-specific companion of [`TRACEPARENT`], passed through as is.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Whether `tp` has the shape `version-traceid-spanid-flags` with 2, 32,
+/// 16 and 2 hex digits.
+pub fn is_valid(tp: &str) -> bool {
+    let parts: Vec<&str> = tp.split('-').collect();
+    parts.len() == 4
+        && parts[0].len() == 2
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts[3].len() == 2
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A new trace: random trace and span ids, sampled.
+pub fn start() -> String {
+    let mut ids = [0u8; 24];
+    let _ = getrandom::fill(&mut ids);
+    format!(
+        "00-{}-{}-01",
+        hex::encode(&ids[..16]),
+        hex::encode(&ids[16..])
+    )
+}
+
+/// A child of `parent` (same trace id, new span id); `None` when `parent`
+/// is not a trace context.
+pub fn child(parent: &str) -> Option<String> {
+    if !is_valid(parent) {
+        return None;
+    }
+    let mut parts = parent.split('-');
+    let (version, trace_id, _span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let mut span = [0u8; 8];
+    getrandom::fill(&mut span).ok()?;
+    Some(format!(
+        "{version}-{trace_id}-{}-{flags}",
+        hex::encode(span)
+    ))
+}
+
+/// The request's valid `traceparent`, or a new trace written into the
+/// headers; returns the value either way.
+pub fn ensure(headers: &mut HeaderMap) -> String {
+    if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+        && is_valid(tp)
+    {
+        return tp.to_string();
+    }
+    let tp = start();
+    headers.insert(
+        TRACEPARENT,
+        HeaderValue::from_str(&tp).expect("hex is a valid header value"),
+    );
+    tp
+}
+
+/// The `traceparent` entry of message metadata, if any.
+pub fn from_metadata(metadata: &[(String, String)]) -> Option<String> {
+    metadata
+        .iter()
+        .find(|(k, _)| k == TRACEPARENT)
+        .map(|(_, v)| v.clone())
+}
+
+/// Adds `traceparent` to message metadata that has none.
+pub fn add_to_metadata(metadata: &mut Vec<(String, String)>, traceparent: Option<&str>) {
+    if let Some(tp) = traceparent
+        && !metadata.iter().any(|(k, _)| k == TRACEPARENT)
+    {
+        metadata.push((TRACEPARENT.into(), tp.to_string()));
+    }
+}
+
+/// Adds a child of `parent` as the request's `traceparent` unless the
+/// guest set one itself.
+pub fn continue_in(headers: &mut HeaderMap, parent: Option<&str>) {
+    if !headers.contains_key(TRACEPARENT)
+        && let Some(tp) = parent.and_then(child)
+        && let Ok(value) = HeaderValue::from_str(&tp)
+    {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// The trace headers (`traceparent`, `tracestate`) of message metadata,
+/// as HTTP headers.
+pub fn metadata_to_headers(metadata: &[(String, String)], headers: &mut HeaderMap) {
+    for (k, v) in metadata {
+        let name = match k.as_str() {
+            TRACEPARENT => TRACEPARENT,
+            TRACESTATE => TRACESTATE,
+            _ => continue,
+        };
+        if let Ok(v) = HeaderValue::from_str(v) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_without_a_valid_context_starts_a_trace() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static("nonsense"));
+        let tp = ensure(&mut headers);
+        assert!(is_valid(&tp), "{tp}");
+        assert_eq!(headers[TRACEPARENT], tp.as_str());
+        let kept = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert(TRACEPARENT, HeaderValue::from_static(kept));
+        assert_eq!(ensure(&mut headers), kept);
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_changes_the_span() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let c = child(parent).unwrap();
+        assert!(is_valid(&c));
+        assert!(c.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert!(c.ends_with("-01"));
+        assert_ne!(c, parent);
+        assert_eq!(child("not-a-trace"), None);
+    }
+
+    #[test]
+    fn metadata_gets_the_context_once() {
+        let mut md = vec![];
+        add_to_metadata(&mut md, Some("a"));
+        add_to_metadata(&mut md, Some("b"));
+        assert_eq!(from_metadata(&md).as_deref(), Some("a"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Running a component's `wasi:http/incoming-handler` on one request, for
+//! a public route, an internal endpoint reached through a backend, or a
+//! chained call (`http://<component>.spin.internal/...`): Spin's request
+//! headers, the instance under its limits, and its failures turned into
+//! problem responses. [`Chaining`] decides where a chained call goes: in
+//! process when this process runs the callee, else the fallback a
+//! backend supplies (Dapr service invocation).
+
+use crate::app::{App, InstanceContext, TimeLimitExceeded};
+use crate::capabilities::outbound_http::{ResponseFuture, ServiceChaining};
+use crate::manifest::RouteMatch;
+use crate::problem::problem;
+use http::{HeaderValue, Request, Response, StatusCode};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+
+/// Where an HTTP request enters a component.
+#[derive(Debug, Clone, Default)]
+pub struct RouteContext {
+    /// The matched route as written (`/api/products/...`).
+    pub route: Option<String>,
+    /// Parameters and wildcard tail.
+    pub matched: RouteMatch,
+    /// Chained calls that led here (0 for external requests).
+    pub depth: u32,
+    /// The client address, for `spin-client-addr`.
+    pub client_addr: Option<std::net::SocketAddr>,
+}
+
+/// Runs `component_id`'s HTTP handler on `request`; every failure is a
+/// problem response (404 unknown component, 500 trap or memory limit,
+/// 503 time limit), never an error.
+pub async fn serve<B>(
+    app: &Arc<App>,
+    component_id: &str,
+    mut request: Request<B>,
+    ctx: RouteContext,
+) -> Response<HyperOutgoingBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let started = Instant::now();
+    let Some(component) = app.component(component_id) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no-such-component",
+            format!("component '{component_id}' is not run by this host"),
+        );
+    };
+    let Some(proxy) = component.proxy().cloned() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no-http-handler",
+            format!("component '{component_id}' does not handle HTTP"),
+        );
+    };
+    let traceparent = crate::trace::ensure(request.headers_mut());
+    add_spin_headers(&mut request, &ctx);
+    let context = InstanceContext {
+        depth: ctx.depth,
+        traceparent: Some(traceparent),
+        chaining: Chaining::of(app),
+    };
+    let mut store = app.new_store(component, context);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let prepared = (|| -> wasmtime::Result<_> {
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        Ok((req, out))
+    })();
+    let (req, out) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("the request could not be passed to the component: {e}"),
+            );
+        }
+    };
+    let limit = app.request_timeout();
+    let task = tokio::spawn(async move {
+        let run = async {
+            let proxy = proxy.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        let result = match tokio::time::timeout(limit + Duration::from_secs(1), run).await {
+            Ok(r) => r,
+            Err(_) => Err(wasmtime::Error::new(TimeLimitExceeded(limit))),
+        };
+        (result, store.data().limiter.hit)
+    });
+    let response = match receiver.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => {
+            tracing::warn!(component = component_id, error = ?code, "component answered with an HTTP error code");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component-error",
+                format!("component '{component_id}' reported an error: {code:?}"),
+            )
+        }
+        Err(_) => match task.await {
+            Ok((Err(e), memory_hit)) => failure_response(app, component_id, &e, memory_hit),
+            Ok((Ok(()), _)) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no-response",
+                format!("component '{component_id}' returned without sending a response"),
+            ),
+            Err(join) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component-failed",
+                format!("component '{component_id}' task failed: {join}"),
+            ),
+        },
+    };
+    app.metrics()
+        .record_request(component_id, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Runs `component_id` on a request that reached it without a public
+/// route: a chained call, or an internal endpoint a backend let through
+/// (Dapr service invocation). As in Spin, the component's routes do not
+/// restrict such calls; they only fill the `spin-*` headers when one
+/// matches.
+pub async fn serve_unrouted<B>(
+    app: &Arc<App>,
+    component_id: &str,
+    request: Request<B>,
+    depth: u32,
+    client_addr: Option<std::net::SocketAddr>,
+) -> Response<HyperOutgoingBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let path = request.uri().path().to_string();
+    let routed = app
+        .component(component_id)
+        .and_then(|c| c.router().route(&path));
+    let (route, matched) = match routed {
+        Some((r, _, m)) => (Some(r.as_str().to_string()), m),
+        None => (
+            None,
+            RouteMatch {
+                path_info: path,
+                ..Default::default()
+            },
+        ),
+    };
+    let ctx = RouteContext {
+        route,
+        matched,
+        depth,
+        client_addr,
+    };
+    serve(app, component_id, request, ctx).await
+}
+
+/// Turns a failed instance into a problem response and a log line.
+fn failure_response(
+    app: &App,
+    component: &str,
+    error: &wasmtime::Error,
+    memory_hit: bool,
+) -> Response<HyperOutgoingBody> {
+    if let Some(t) = error.downcast_ref::<TimeLimitExceeded>() {
+        tracing::warn!(component, "request stopped: {t}");
+        let mut response = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "time-limit",
+            format!(
+                "component '{component}' did not answer within {:?} and was stopped; retry later, and report it if it persists",
+                t.0
+            ),
+        );
+        // As every 503 of the API: when to try again (openapi.yaml).
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    if memory_hit {
+        tracing::warn!(component, error = %format!("{error:#}"), "component exceeded its memory limit");
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "memory-limit",
+            format!(
+                "component '{component}' needed more than its memory limit of {} MiB and was stopped; raise --max-memory-mb if the request is legitimate",
+                app.max_memory() >> 20
+            ),
+        );
+    }
+    tracing::error!(component, error = %format!("{error:#}"), "component failed");
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "component-failed",
+        format!(
+            "component '{component}' failed while handling the request; the host logged the cause"
+        ),
+    )
+}
+
+/// Where an instance's chained calls go (the app weakly held: the
+/// instance lives inside it).
+pub struct Chaining(Weak<App>);
+
+impl Chaining {
+    /// The chaining of `app`'s instances.
+    pub fn of(app: &Arc<App>) -> Arc<dyn ServiceChaining> {
+        Arc::new(Chaining(Arc::downgrade(app)))
+    }
+}
+
+impl ServiceChaining for Chaining {
+    fn call(&self, component: &str, request: Request<WasiBody>, depth: u32) -> ResponseFuture {
+        let app = self.0.clone();
+        let component = component.to_string();
+        Box::pin(async move {
+            let app = app
+                .upgrade()
+                .ok_or(wasmtime_wasi_http::Error::DestinationUnavailable)?;
+            if app.component(&component).is_some() {
+                return Ok(serve_unrouted(&app, &component, request, depth, None).await);
+            }
+            if let Some(fallback) = app.backends().invocation() {
+                return fallback.call(&component, request, depth).await;
+            }
+            tracing::warn!(
+                callee = component,
+                "chained call refused: component '{component}' is not run by this process; run it here (--component-id) or configure service invocation"
+            );
+            Err(wasmtime_wasi_http::Error::DestinationNotFound)
+        })
+    }
+}
+
+/// Spin's request headers (`spin-path-info`, `spin-matched-route`, ...),
+/// so components written for Spin find what they expect.
+fn add_spin_headers<B>(request: &mut Request<B>, ctx: &RouteContext) {
+    let uri = request.uri().clone();
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".into());
+    let headers = request.headers_mut();
+    let mut set = |name: &str, value: String| {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(n, v);
+        }
+    };
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    set("spin-full-url", format!("http://{host}{path_and_query}"));
+    set("spin-path-info", ctx.matched.path_info.clone());
+    set("spin-base-path", "/".into());
+    if let Some(route) = &ctx.route {
+        set("spin-matched-route", route.clone());
+        set("spin-raw-component-route", route.clone());
+        set(
+            "spin-component-route",
+            route.trim_end_matches("/...").to_string(),
+        );
+    }
+    for (name, value) in &ctx.matched.params {
+        set(&format!("spin-path-match-{name}"), value.clone());
+    }
+    if let Some(addr) = ctx.client_addr {
+        set("spin-client-addr", addr.to_string());
+    }
+    if !headers.contains_key(http::header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        headers.insert(http::header::HOST, v);
+    }
+}

@@ -1,0 +1,101 @@
+//! The messaging trigger: starts every backend's receiver with the
+//! subscriptions of the components this process runs, and runs each
+//! delivery — the subscriber's `wasi:messaging/incoming-handler` in a
+//! fresh instance — for them (the [`Deliverer`] they deliver through).
+
+use super::http::component::Chaining;
+use crate::app::{App, InstanceContext, TimeLimitExceeded};
+use crate::capabilities::BackendError;
+use crate::capabilities::messaging::{Deliverer, DeliveryError, Message, ReceiveOptions};
+use async_trait::async_trait;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Deliveries one receiver runs at once.
+pub const MAX_DELIVERIES_IN_FLIGHT: usize = 32;
+
+/// Starts every backend's receiver; the returned tasks end at most
+/// `drain` after `shutdown` turns true.
+pub fn start(
+    app: &Arc<App>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<Vec<JoinHandle<()>>, BackendError> {
+    let deliverer: Arc<dyn Deliverer> = Arc::new(AppDeliverer(Arc::downgrade(app)));
+    let mut tasks = Vec::new();
+    for receiver in app.backends().receivers() {
+        tasks.extend(receiver.start(
+            app.subscriptions(),
+            deliverer.clone(),
+            ReceiveOptions {
+                shutdown: shutdown.clone(),
+                drain,
+                max_in_flight: MAX_DELIVERIES_IN_FLIGHT,
+            },
+        )?);
+    }
+    Ok(tasks)
+}
+
+/// Runs deliveries on the app (weakly held: receivers live inside it).
+struct AppDeliverer(Weak<App>);
+
+#[async_trait]
+impl Deliverer for AppDeliverer {
+    async fn deliver(&self, component_id: &str, message: Message) -> Result<(), DeliveryError> {
+        let app = self.0.upgrade().ok_or_else(|| {
+            DeliveryError::NoHandler(
+                "the host is shutting down; the message will be redelivered".into(),
+            )
+        })?;
+        let started = Instant::now();
+        let outcome = run(&app, component_id, message).await;
+        app.metrics()
+            .record_delivery(component_id, outcome.is_ok(), started.elapsed());
+        outcome
+    }
+}
+
+/// One delivery in a fresh instance, under the app's time and memory limits.
+async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(), DeliveryError> {
+    let component = app.component(component_id).ok_or_else(|| {
+        DeliveryError::NoHandler(format!(
+            "component '{component_id}' is not run by this process"
+        ))
+    })?;
+    let subscriber = component.subscriber().cloned().ok_or_else(|| {
+        DeliveryError::NoHandler(format!(
+            "component '{component_id}' does not export wasi:messaging/incoming-handler"
+        ))
+    })?;
+    let context = InstanceContext {
+        depth: 0,
+        traceparent: crate::trace::from_metadata(&message.inner.metadata),
+        chaining: Chaining::of(app),
+    };
+    let mut store = app.new_store(component, context);
+    let limit = app.request_timeout();
+    let handle = async {
+        let msg = store.data_mut().messaging.push_delivery(message)?;
+        let instance = subscriber.instantiate_async(&mut store).await?;
+        instance
+            .wasi_messaging_incoming_handler()
+            .call_handle(&mut store, msg)
+            .await
+    };
+    let result = match tokio::time::timeout(limit + Duration::from_secs(1), handle).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::new(TimeLimitExceeded(limit))),
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DeliveryError::Handler(format!("{e:?}"))),
+        Err(e) if store.data().limiter.hit => Err(DeliveryError::Failed(format!(
+            "it exceeded its memory limit of {} MiB: {e:#}",
+            app.max_memory() >> 20
+        ))),
+        Err(e) => Err(DeliveryError::Failed(format!("{e:#}"))),
+    }
+}
