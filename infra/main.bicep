@@ -1,6 +1,5 @@
-// WasmShop on Azure Container Apps: the seed's deployment (shared/seed/
-// solution-architecture.md: "Deployment Architecture", "Security Architecture",
-// "Observability Architecture", "AI-Powered Observability Pipeline") with the
+// WasmShop on Azure Container Apps (docs/deployment.md describes what it
+// deploys and why; docs/azure-container-apps.md the platform facts), with the
 // services running as WebAssembly components under the wasmshop host.
 //
 // Deploy with infra/deploy.sh (see docs/deployment.md); parameter files:

@@ -1,9 +1,7 @@
 // Container Apps environment with Dapr, plus the environment-level Dapr
 // components every service shares.
-// Seed: "Dapr Deployment Configuration / Container Apps Environment",
-// "Dapr Components Configuration" (1. statestore, 2. product-pubsub on Redis),
-// "Deployment Architecture / Container Apps Environment", "Logging Strategy".
-// Facts: shared/reference/azure-container-apps.md (simplified component schema,
+// Components: 1. statestore, 2. product-pubsub on Redis (docs/deployment.md).
+// Facts: docs/azure-container-apps.md (simplified component schema,
 // scopes = app ids, azureClientId required with a user-assigned identity).
 
 param location string

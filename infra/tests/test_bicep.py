@@ -94,7 +94,7 @@ def test_service_app_dapr_probes_and_scaling() -> None:
     assert port == 8080
     dapr = app["configuration"]["dapr"]
     assert dapr["enabled"] is True and dapr["appId"] == "name" and dapr["appPort"] == "port"
-    # only the fields ACA supports (shared/reference/azure-container-apps.md)
+    # only the fields ACA supports (docs/azure-container-apps.md)
     assert set(dapr) <= {"enabled", "appId", "appPort", "appProtocol", "httpMaxRequestSize",
                          "httpReadBufferSize", "enableApiLogging", "logLevel"}
     ingress = app["configuration"]["ingress"]

@@ -25,7 +25,8 @@ pub const PUBSUB_CLIENT: &str = "product-pubsub";
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 /// A CloudEvents 1.0 event with the `tenantid` and `traceparent`
-/// extension attributes (DESIGN §4).
+/// extension attributes: the tenant travels with every event, as with
+/// every service call, and the trace continues in the subscriber.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloudEvent {
     /// Always `1.0`.

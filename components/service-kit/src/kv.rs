@@ -5,7 +5,8 @@
 //! `wasi:keyvalue` bucket, [`MemoryStore`] an in-memory double with the same
 //! CAS semantics so business logic runs in native unit tests. Every
 //! read-modify-write goes through [`update_json`], which reads with `cas`,
-//! writes with `swap` and retries on `cas-failed` (DESIGN §3).
+//! writes with `swap` and retries on `cas-failed` (the rule of
+//! `docs/storage-layout.md`: optimistic concurrency only).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
