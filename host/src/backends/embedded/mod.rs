@@ -118,7 +118,8 @@ pub struct EmbeddedDb {
 struct DbState {
     conn: Connection,
     /// Next CAS version; global so a deleted-and-recreated key never
-    /// reuses a version an old `cas` handle might hold.
+    /// reuses a version an old `cas` handle might hold, also across a
+    /// restart (see `kv_meta` in the schema).
     next_version: i64,
 }
 
@@ -148,6 +149,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (seq, subscriber)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due_ms);
+-- The highest version a deleted row held: with MAX(kv.version) it bounds
+-- every version ever used, so a reopened database never hands out a
+-- version an old `cas` handle may hold (kept in the deleting transaction).
+CREATE TABLE IF NOT EXISTS kv_meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS kv_deleted AFTER DELETE ON kv BEGIN
+    INSERT INTO kv_meta (name, value) VALUES ('max_deleted_version', OLD.version)
+    ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value);
+END;
 CREATE INDEX IF NOT EXISTS messages_topic ON messages (topic);
 "#;
 
@@ -167,8 +179,12 @@ impl EmbeddedDb {
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.execute_batch(SCHEMA)?;
-            let max: i64 =
-                conn.query_row("SELECT COALESCE(MAX(version), 0) FROM kv", [], |r| r.get(0))?;
+            let max: i64 = conn.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(version) FROM kv), 0),
+                            COALESCE((SELECT value FROM kv_meta WHERE name = 'max_deleted_version'), 0))",
+                [],
+                |r| r.get(0),
+            )?;
             Ok((conn, max + 1))
         };
         let (conn, next_version) = open().map_err(|e| {

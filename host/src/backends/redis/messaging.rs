@@ -267,34 +267,30 @@ impl RedisConsumer {
     /// pending entries stays: removing it would drop them from the group.
     async fn leave_group(&self) {
         let (key, group, me) = (self.key(), self.component.clone(), self.consumer.clone());
-        let held: Result<StreamPendingCountReply, _> = {
-            let (key, group, me) = (key.clone(), group.clone(), me.clone());
-            self.conn
-                .call(|mut c| async move {
-                    redis::cmd("XPENDING")
-                        .arg(key)
-                        .arg(group)
-                        .arg("-")
-                        .arg("+")
-                        .arg(1)
-                        .arg(me)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await
-        };
+        let held: Result<StreamPendingCountReply, _> = self
+            .conn
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(&me)
+                    .clone(),
+            )
+            .await;
         if matches!(&held, Ok(p) if p.ids.is_empty()) {
             let _ = self
                 .conn
-                .call(|mut c| async move {
+                .query::<()>(
                     redis::cmd("XGROUP")
                         .arg("DELCONSUMER")
                         .arg(key)
                         .arg(group)
                         .arg(me)
-                        .query_async::<()>(&mut c)
-                        .await
-                })
+                        .clone(),
+                )
                 .await;
         }
     }
@@ -305,16 +301,15 @@ impl RedisConsumer {
         let (key, group) = (self.key(), self.component.clone());
         let created = self
             .conn
-            .call(|mut c| async move {
+            .query::<()>(
                 redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(key)
                     .arg(group)
                     .arg("0")
                     .arg("MKSTREAM")
-                    .query_async::<()>(&mut c)
-                    .await
-            })
+                    .clone(),
+            )
             .await;
         match created {
             Err(BackendError::Rejected { message, .. }) if message.contains("BUSYGROUP") => Ok(()),
@@ -334,7 +329,7 @@ impl RedisConsumer {
         );
         let reply: StreamAutoClaimReply = self
             .conn
-            .call(|mut c| async move {
+            .query(
                 redis::cmd("XAUTOCLAIM")
                     .arg(key)
                     .arg(group)
@@ -343,9 +338,8 @@ impl RedisConsumer {
                     .arg(from)
                     .arg("COUNT")
                     .arg(BATCH)
-                    .query_async(&mut c)
-                    .await
-            })
+                    .clone(),
+            )
             .await?;
         for entry in reply.claimed {
             if self.in_flight.lock().unwrap().contains(&entry.id) {
@@ -367,16 +361,15 @@ impl RedisConsumer {
         let (key, group, id) = (self.key(), self.component.clone(), id.to_string());
         let reply: StreamPendingCountReply = self
             .conn
-            .call(|mut c| async move {
+            .query(
                 redis::cmd("XPENDING")
                     .arg(key)
                     .arg(group)
                     .arg(&id)
                     .arg(&id)
                     .arg(1)
-                    .query_async(&mut c)
-                    .await
-            })
+                    .clone(),
+            )
             .await?;
         Ok(reply.ids.into_iter().next())
     }
@@ -490,16 +483,15 @@ impl RedisConsumer {
         }
         let claimed: StreamClaimReply = self
             .conn
-            .call(|mut c| async move {
+            .query(
                 redis::cmd("XCLAIM")
                     .arg(key)
                     .arg(group)
                     .arg(me)
                     .arg(0)
                     .arg(id)
-                    .query_async(&mut c)
-                    .await
-            })
+                    .clone(),
+            )
             .await?;
         Ok(!claimed.ids.is_empty())
     }

@@ -303,6 +303,15 @@ impl RedisConn {
         }
     }
 
+    /// Runs one command with the bound of [`RedisConn::call`].
+    async fn query<T: redis::FromRedisValue + Send>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, BackendError> {
+        self.call(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
     /// `PING`, for `/readyz`.
     async fn ping(&self) -> Result<(), BackendError> {
         self.call(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })

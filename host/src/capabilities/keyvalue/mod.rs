@@ -53,8 +53,9 @@ pub const INCREMENT_ATTEMPTS: u32 = 100;
 ///
 /// - Namespaces MUST be separate: no key of one (component, label) is
 ///   visible in another, whatever characters the names contain.
-/// - Values are bytes and MUST come back byte for byte (a backend that
-///   stores JSON wraps other values, see the Dapr backend).
+/// - Values are bytes and MUST come back byte for byte. A backend that
+///   stores JSON (Dapr) wraps every other value, and MAY give back a value
+///   that is JSON reformatted by its store (same JSON value).
 /// - `delete` of an absent key MUST succeed.
 /// - `swap` MUST be atomic with respect to every write of the same key:
 ///   it writes only if the key is still at the version `read_versioned`
@@ -67,9 +68,11 @@ pub const INCREMENT_ATTEMPTS: u32 = 100;
 ///   absent key as 0, and answers [`BackendError::Rejected`] for a value
 ///   that is not decimal integer text or when the sum overflows `i64`.
 /// - `list_keys` returns one page and the cursor of the next (`None` on
-///   the last page); cursors are opaque, valid only for the store that
-///   made them, and an unknown one MUST be rejected, not restarted. Keys
-///   MAY come back more than once across pages, never missed. A backend
+///   the last page); cursors are opaque and valid only for the store that
+///   made them. A cursor the store did not make MUST NOT restart the
+///   listing: it is rejected (Redis), or resumes after it (embedded, whose
+///   cursor is the last key returned). Keys MAY come back more than once
+///   across pages, never missed, and none of another namespace. A backend
 ///   with no key listing MUST answer [`BackendError::Unsupported`];
 ///   that is the only operation allowed to be unsupported.
 /// - Batch operations need not be atomic (`wasi:keyvalue/batch` does not
