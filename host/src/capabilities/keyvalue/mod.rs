@@ -61,8 +61,10 @@ pub const INCREMENT_ATTEMPTS: u32 = 100;
 ///   it writes only if the key is still at the version `read_versioned`
 ///   returned, else fails with [`SwapError::CasFailed`] and writes
 ///   nothing. A version MUST NOT be reused after a delete and re-create,
-///   so a stale handle never succeeds. [`CasVersion::Absent`] swaps only
-///   create.
+///   so a stale handle never succeeds, unless the store behind the backend
+///   reuses its own versions: Dapr's ETags are the state store's, and
+///   state.redis counts a re-created key from 1 again
+///   (`docs/dapr-reference.md`). [`CasVersion::Absent`] swaps only create.
 /// - `increment` MUST be atomic (no lost updates under concurrency); the
 ///   default is a CAS loop over `read_versioned` and `swap`. It treats an
 ///   absent key as 0, and answers [`BackendError::Rejected`] for a value
