@@ -325,3 +325,14 @@ async fn wait_for_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_of_every_backend_fit_together() {
+        Cli::command().debug_assert();
+    }
+}

@@ -58,6 +58,7 @@ pub struct MessagingSettings {
 
 /// The Dapr backend's flags of `wasmshop up`.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "dapr-flags")]
 pub struct Flags {
     /// With a Dapr backend: how long to wait at start-up for the sidecar
     /// (GET /v1.0/healthz/outbound) before giving up, in seconds.

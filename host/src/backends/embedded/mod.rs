@@ -52,6 +52,7 @@ impl Default for MessagingSettings {
 
 /// The embedded backend has no flags of its own (`--data-dir` is the host's).
 #[derive(Debug, Clone, Default, clap::Args)]
+#[group(id = "embedded-flags")]
 pub struct Flags {}
 
 /// The embedded backend of an app: the database, always open (it is the

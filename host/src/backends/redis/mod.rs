@@ -72,6 +72,7 @@ impl MessagingSettings {
 
 /// The Redis backend has no flags of its own.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[group(id = "redis-flags")]
 pub struct Flags {}
 
 /// The Redis backend of an app: one connection per distinct URL, shared
