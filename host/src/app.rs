@@ -38,7 +38,7 @@ pub struct AppOptions {
     pub backend_args: BackendArgs,
     /// Components this process runs; empty means all.
     pub component_ids: Vec<String>,
-    /// Where the embedded database and the compile cache live.
+    /// The data directory (`--data-dir`): backends' files, compile cache.
     pub data_dir: PathBuf,
     /// Memory and concurrency limits.
     pub limits: EngineLimits,
@@ -324,18 +324,15 @@ impl LocalComponents for App {
 
 /// The components to run: `component_ids`, or all when empty.
 fn select(manifest: &AppManifest, component_ids: Vec<String>) -> anyhow::Result<BTreeSet<String>> {
-    for id in &component_ids {
-        if !manifest.components.contains_key(id) {
-            anyhow::bail!(
-                "--component-id {id}: the manifest has no component '{id}'; it defines {}",
-                manifest
-                    .components
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+    let defined = || manifest.components.keys().cloned().collect::<Vec<_>>();
+    if let Some(id) = component_ids
+        .iter()
+        .find(|id| !manifest.components.contains_key(*id))
+    {
+        anyhow::bail!(
+            "--component-id {id}: the manifest has no component '{id}'; it defines {}",
+            defined().join(", ")
+        );
     }
     Ok(if component_ids.is_empty() {
         manifest.components.keys().cloned().collect()
