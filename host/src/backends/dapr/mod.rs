@@ -65,7 +65,8 @@ pub struct Flags {
     #[arg(
         long = "dapr-startup-timeout-secs",
         env = "WASMSHOP_DAPR_STARTUP_TIMEOUT_SECS",
-        default_value_t = 60.0
+        default_value_t = 60.0,
+        value_parser = parse_startup_timeout_secs
     )]
     pub startup_timeout_secs: f64,
 
@@ -79,6 +80,25 @@ pub struct Flags {
         env = "WASMSHOP_DAPR_ALLOW_UNAUTHENTICATED"
     )]
     pub allow_unauthenticated: bool,
+}
+
+/// Longest `--dapr-startup-timeout-secs` accepted: a day. Longer is a
+/// typo, and an unbounded value would not fit a `Duration`.
+const MAX_STARTUP_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// Parses `--dapr-startup-timeout-secs` when the command line is read, so
+/// a bad value is one clear line and exit code 2 like every other flag.
+fn parse_startup_timeout_secs(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds; give e.g. 60"))?;
+    if !(0.0..=MAX_STARTUP_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "{text} is out of range; give a number of seconds from 0 to {MAX_STARTUP_TIMEOUT_SECS}"
+        ));
+    }
+    Ok(secs)
 }
 
 impl Default for Flags {
@@ -227,6 +247,21 @@ impl StartupCheck for Sidecar {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_timeout_is_range_checked_when_the_flags_are_read() {
+        assert_eq!(parse_startup_timeout_secs("0.5"), Ok(0.5));
+        assert_eq!(parse_startup_timeout_secs("86400"), Ok(86_400.0));
+        for bad in ["-5", "1e30", "NaN", "inf", "abc", ""] {
+            let err = parse_startup_timeout_secs(bad).unwrap_err();
+            assert!(err.contains("seconds"), "{bad}: {err}");
         }
     }
 }
