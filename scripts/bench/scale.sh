@@ -30,25 +30,8 @@ case "$profile" in
   *) echo "PROFILE=$profile: use release or debug" >&2; exit 2 ;;
 esac
 
-# Every process this script starts is recorded here, in the main shell
-# (never inside $(...), whose assignments are lost), and ended on exit.
-pids=()
-work=$(mktemp -d)
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [[ $alive == 0 ]] && break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Records started processes in `pids` and ends them on exit; `work` is scratch.
+source scripts/bench/processes.sh
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true

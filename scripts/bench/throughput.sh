@@ -22,25 +22,8 @@ cargo build --release -p wasmshop-host -p wasmshop-bench
 bin=target/release/wasmshop
 loadgen=target/release/loadgen
 root=$(pwd)
-work=$(mktemp -d)
-# Every process started is recorded in the main shell (never inside $(...),
-# whose assignments are lost) and ended on exit, however the script ends.
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [[ $alive == 0 ]] && break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Records started processes in `pids` and ends them on exit; `work` is scratch.
+source scripts/bench/processes.sh
 
 # Starts "$@" in the background as <name> and records its PID; call it
 # directly, not in $(...).
