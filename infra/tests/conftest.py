@@ -3,7 +3,6 @@ check that the container image, Bicep, Dapr resources, workflow and docs agree
 with each other, with spin.toml and with the host's CLI."""
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import tomllib
@@ -16,11 +15,6 @@ from pycep import BicepParser
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
-
-
-def shared_dir() -> Path:
-    """shared/ sits beside the work tree (and beside CI's clone)."""
-    return Path(os.environ.get("WASMSHOP_SHARED_DIR", REPO.parent / "shared"))
 
 
 @lru_cache(maxsize=None)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INFRA, bicep, bicep_files, bicepparam, shared_dir, spin_manifest
+from conftest import INFRA, REPO, bicep, bicep_files, bicepparam, spin_manifest
 
 
 @pytest.mark.parametrize("path", bicep_files(), ids=lambda p: str(p.relative_to(INFRA)))
@@ -45,23 +45,23 @@ def test_parameter_file_matches_main(env: str) -> None:
     assert values["environmentName"] == f"'{env}'"
 
 
-def _seed_resource_table(heading: str) -> dict[str, list[str]]:
-    seed = shared_dir() / "seed" / "solution-architecture.md"
-    if not seed.exists():
-        pytest.skip(f"seed not found at {seed}")
-    text = seed.read_text()
+def _sizing_table(heading: str) -> dict[str, list[str]]:
+    """The sizing table under `heading` in docs/deployment.md."""
+    text = (REPO / "docs" / "deployment.md").read_text()
+    assert heading in text, f"docs/deployment.md lost its '{heading}' table"
     section = text.split(heading, 1)[1].split("####", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[0] in {"ProductService", "OrderService", "Redis"}:
             rows[cells[0]] = cells
+    assert set(rows) == {"ProductService", "OrderService", "Redis"}, rows
     return rows
 
 
 @pytest.mark.parametrize("env,heading", [("dev", "#### Development Environment"), ("prod", "#### Production Environment")])
-def test_sizes_follow_the_seed(env: str, heading: str) -> None:
-    rows = _seed_resource_table(heading)
+def test_sizes_follow_the_documented_table(env: str, heading: str) -> None:
+    rows = _sizing_table(heading)
     values = bicepparam(INFRA / "parameters" / f"{env}.bicepparam")
     for service in ("ProductService", "OrderService"):
         _, _, replicas, cpu, memory = rows[service]
