@@ -134,6 +134,7 @@ impl App {
                 component: c.to_string(),
                 client: s.client.clone(),
                 topic: s.topic.clone(),
+                event_types: s.event_types.clone(),
             })
             .collect();
         let context = OpenContext {

@@ -605,3 +605,34 @@ fn events_travel_the_spin_way_through_the_adapter_and_the_private_route() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Spin names the header of a route parameter `SPIN_PATH_MATCH_<NAME>`
+/// and sends it with `_` turned into `-`, lower-cased
+/// (`crates/trigger-http/src/headers.rs`): `:path_segment` arrives as
+/// `spin-path-match-path-segment`, never `spin-path-match-path_segment`.
+#[test]
+fn route_parameters_arrive_under_the_header_names_spin_sends() {
+    let manifest = format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "params"
+[[trigger.http]]
+route = "/p/:path_segment/:userId/..."
+component = "echo"
+[component.echo]
+source = "{}"
+"#,
+        wasm("capabilities-fixture").display()
+    );
+    let host = Host::builder().manifest(manifest).start();
+    let r = host.get("/p/first/42/echo");
+    assert_eq!(r.status(), 200);
+    let echoed: Value = r.json().unwrap();
+    let headers = &echoed["headers"];
+    assert_eq!(headers["spin-path-match-path-segment"], "first", "{headers}");
+    assert_eq!(headers["spin-path-match-userid"], "42", "{headers}");
+    assert!(
+        headers.get("spin-path-match-path_segment").is_none(),
+        "Spin never sends the name with '_': {headers}"
+    );
+}

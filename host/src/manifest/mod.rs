@@ -96,6 +96,11 @@ pub struct Subscription {
     pub client: String,
     /// The topic (`products`).
     pub topic: String,
+    /// The event types (CloudEvent `type`) the component wants; empty: all.
+    /// Messages of other types are acknowledged without running the
+    /// component (see docs/messaging.md, "Event-type filter").
+    #[serde(default)]
+    pub event_types: Vec<String>,
 }
 
 /// An application variable declaration.
@@ -392,6 +397,15 @@ impl AppManifest {
                 })?;
             }
             for s in &tool.subscriptions {
+                if s.event_types.iter().any(|t| t.trim().is_empty()) {
+                    return Err(err(
+                        format!("[component.{id}.tool.wasmshop] key 'subscriptions.event_types'"),
+                        format!(
+                            "subscription to topic '{}' lists an empty event type; write CloudEvent types such as \"ProductDeleted\", or leave event_types out to receive every type",
+                            s.topic
+                        ),
+                    ));
+                }
                 if !tool.messaging_clients.contains(&s.client) {
                     return Err(err(
                         format!("[component.{id}.tool.wasmshop] key 'subscriptions'"),

@@ -64,6 +64,22 @@ pub struct ComponentSubscription {
     pub client: String,
     /// The topic.
     pub topic: String,
+    /// The CloudEvent types the component wants (manifest
+    /// `subscriptions.event_types`); empty: every type.
+    pub event_types: Vec<String>,
+}
+
+impl ComponentSubscription {
+    /// Whether a message whose CloudEvent `type` is `event_type` (`None`:
+    /// not a CloudEvent, or no type) goes to this subscriber. A filtered
+    /// subscription still gets messages whose type cannot be read, so a
+    /// filter never hides what it cannot judge.
+    pub fn wants(&self, event_type: Option<&str>) -> bool {
+        match event_type {
+            Some(t) if !self.event_types.is_empty() => self.event_types.iter().any(|w| w == t),
+            _ => true,
+        }
+    }
 }
 
 /// Why a delivery failed; the receiver retries it (see [`delivery`]).

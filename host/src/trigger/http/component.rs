@@ -279,7 +279,7 @@ fn add_spin_headers<B>(request: &mut Request<B>, ctx: &RouteContext) {
         );
     }
     for (name, value) in &ctx.matched.params {
-        set(&format!("spin-path-match-{name}"), value.clone());
+        set(&path_match_header(name), value.clone());
     }
     if let Some(addr) = ctx.client_addr {
         set("spin-client-addr", addr.to_string());
@@ -288,5 +288,26 @@ fn add_spin_headers<B>(request: &mut Request<B>, ctx: &RouteContext) {
         && let Ok(v) = HeaderValue::from_str(&host)
     {
         headers.insert(http::header::HOST, v);
+    }
+}
+
+/// The header carrying route parameter `name`, named as Spin names it:
+/// Spin builds `SPIN_PATH_MATCH_<NAME>` and sends it with every `_` turned
+/// into `-` and lower-cased (`crates/trigger-http/src/headers.rs` of
+/// spinframework/spin), so `:path_segment` arrives as
+/// `spin-path-match-path-segment`.
+pub fn path_match_header(name: &str) -> String {
+    format!("spin-path-match-{}", name.replace('_', "-").to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_parameters_are_named_as_spin_names_them() {
+        assert_eq!(
+            super::path_match_header("path_segment"),
+            "spin-path-match-path-segment"
+        );
+        assert_eq!(super::path_match_header("userId"), "spin-path-match-userid");
     }
 }
