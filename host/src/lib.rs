@@ -16,7 +16,8 @@
 //!    traits it is written against; [`ingress`]: the backends' hooks on the
 //!    HTTP listener.
 //! 6. Helpers every layer may use: [`manifest`], [`engine`], [`trace`],
-//!    [`problem`], [`metrics`], [`state`], [`bindings`], [`config_text`].
+//!    [`problem`], [`metrics`], [`telemetry`], [`state`], [`bindings`],
+//!    [`config_text`].
 
 pub mod app;
 pub mod backends;
@@ -31,5 +32,6 @@ pub mod metrics;
 pub mod problem;
 pub mod runtime_config;
 pub mod state;
+pub mod telemetry;
 pub mod trace;
 pub mod trigger;

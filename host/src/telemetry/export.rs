@@ -1,0 +1,310 @@
+//! Bounded queues between the request path and the OTLP exporters, and
+//! the tasks that batch and send them.
+//!
+//! The SDK's own batch processors run their exporter on a plain thread
+//! without a tokio reactor, which the gRPC (tonic) and hyper HTTP clients
+//! need; ours run on the host's runtime instead. A processor only
+//! `try_send`s into its queue: a full queue drops the item and counts it
+//! ([`super::count_dropped`]), so exporting never slows a request.
+//!
+//! Items are grouped by the component that made them (the `component`
+//! attribute) and each group goes through an exporter whose resource
+//! names that component (`service.name` = its Dapr app id,
+//! `wasmshop.component` = its id); items of no component use the host's
+//! resource (`OTEL_SERVICE_NAME`, else `wasmshop`).
+
+use super::{SELF_TARGET, Signal, count_dropped, count_failed};
+use opentelemetry::logs::LogRecord as _;
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _, SpanProcessor};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// An item or a flush request.
+pub enum Msg<T> {
+    /// A finished span or log record.
+    Item(T),
+    /// Send everything queued before this, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The receiving end of a signal's queue, and a sender for flushes.
+pub struct Queue<T> {
+    rx: mpsc::Receiver<Msg<T>>,
+    tx: mpsc::Sender<Msg<T>>,
+}
+
+/// A log record with its scope, as queued.
+pub type LogItem = (SdkLogRecord, InstrumentationScope);
+
+/// Asks a running export task to send what it holds.
+pub struct Flusher(Box<dyn FnOnce() -> Option<oneshot::Receiver<()>> + Send>);
+
+impl Flusher {
+    /// Waits (at most `limit`) until the task exported what was queued.
+    pub async fn flush(self, limit: Duration) {
+        if let Some(done) = (self.0)() {
+            let _ = tokio::time::timeout(limit, done).await;
+        }
+    }
+}
+
+fn flusher<T: Send + 'static>(tx: mpsc::Sender<Msg<T>>) -> Flusher {
+    Flusher(Box::new(move || {
+        let (done, wait) = oneshot::channel();
+        tx.try_send(Msg::Flush(done)).ok().map(|_| wait)
+    }))
+}
+
+/// The span processor feeding a queue of `capacity` spans.
+pub fn span_queue(capacity: usize) -> (QueueSpanProcessor, Queue<SpanData>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (QueueSpanProcessor { tx: tx.clone() }, Queue { rx, tx })
+}
+
+/// The log processor feeding a queue of `capacity` records.
+pub fn log_queue(capacity: usize) -> (QueueLogProcessor, Queue<LogItem>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (QueueLogProcessor { tx: tx.clone() }, Queue { rx, tx })
+}
+
+/// Queues each sampled span when it ends.
+#[derive(Debug)]
+pub struct QueueSpanProcessor {
+    tx: mpsc::Sender<Msg<SpanData>>,
+}
+
+impl SpanProcessor for QueueSpanProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.tx.try_send(Msg::Item(span)).is_err() {
+            count_dropped(Signal::Span, 1);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Queues each log record, tagged with the component whose request or
+/// delivery emitted it (from the current `tracing` span).
+#[derive(Debug)]
+pub struct QueueLogProcessor {
+    tx: mpsc::Sender<Msg<LogItem>>,
+}
+
+impl LogProcessor for QueueLogProcessor {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        let has_component = record
+            .attributes_iter()
+            .any(|(k, _)| k.as_str() == "component");
+        if !has_component && let Some(c) = super::spans::current_component() {
+            record.add_attribute("component", c.to_string());
+        }
+        if self
+            .tx
+            .try_send(Msg::Item((record.clone(), scope.clone())))
+            .is_err()
+        {
+            count_dropped(Signal::LogRecord, 1);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The resource of `component`'s telemetry ("" for the host's own).
+pub fn resource(component: &str) -> Resource {
+    let builder = Resource::builder();
+    if component.is_empty() {
+        if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty()) {
+            return builder.build();
+        }
+        return builder.with_service_name("wasmshop").build();
+    }
+    builder
+        .with_service_name(super::service_name(component))
+        .with_attribute(KeyValue::new("wasmshop.component", component.to_string()))
+        .build()
+}
+
+/// Where a batch goes.
+trait Sink<T> {
+    fn send(&mut self, batch: Vec<T>) -> impl Future<Output = ()> + Send;
+}
+
+async fn batch_loop<T: Send + 'static>(
+    mut queue: Queue<T>,
+    max_batch: usize,
+    delay: Duration,
+    mut sink: impl Sink<T>,
+) {
+    drop(queue.tx);
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = queue.rx.recv() => match msg {
+                Some(Msg::Item(item)) => {
+                    batch.push(item);
+                    if batch.len() >= max_batch {
+                        sink.send(std::mem::take(&mut batch)).await;
+                    }
+                }
+                Some(Msg::Flush(done)) => {
+                    if !batch.is_empty() {
+                        sink.send(std::mem::take(&mut batch)).await;
+                    }
+                    let _ = done.send(());
+                }
+                None => {
+                    if !batch.is_empty() {
+                        sink.send(batch).await;
+                    }
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    sink.send(std::mem::take(&mut batch)).await;
+                }
+            }
+        }
+    }
+}
+
+fn component_of(attributes: impl Iterator<Item = (String, String)>) -> String {
+    attributes
+        .filter(|(k, _)| k == "component")
+        .map(|(_, v)| v)
+        .next()
+        .unwrap_or_default()
+}
+
+struct SpanSink(HashMap<String, opentelemetry_otlp::SpanExporter>);
+
+impl Sink<SpanData> for SpanSink {
+    async fn send(&mut self, batch: Vec<SpanData>) {
+        let mut groups: BTreeMap<String, Vec<SpanData>> = BTreeMap::new();
+        for span in batch {
+            let c = component_of(
+                span.attributes
+                    .iter()
+                    .map(|kv| (kv.key.to_string(), kv.value.to_string())),
+            );
+            groups.entry(c).or_default().push(span);
+        }
+        for (component, spans) in groups {
+            let n = spans.len() as u64;
+            if !self.0.contains_key(&component) {
+                match opentelemetry_otlp::SpanExporter::builder().build() {
+                    Ok(mut e) => {
+                        e.set_resource(&resource(&component));
+                        self.0.insert(component.clone(), e);
+                    }
+                    Err(e) => {
+                        count_failed(Signal::Span, n, &e);
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self.0[&component].export(spans).await {
+                count_failed(Signal::Span, n, &e);
+            }
+        }
+    }
+}
+
+struct LogSink(HashMap<String, opentelemetry_otlp::LogExporter>);
+
+impl Sink<LogItem> for LogSink {
+    async fn send(&mut self, batch: Vec<LogItem>) {
+        let mut groups: BTreeMap<String, Vec<LogItem>> = BTreeMap::new();
+        for item in batch {
+            let c = component_of(
+                item.0
+                    .attributes_iter()
+                    .map(|(k, v)| (k.to_string(), any_value_text(v))),
+            );
+            groups.entry(c).or_default().push(item);
+        }
+        for (component, items) in groups {
+            let n = items.len() as u64;
+            if !self.0.contains_key(&component) {
+                match opentelemetry_otlp::LogExporter::builder().build() {
+                    Ok(mut e) => {
+                        e.set_resource(&resource(&component));
+                        self.0.insert(component.clone(), e);
+                    }
+                    Err(e) => {
+                        count_failed(Signal::LogRecord, n, &e);
+                        continue;
+                    }
+                }
+            }
+            let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                items.iter().map(|(r, s)| (r, s)).collect();
+            if let Err(e) = self.0[&component].export(LogBatch::new(&refs)).await {
+                count_failed(Signal::LogRecord, n, &e);
+            }
+        }
+    }
+}
+
+/// Starts the span export task; the flusher sends what is queued.
+pub fn run_spans(queue: Queue<SpanData>, config: &super::Config) -> Flusher {
+    let flush = flusher(queue.tx.clone());
+    let sink = SpanSink(HashMap::new());
+    tokio::spawn(batch_loop(queue, config.max_batch, config.delay, sink));
+    flush
+}
+
+/// Starts the log record export task; the flusher sends what is queued.
+pub fn run_logs(queue: Queue<LogItem>, config: &super::Config) -> Flusher {
+    let flush = flusher(queue.tx.clone());
+    let sink = LogSink(HashMap::new());
+    tokio::spawn(batch_loop(queue, config.max_batch, config.delay, sink));
+    flush
+}
+
+fn any_value_text(v: &opentelemetry::logs::AnyValue) -> String {
+    match v {
+        opentelemetry::logs::AnyValue::String(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The OTLP metrics pipeline: a periodic reader on the tokio runtime
+/// (`OTEL_METRIC_EXPORT_INTERVAL`, default 60 s) under the host's
+/// resource; components are the `component` label, as on `/metrics`.
+pub fn meter_provider()
+-> Result<opentelemetry_sdk::metrics::SdkMeterProvider, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = opentelemetry_otlp::MetricExporter::builder().build()?;
+    let reader =
+        opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    tracing::debug!(target: SELF_TARGET, "OTLP metrics reader started");
+    Ok(opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_resource(resource(""))
+        .with_reader(reader)
+        .build())
+}

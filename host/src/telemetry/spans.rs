@@ -1,0 +1,280 @@
+//! The spans the host makes, with OpenTelemetry semantic-convention
+//! attribute names (`docs/observability.md` lists them), and the bridge
+//! between a `tracing` span and a W3C `traceparent`.
+//!
+//! Every span carries a `component` field naming the component whose work
+//! it is; the exporter turns it into that component's resource
+//! ([`super::export`]), and [`ComponentLayer`] passes it down to child
+//! spans for the log records emitted inside them.
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use std::sync::Arc;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The span context a `traceparent` value names, if it is one.
+pub fn parse(traceparent: &str) -> Option<SpanContext> {
+    if !crate::trace::is_valid(traceparent) {
+        return None;
+    }
+    let mut parts = traceparent.split('-');
+    let (_version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let trace = TraceId::from_hex(trace).ok()?;
+    let span = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let sc = SpanContext::new(
+        trace,
+        span,
+        TraceFlags::new(flags),
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid().then_some(sc)
+}
+
+/// The `traceparent` of `span`, `None` when spans are not OpenTelemetry
+/// spans (no telemetry installed: the host used as a library).
+pub fn traceparent(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Makes `span` a child of the remote span `traceparent` names (a request
+/// header, a delivered message's metadata). Call before anything enters
+/// `span` or asks for its [`traceparent`].
+pub fn set_parent(span: &Span, traceparent: Option<&str>) {
+    if let Some(sc) = traceparent.and_then(parse) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// Adds a link from `span` to the span `traceparent` names.
+pub fn link(span: &Span, traceparent: Option<&str>) {
+    if let Some(sc) = traceparent.and_then(parse) {
+        span.add_link(sc);
+    }
+}
+
+/// Records `trace_id` and `span_id` on `span` (for the log lines written
+/// inside it) and returns its `traceparent`, or `fallback()` without
+/// OpenTelemetry spans.
+pub fn ids(span: &Span, fallback: impl FnOnce() -> String) -> String {
+    let tp = traceparent(span).unwrap_or_else(fallback);
+    let mut parts = tp.split('-').skip(1);
+    if let (Some(trace), Some(id)) = (parts.next(), parts.next()) {
+        span.record("trace_id", trace);
+        span.record("span_id", id);
+    }
+    tp
+}
+
+/// The server span of one HTTP request to `component` (`http.route` is
+/// the route template, never the path with ids).
+pub fn server(method: &str, route: Option<&str>, component: &str, tenant: &str) -> Span {
+    let name = match route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
+    tracing::info_span!(
+        "request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = Empty,
+        wasmshop.tenant = tenant,
+        component = component,
+        trace_id = Empty,
+        span_id = Empty,
+    )
+}
+
+/// Marks a server or client span with its HTTP status (5xx is an error,
+/// as the HTTP semantic conventions say for servers).
+pub fn record_status(span: &Span, status: u16) {
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// A client span of one key-value operation; `db.system` is the store
+/// behind the backend (`sqlite`, `redis`, `dapr`). Keys and values are
+/// never attributes.
+pub fn kv(backend: &str, operation: &'static str, label: &str, component: &str) -> Span {
+    tracing::info_span!(
+        "kv",
+        otel.name = %format_args!("{operation} {label}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        db.system = db_system(backend),
+        db.operation.name = operation,
+        db.namespace = label,
+        component = component,
+    )
+}
+
+/// `db.system` of a key-value backend.
+pub fn db_system(backend: &str) -> &'static str {
+    match backend {
+        "embedded" => "sqlite",
+        "redis" => "redis",
+        "dapr" => "dapr",
+        _ => "other_sql",
+    }
+}
+
+/// A producer span of one message sent to `topic` by `component`.
+pub fn producer(system: &str, topic: &str, component: &str) -> Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = system,
+        messaging.operation.type = "send",
+        messaging.destination.name = topic,
+        messaging.message.id = Empty,
+        component = component,
+    )
+}
+
+/// A consumer span of one delivery of `topic` to `component`: call
+/// [`set_parent`] with the delivered CloudEvent's `traceparent` and
+/// [`link`] with the producer's.
+pub fn consumer(system: &str, topic: &str, message_id: &str, component: &str) -> Span {
+    tracing::info_span!(
+        "deliver",
+        otel.name = %format_args!("process {topic}"),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = system,
+        messaging.operation.type = "process",
+        messaging.destination.name = topic,
+        messaging.message.id = message_id,
+        component = component,
+        trace_id = Empty,
+        span_id = Empty,
+    )
+}
+
+/// A client span of one outbound HTTP call by `component`: a chained call
+/// in process, a Dapr invocation or the internet (`server.address`).
+pub fn outbound(method: &str, host: &str, component: &str) -> Span {
+    tracing::info_span!(
+        "outbound",
+        otel.name = method,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = method,
+        server.address = host,
+        http.response.status_code = Empty,
+        component = component,
+    )
+}
+
+/// Marks `span` failed.
+pub fn record_error(span: &Span) {
+    span.record("otel.status_code", "ERROR");
+}
+
+/// The component a `tracing` span (or an ancestor) works for.
+struct SpanComponent(Arc<str>);
+
+/// Keeps each span's `component` (its own field, else its parent's) so
+/// the log records emitted inside it can be attributed
+/// ([`current_component`]).
+pub struct ComponentLayer;
+
+struct ComponentVisitor(Option<String>);
+
+impl tracing::field::Visit for ComponentVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "component" {
+            self.0 = Some(value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "component" {
+            self.0 = Some(format!("{value:?}").trim_matches('"').to_string());
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for ComponentLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut visitor = ComponentVisitor(None);
+        attrs.record(&mut visitor);
+        let component = match visitor.0 {
+            Some(c) => Some(Arc::from(c.as_str())),
+            None => span
+                .parent()
+                .and_then(|p| p.extensions().get::<SpanComponent>().map(|c| c.0.clone())),
+        };
+        if let Some(c) = component {
+            span.extensions_mut().insert(SpanComponent(c));
+        }
+    }
+}
+
+/// The component of the current `tracing` span, if any.
+pub fn current_component() -> Option<Arc<str>> {
+    let current = Span::current();
+    let id = current.id()?;
+    current.with_subscriber(|(_, dispatch)| {
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        use tracing_subscriber::registry::LookupSpan as _;
+        let span = registry.span(&id)?;
+        span.extensions()
+            .get::<SpanComponent>()
+            .map(|c| c.0.clone())
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_parses_into_its_span_context() {
+        let sc = parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(sc.span_id().to_string(), "b7ad6b7169203331");
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert!(parse("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none());
+        assert!(parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn key_value_backends_name_their_store() {
+        assert_eq!(db_system("embedded"), "sqlite");
+        assert_eq!(db_system("redis"), "redis");
+        assert_eq!(db_system("dapr"), "dapr");
+    }
+}
