@@ -7,6 +7,8 @@ use crate::engine::EngineLimits;
 use crate::manifest::AppManifest;
 use crate::metrics::Metrics;
 use crate::runtime_config::RuntimeConfig;
+use crate::trigger::http::{FrontDoorLimits, front_door};
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,24 +132,61 @@ pub struct UpArgs {
     #[arg(long, env = "WASMSHOP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Wall-clock limit of one request or delivery, in seconds; a component
-    /// still running then is stopped and the client gets a 503.
-    #[arg(long, env = "WASMSHOP_REQUEST_TIMEOUT_SECS", default_value_t = 30.0)]
+    /// Wall-clock limit of one request or delivery, in seconds (more than
+    /// 0, at most a day); a component still running then is stopped and
+    /// the client gets a 503.
+    #[arg(long, env = "WASMSHOP_REQUEST_TIMEOUT_SECS", default_value_t = 30.0, value_parser = parse_request_timeout)]
     pub request_timeout_secs: f64,
 
-    /// Linear memory one instance may use, in MiB; past it the request fails
+    /// Linear memory one instance may use, in MiB (1 to 4096: a 32-bit
+    /// WebAssembly memory holds at most 4 GiB); past it the request fails
     /// with a 500 and the host carries on.
-    #[arg(long, env = "WASMSHOP_MAX_MEMORY_MB", default_value_t = 128)]
+    #[arg(long, env = "WASMSHOP_MAX_MEMORY_MB", default_value_t = 128, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MEMORY_MB))]
     pub max_memory_mb: usize,
 
-    /// Instances alive at once (concurrent requests plus deliveries).
-    #[arg(long, env = "WASMSHOP_MAX_INSTANCES", default_value_t = 1000)]
+    /// Instances alive at once (concurrent requests plus deliveries), 1 to
+    /// 10000; past it a request is answered 503 with Retry-After.
+    #[arg(long, env = "WASMSHOP_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=MAX_INSTANCES))]
     pub max_instances: u32,
 
     /// On SIGTERM/SIGINT, how long in-flight requests and deliveries may
-    /// still run, in seconds.
-    #[arg(long, env = "WASMSHOP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
+    /// still run, in seconds (0 to 3600).
+    #[arg(long, env = "WASMSHOP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0, value_parser = parse_grace)]
     pub shutdown_grace_secs: f64,
+
+    /// Seconds a client may take from connecting (or from the first byte
+    /// of a request) to the end of the request's headers; then the
+    /// connection is closed (more than 0, at most 3600).
+    #[arg(long, env = "WASMSHOP_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0, value_parser = parse_hour)]
+    pub header_read_timeout_secs: f64,
+
+    /// Seconds a keep-alive connection may sit idle between requests;
+    /// longer than the connection pools of the callers (Envoy in Azure
+    /// Container Apps keeps idle connections up to an hour), so they close
+    /// first (more than 0, at most a day).
+    #[arg(long, env = "WASMSHOP_IDLE_TIMEOUT_SECS", default_value_t = 3900.0, value_parser = parse_day)]
+    pub idle_timeout_secs: f64,
+
+    /// Seconds a client may take to send a request body once its headers
+    /// are in; then it gets a 408 (more than 0, at most 3600).
+    #[arg(long, env = "WASMSHOP_BODY_READ_TIMEOUT_SECS", default_value_t = 30.0, value_parser = parse_hour)]
+    pub body_read_timeout_secs: f64,
+
+    /// Open client connections at once [default: derived from the
+    /// open-files limit, which the host raises to its hard limit at start];
+    /// at the cap the oldest connection still sending a request is closed.
+    #[arg(long, env = "WASMSHOP_MAX_CONNECTIONS", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNECTIONS))]
+    pub max_connections: Option<usize>,
+
+    /// Largest request body in bytes (1 to 1 GiB); larger is a 413 before
+    /// any component runs.
+    #[arg(long, env = "WASMSHOP_MAX_REQUEST_BODY_BYTES", default_value_t = 4 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
+    pub max_request_body_bytes: usize,
+
+    /// MiB of request bodies the host buffers at once, across all requests
+    /// (1 to 65536); past it a request gets a 503 with Retry-After.
+    #[arg(long, env = "WASMSHOP_BODY_BUFFER_MB", default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub body_buffer_mb: usize,
 
     /// The backends' own flags (`--dapr-*`).
     #[command(flatten)]
@@ -156,6 +195,49 @@ pub struct UpArgs {
     /// Log format.
     #[arg(long, env = "WASMSHOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+}
+
+/// Largest `--max-memory-mb`: a 32-bit WebAssembly memory holds 4 GiB.
+const MAX_MEMORY_MB: u64 = 4096;
+/// Largest `--max-instances`: the pooling allocator reserves address space
+/// for two memories of up to 4 GiB (plus guard pages) per instance, and
+/// 10000 of them already take most of a 47-bit address space.
+const MAX_INSTANCES: i64 = 10_000;
+/// Largest `--max-connections` (Linux's default `nr_open` is 2^20).
+const MAX_CONNECTIONS: u64 = 1 << 20;
+
+/// A number of seconds in `(0, max]` (or `[0, max]` when `zero_ok`), for
+/// a clap value parser: a bad value is one line and exit code 2 when the
+/// command line is read, never a panic when it is used.
+fn parse_secs(text: &str, zero_ok: bool, max: f64) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds; give e.g. 30"))?;
+    let low_ok = if zero_ok { secs >= 0.0 } else { secs > 0.0 };
+    if !secs.is_finite() || !low_ok || secs > max {
+        let low = if zero_ok { "from 0" } else { "more than 0" };
+        return Err(format!(
+            "{text} is out of range; give a number of seconds {low} and at most {max}"
+        ));
+    }
+    Ok(secs)
+}
+
+fn parse_request_timeout(text: &str) -> Result<f64, String> {
+    parse_secs(text, false, 86_400.0)
+}
+
+fn parse_grace(text: &str) -> Result<f64, String> {
+    parse_secs(text, true, 3_600.0)
+}
+
+fn parse_hour(text: &str) -> Result<f64, String> {
+    parse_secs(text, false, 3_600.0)
+}
+
+fn parse_day(text: &str) -> Result<f64, String> {
+    parse_secs(text, false, 86_400.0)
 }
 
 /// Why `wasmshop` exits early, and the exit code it deserves.
@@ -182,45 +264,33 @@ impl ExitError {
     }
 }
 
-/// Sets up logging to stderr.
+/// Sets up logging to stderr and OpenTelemetry (`crate::telemetry`).
 pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        let _ = builder.json().flatten_event(true).try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+    crate::telemetry::install(json);
 }
 
 /// Runs `wasmshop up` until SIGTERM/SIGINT.
 pub async fn up(args: UpArgs) -> Result<(), ExitError> {
     let started = Instant::now();
     let manifest = AppManifest::load(&args.from).map_err(ExitError::input)?;
+    crate::telemetry::name_components(&manifest);
     let runtime_config = match &args.runtime_config_file {
         Some(path) => RuntimeConfig::load(path).map_err(ExitError::input)?,
         None => RuntimeConfig::default(),
     };
-    let valid_timeout = args.request_timeout_secs.is_finite() && args.request_timeout_secs > 0.0;
-    let valid_grace = args.shutdown_grace_secs.is_finite() && args.shutdown_grace_secs >= 0.0;
-    if !valid_timeout || !valid_grace {
-        return Err(ExitError::input(
-            "--request-timeout-secs must be positive and --shutdown-grace-secs not negative",
-        ));
-    }
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| manifest.dir.join(".wasmshop"));
+    // Held until the process exits: one host per data directory.
+    let _lock = lock_data_dir(&data_dir)?;
+    let front_door = front_door_limits(&args);
     let metrics = Arc::new(Metrics::default());
     let options = AppOptions {
         manifest,
@@ -228,8 +298,8 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
         component_ids: args.component_id.clone(),
         data_dir,
         limits: EngineLimits {
-            max_memory_bytes: args.max_memory_mb.max(1) << 20,
-            max_instances: args.max_instances.max(1),
+            max_memory_bytes: args.max_memory_mb << 20,
+            max_instances: args.max_instances,
         },
         request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
         backend_args: args.backends.clone(),
@@ -287,6 +357,7 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
         listener,
         stopped.clone(),
         grace,
+        front_door,
     ));
 
     // The two lines tests and people look for, as `spin up` prints them.
@@ -306,6 +377,102 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listener's limits from the flags; the connection cap, unless
+/// given, from the open-files limit (raised to its hard limit first).
+fn front_door_limits(args: &UpArgs) -> FrontDoorLimits {
+    let open_files = match front_door::raise_open_files_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; assuming 1024");
+            1024
+        }
+    };
+    let derived = front_door::connection_cap(open_files);
+    let max_connections = match args.max_connections {
+        Some(n) if n > derived => {
+            tracing::warn!(
+                requested = n,
+                open_files,
+                "--max-connections is above what the open-files limit leaves room for; using {derived} (raise `ulimit -Hn` to allow more)"
+            );
+            derived
+        }
+        Some(n) => n,
+        None => derived,
+    };
+    tracing::info!(open_files, max_connections, "connection cap");
+    FrontDoorLimits {
+        header_read_timeout: Duration::from_secs_f64(args.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
+        body_read_timeout: Duration::from_secs_f64(args.body_read_timeout_secs),
+        max_connections,
+        max_body_bytes: args.max_request_body_bytes,
+        body_budget_bytes: args.body_buffer_mb << 20,
+    }
+}
+
+/// The lock file in the data directory; it holds the pid of the host
+/// that owns the directory.
+pub const LOCK_FILE: &str = "wasmshop.lock";
+
+/// Takes the data directory for this process alone: an exclusive lock
+/// on [`LOCK_FILE`], released by the kernel when the process ends (also
+/// on `kill -9`). A second host on the same directory would share the
+/// embedded database's queue and compile cache with the first.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ExitError> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        ExitError::runtime(format!(
+            "cannot create the data directory {} ({e}); choose another with --data-dir",
+            data_dir.display()
+        ))
+    })?;
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| {
+            ExitError::runtime(format!(
+                "cannot open the lock file {} ({e}); check the data directory's permissions",
+                path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "another wasmshop process".to_string(),
+                pid => format!("wasmshop process {pid}"),
+            };
+            return Err(ExitError::runtime(format!(
+                "the data directory {} is in use by {holder} (it holds {}); stop that process, or give this one its own --data-dir",
+                data_dir.display(),
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(ExitError::runtime(format!(
+                "cannot lock {} ({e}); the data directory must be on a file system that supports locks",
+                path.display()
+            )));
+        }
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .and_then(|_| file.flush());
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot write this process's id into the lock file");
+    }
+    Ok(file)
 }
 
 async fn wait_for_signal() {

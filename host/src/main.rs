@@ -16,10 +16,13 @@ fn main() {
         .build()
         .expect("starting the tokio runtime");
     let result = runtime.block_on(async {
-        match cli.command {
+        let export = wasmshop::telemetry::start();
+        let result = match cli.command {
             Command::Up(args) => up(args).await,
             Command::Messages(args) => messages(args).await,
-        }
+        };
+        export.shutdown(std::time::Duration::from_secs(5)).await;
+        result
     });
     if let Err(error) = result {
         eprintln!("Error: {}", error.message);
