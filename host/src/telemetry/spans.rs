@@ -102,6 +102,99 @@ pub fn server(method: &str, route: Option<&str>, component: &str, tenant: &str) 
     )
 }
 
+/// What the access line of a request says besides its status and
+/// duration.
+#[derive(Debug, Clone)]
+pub struct Access {
+    method: String,
+    route: String,
+    component: String,
+    tenant: String,
+    trace_id: String,
+    span_id: String,
+}
+
+/// The server span of `request` to `component`: a child of the request's
+/// valid `traceparent` (else a new trace), whose own context replaces the
+/// header so the component and its calls continue it. Returns the span
+/// and what [`Access::finish`] writes.
+pub fn request<B>(
+    request: &mut http::Request<B>,
+    route: Option<&str>,
+    component: &str,
+) -> (Span, Access) {
+    use crate::trace::{TRACEPARENT, is_valid};
+    let method = request.method().as_str().to_string();
+    let tenant = request
+        .headers()
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|t| {
+            let valid = !t.is_empty()
+                && t.len() <= 64
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if valid { t } else { "(invalid)" }
+        })
+        .unwrap_or("default")
+        .to_string();
+    let span = server(&method, route, component, &tenant);
+    let incoming = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|tp| is_valid(tp))
+        .map(str::to_string);
+    set_parent(&span, incoming.as_deref());
+    let tp = ids(&span, || crate::trace::ensure(request.headers_mut()));
+    if let Ok(v) = http::HeaderValue::from_str(&tp) {
+        request.headers_mut().insert(TRACEPARENT, v);
+    }
+    let mut parts = tp.split('-').skip(1);
+    let access = Access {
+        method,
+        route: route.unwrap_or("(unrouted)").to_string(),
+        component: component.to_string(),
+        tenant,
+        trace_id: parts.next().unwrap_or_default().to_string(),
+        span_id: parts.next().unwrap_or_default().to_string(),
+    };
+    (span, access)
+}
+
+impl Access {
+    /// Records `status` on the server span and writes the request's
+    /// access line (target [`super::ACCESS_TARGET`]; `duration_ms` to the
+    /// response head).
+    pub fn finish(&self, span: &Span, status: u16, took: std::time::Duration) {
+        record_status(span, status);
+        span.in_scope(|| {
+            tracing::info!(
+                target: super::ACCESS_TARGET,
+                method = %self.method,
+                route = %self.route,
+                status,
+                duration_ms = took.as_secs_f64() * 1000.0,
+                component = %self.component,
+                tenant = %self.tenant,
+                trace_id = %self.trace_id,
+                span_id = %self.span_id,
+                "access"
+            );
+        });
+    }
+}
+
+/// `tokio::spawn` of `future` inside `span`, so what it logs and the
+/// spans it opens belong to the request or delivery.
+pub fn spawn_in<F>(span: &Span, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument as _;
+    tokio::spawn(future.instrument(span.clone()))
+}
+
 /// Marks a server or client span with its HTTP status (5xx is an error,
 /// as the HTTP semantic conventions say for servers).
 pub fn record_status(span: &Span, status: u16) {

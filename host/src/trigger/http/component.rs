@@ -58,6 +58,8 @@ where
             format!("component '{component_id}' does not handle HTTP"),
         );
     };
+    let (span, access) =
+        crate::telemetry::spans::request(&mut request, ctx.route.as_deref(), component_id);
     let traceparent = crate::trace::ensure(request.headers_mut());
     add_spin_headers(&mut request, &ctx);
     let context = InstanceContext {
@@ -86,7 +88,7 @@ where
         }
     };
     let limit = app.request_timeout();
-    let task = tokio::spawn(async move {
+    let task = crate::telemetry::spans::spawn_in(&span, async move {
         let run = async {
             let proxy = proxy.instantiate_async(&mut store).await?;
             proxy
@@ -126,6 +128,7 @@ where
     };
     app.metrics()
         .record_request(component_id, response.status().as_u16(), started.elapsed());
+    access.finish(&span, response.status().as_u16(), started.elapsed());
     response
 }
 
