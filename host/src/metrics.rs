@@ -280,6 +280,8 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("wasmshop");
+        // The messaging families (docs/messaging.md, "Metrics").
+        crate::capabilities::messaging::metrics::register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let request_seconds = Family::<ComponentLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,

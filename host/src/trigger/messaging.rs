@@ -6,7 +6,10 @@
 use super::http::component::Chaining;
 use crate::app::{App, InstanceContext, TimeLimitExceeded};
 use crate::capabilities::BackendError;
-use crate::capabilities::messaging::{Deliverer, DeliveryError, Message, ReceiveOptions};
+use crate::capabilities::messaging::metrics as messaging_metrics;
+use crate::capabilities::messaging::{
+    Deliverer, DeliveryError, Message, ReceiveOptions, event_type,
+};
 use async_trait::async_trait;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -50,12 +53,54 @@ impl Deliverer for AppDeliverer {
                 "the host is shutting down; the message will be redelivered".into(),
             )
         })?;
+        let topic = message.topic.clone().unwrap_or_default();
+        let metrics = messaging_metrics::messaging();
+        if !wanted(&app, component_id, &topic, &message) {
+            // Acknowledged without running the component (docs/messaging.md,
+            // "Event-type filter").
+            metrics.delivered(&topic, component_id, "filtered");
+            return Ok(());
+        }
         let started = Instant::now();
-        let outcome = run(&app, component_id, message).await;
-        app.metrics()
-            .record_delivery(component_id, outcome.is_ok(), started.elapsed());
+        let span = crate::telemetry::messaging::consumer(component_id, &message, app.subscriptions());
+        let outcome = tracing::Instrument::instrument(run(&app, component_id, message), span.clone()).await;
+        if outcome.is_err() {
+            crate::telemetry::spans::record_error(&span);
+        }
+        if !matches!(&outcome, Err(e) if e.is_capacity()) {
+            app.metrics()
+                .record_delivery(component_id, outcome.is_ok(), started.elapsed());
+        }
+        let label = match &outcome {
+            Ok(()) => "success",
+            Err(e) if e.is_capacity() => "capacity",
+            Err(_) => "failure",
+        };
+        metrics.delivered(&topic, component_id, label);
         outcome
     }
+}
+
+/// Whether `component`'s subscription to `topic` wants the message's event
+/// type. A topic the component has no subscription to here is not judged.
+fn wanted(app: &App, component: &str, topic: &str, message: &Message) -> bool {
+    let mut subscriptions = app
+        .subscriptions()
+        .iter()
+        .filter(|s| s.component == component && s.topic == topic)
+        .peekable();
+    if subscriptions.peek().is_none() {
+        return true;
+    }
+    let kind = event_type(&message.inner);
+    subscriptions.any(|s| s.wants(kind.as_deref()))
+}
+
+/// Whether an instantiation failed because the pooling allocator had no
+/// slot left (`--max-instances`): the handler never ran.
+fn pool_exhausted(e: &wasmtime::Error) -> bool {
+    e.chain()
+        .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
 }
 
 /// One delivery in a fresh instance, under the app's time and memory limits.
@@ -72,7 +117,8 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
     })?;
     let context = InstanceContext {
         depth: 0,
-        traceparent: crate::trace::from_metadata(&message.inner.metadata),
+        traceparent: crate::telemetry::spans::current_traceparent()
+            .or_else(|| crate::trace::from_metadata(&message.inner.metadata)),
         chaining: Chaining::of(app),
     };
     let mut store = app.new_store(component, context);
@@ -92,6 +138,7 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(DeliveryError::Handler(format!("{e:?}"))),
+        Err(e) if pool_exhausted(&e) => Err(DeliveryError::Capacity(format!("{e:#}"))),
         Err(e) if store.data().limiter.hit => Err(DeliveryError::Failed(format!(
             "it exceeded its memory limit of {} MiB: {e:#}",
             app.max_memory() >> 20

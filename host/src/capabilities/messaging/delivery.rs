@@ -19,6 +19,80 @@ pub const DEFAULT_INITIAL_BACKOFF_MS: u64 = 200;
 /// The longest wait between two attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long a delivery that found no free instance waits before it is
+/// tried again; such a delivery is not counted as an attempt.
+pub const CAPACITY_RETRY: Duration = Duration::from_millis(500);
+
+/// Dead letters kept per dead-letter topic when
+/// `WASMSHOP_DEAD_LETTER_MAX_COUNT` is not set.
+pub const DEFAULT_DEAD_LETTER_MAX_COUNT: u64 = 10_000;
+/// How long dead letters are kept when `WASMSHOP_DEAD_LETTER_MAX_AGE_SECS`
+/// is not set: 14 days.
+pub const DEFAULT_DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// How many dead letters a topic keeps and for how long; the oldest go
+/// first when either bound is passed (docs/messaging.md, "What is stored").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterRetention {
+    /// Dead letters kept per `<topic>.deadletter` (at least 1).
+    pub max_count: u64,
+    /// The oldest dead letter kept.
+    pub max_age: Duration,
+}
+
+impl Default for DeadLetterRetention {
+    fn default() -> Self {
+        DeadLetterRetention {
+            max_count: DEFAULT_DEAD_LETTER_MAX_COUNT,
+            max_age: DEFAULT_DEAD_LETTER_MAX_AGE,
+        }
+    }
+}
+
+impl DeadLetterRetention {
+    /// The retention from `WASMSHOP_DEAD_LETTER_MAX_COUNT` and
+    /// `WASMSHOP_DEAD_LETTER_MAX_AGE_SECS` (positive integers), or the
+    /// defaults; `Err` names the variable that is wrong and what to write.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`Self::from_env`] over any variable source.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let read = |name: &str, max: u64| -> Result<Option<u64>, String> {
+            match var(name) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(format!(
+                        "{name}='{v}' is not a whole number from 1 to {max}; set it to a positive number or unset it for the default"
+                    )),
+                },
+            }
+        };
+        let mut r = DeadLetterRetention::default();
+        if let Some(n) = read("WASMSHOP_DEAD_LETTER_MAX_COUNT", 1 << 40)? {
+            r.max_count = n;
+        }
+        if let Some(n) = read("WASMSHOP_DEAD_LETTER_MAX_AGE_SECS", 100 * 365 * 24 * 3600)? {
+            r.max_age = Duration::from_secs(n);
+        }
+        Ok(r)
+    }
+
+    /// The process's retention, read once; a bad variable is logged and
+    /// the default used (start-up checks it first: [`Self::from_env`]).
+    pub fn current() -> Self {
+        static CURRENT: std::sync::OnceLock<DeadLetterRetention> = std::sync::OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            Self::from_env().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "dead-letter retention: using the defaults");
+                DeadLetterRetention::default()
+            })
+        })
+    }
+}
+
 /// serde default of a messaging client's `max_attempts`.
 pub fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
@@ -153,6 +227,26 @@ mod tests {
             AfterFailure::RetryIn(Duration::from_millis(100))
         );
         assert_eq!(p.after_failure("s", "t", 2, "e"), AfterFailure::DeadLetter);
+    }
+
+    #[test]
+    fn dead_letter_retention_reads_its_variables() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(
+            DeadLetterRetention::from_vars(vars(&[])).unwrap(),
+            DeadLetterRetention::default()
+        );
+        let r = DeadLetterRetention::from_vars(vars(&[
+            ("WASMSHOP_DEAD_LETTER_MAX_COUNT", "5"),
+            ("WASMSHOP_DEAD_LETTER_MAX_AGE_SECS", "60"),
+        ]))
+        .unwrap();
+        assert_eq!((r.max_count, r.max_age), (5, Duration::from_secs(60)));
+        let e = DeadLetterRetention::from_vars(vars(&[("WASMSHOP_DEAD_LETTER_MAX_COUNT", "0")]))
+            .unwrap_err();
+        assert!(e.contains("WASMSHOP_DEAD_LETTER_MAX_COUNT='0'"), "{e}");
     }
 
     #[test]

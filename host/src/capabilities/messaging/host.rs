@@ -125,10 +125,11 @@ impl producer::Host for MessagingCtx {
             )));
         }
         crate::trace::add_to_metadata(&mut message.metadata, self.traceparent.as_deref());
-        Ok(broker
-            .send(&name, &topic, message)
-            .await
-            .map_err(|BrokerError(e)| {
+        let sent = broker.send(&name, &topic, message).await;
+        if sent.is_ok() {
+            super::metrics::messaging().published(&topic);
+        }
+        Ok(sent.map_err(|BrokerError(e)| {
                 if e.is_unavailable() {
                     Error::Connection(e.message().to_string())
                 } else {

@@ -5,6 +5,7 @@
 
 pub mod delivery;
 mod host;
+pub mod metrics;
 
 use super::error::BackendError;
 use async_trait::async_trait;
@@ -95,6 +96,43 @@ pub enum DeliveryError {
     /// The handler trapped, ran out of memory or out of time.
     #[error("the handler failed: {0}")]
     Failed(String),
+    /// No instance could be made because the instance pool is full
+    /// (`--max-instances`): the handler did not run, so the receiver
+    /// retries after [`delivery::CAPACITY_RETRY`] without counting an
+    /// attempt.
+    #[error("no instance is free to run the handler ({0}); the delivery waits for one and is not counted as an attempt")]
+    Capacity(String),
+}
+
+impl DeliveryError {
+    /// Whether the handler never ran for want of an instance (not an attempt).
+    pub fn is_capacity(&self) -> bool {
+        matches!(self, DeliveryError::Capacity(_))
+    }
+}
+
+/// The CloudEvent `type` of a message: its `ce-type` metadata (as the
+/// services publish it), else the `type` member of a structured
+/// `application/cloudevents+json` body; `None` when neither says.
+pub fn event_type(message: &BrokerMessage) -> Option<String> {
+    if let Some((_, t)) = message.metadata.iter().find(|(k, _)| k == "ce-type") {
+        return Some(t.clone());
+    }
+    let structured = message
+        .content_type
+        .as_deref()
+        .is_some_and(|ct| ct.starts_with("application/cloudevents+json"));
+    if !structured {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Typed>(&message.data)
+        .ok()
+        .map(|t| t.kind)
 }
 
 /// The handle a receiver delivers through: runs a subscribed component's

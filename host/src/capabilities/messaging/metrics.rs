@@ -1,0 +1,155 @@
+//! The messaging metrics, one set per process: the backends record into
+//! [`messaging`] without a handle passed down to them, and
+//! `metrics.rs` registers the families on every registry ([`register`]).
+//! What each means: docs/messaging.md, "Metrics".
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    topic: String,
+    subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveredLabels {
+    topic: String,
+    subscription: String,
+    outcome: &'static str,
+}
+
+/// The messaging metrics (what each means: docs/messaging.md, "Metrics").
+/// One set per process, shared by every registry it is
+/// [`register`]ed on. `subscription` is the subscribing
+/// component (the Redis consumer group).
+pub struct MessagingMetrics {
+    queue_depth: Family<SubscriptionLabels, Gauge>,
+    consumer_lag: Family<SubscriptionLabels, Gauge>,
+    dead_letters: Family<TopicLabels, Gauge>,
+    published: Family<TopicLabels, Counter>,
+    delivered: Family<DeliveredLabels, Counter>,
+    retried: Family<SubscriptionLabels, Counter>,
+    dead_lettered: Family<TopicLabels, Counter>,
+}
+
+/// The process's messaging metrics.
+pub fn messaging() -> &'static MessagingMetrics {
+    static METRICS: std::sync::OnceLock<MessagingMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| MessagingMetrics {
+        queue_depth: Family::default(),
+        consumer_lag: Family::default(),
+        dead_letters: Family::default(),
+        published: Family::default(),
+        delivered: Family::default(),
+        retried: Family::default(),
+        dead_lettered: Family::default(),
+    })
+}
+
+/// Registers the messaging families on `registry` (names get the
+/// registry's `wasmshop_` prefix; counters the `_total` suffix).
+pub fn register(registry: &mut Registry) {
+    let m = messaging();
+    registry.register(
+        "messaging_queue_depth",
+        "Messages stored for a subscription and not yet acknowledged by it",
+        m.queue_depth.clone(),
+    );
+    registry.register(
+        "messaging_consumer_lag",
+        "Messages stored for a subscription and not yet handed to it (Redis: the group's lag)",
+        m.consumer_lag.clone(),
+    );
+    registry.register(
+        "messaging_dead_letters",
+        "Dead letters stored on a <topic>.deadletter topic",
+        m.dead_letters.clone(),
+    );
+    registry.register(
+        "messages_published",
+        "Messages accepted by a broker (stored, or dropped for want of a subscriber)",
+        m.published.clone(),
+    );
+    registry.register(
+        "messages_delivered",
+        "Deliveries by outcome: success, failure, capacity (no instance free; not an attempt), filtered (event type not wanted)",
+        m.delivered.clone(),
+    );
+    registry.register(
+        "messages_retried",
+        "Failed deliveries scheduled again",
+        m.retried.clone(),
+    );
+    registry.register(
+        "messages_dead_lettered",
+        "Messages moved to <topic>.deadletter (after the last attempt, or found deleted by Redis)",
+        m.dead_lettered.clone(),
+    );
+}
+
+impl MessagingMetrics {
+    /// Counts a message a broker accepted on `topic`.
+    pub fn published(&self, topic: &str) {
+        self.published.get_or_create(&topic_labels(topic)).inc();
+    }
+
+    /// Counts a delivery to `subscription` with `outcome` (`success`,
+    /// `failure`, `capacity`, `filtered`).
+    pub fn delivered(&self, topic: &str, subscription: &str, outcome: &'static str) {
+        self.delivered
+            .get_or_create(&DeliveredLabels {
+                topic: topic.to_string(),
+                subscription: subscription.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a failed delivery scheduled again.
+    pub fn retried(&self, topic: &str, subscription: &str) {
+        self.retried
+            .get_or_create(&subscription_labels(topic, subscription))
+            .inc();
+    }
+
+    /// Counts a message moved to `topic`'s dead-letter topic.
+    pub fn dead_lettered(&self, topic: &str) {
+        self.dead_lettered.get_or_create(&topic_labels(topic)).inc();
+    }
+
+    /// Sets a subscription's stored-and-unacknowledged count and its lag.
+    pub fn set_backlog(&self, topic: &str, subscription: &str, depth: u64, lag: u64) {
+        let labels = subscription_labels(topic, subscription);
+        self.queue_depth.get_or_create(&labels).set(depth as i64);
+        self.consumer_lag.get_or_create(&labels).set(lag as i64);
+    }
+
+    /// Sets the number of dead letters stored on `dead_letter_topic`.
+    pub fn set_dead_letters(&self, dead_letter_topic: &str, count: u64) {
+        self.dead_letters
+            .get_or_create(&topic_labels(dead_letter_topic))
+            .set(count as i64);
+    }
+}
+
+fn topic_labels(topic: &str) -> TopicLabels {
+    TopicLabels {
+        topic: topic.to_string(),
+    }
+}
+
+fn subscription_labels(topic: &str, subscription: &str) -> SubscriptionLabels {
+    SubscriptionLabels {
+        topic: topic.to_string(),
+        subscription: subscription.to_string(),
+    }
+}
