@@ -51,6 +51,38 @@ pub struct AppOptions {
 #[error("the component exceeded its time limit of {0:?}")]
 pub struct TimeLimitExceeded(pub Duration);
 
+/// Every instance slot is taken (`--max-instances`): a capacity failure,
+/// not a fault of the request or message. HTTP answers it with 503 and
+/// `Retry-After`; a delivery is retried later without spending an attempt.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "all {max_instances} instances are busy (--max-instances); retry shortly, or raise --max-instances if this persists"
+)]
+pub struct Capacity {
+    /// The configured `--max-instances`.
+    pub max_instances: u32,
+}
+
+impl Capacity {
+    /// Whether `error` (an instantiation or call failure) is a capacity
+    /// failure: a [`Capacity`], or wasmtime's pooling allocator out of
+    /// instances, memories or tables (work that took no slot, or a
+    /// component that needs more than one instance).
+    pub fn is_capacity(error: &wasmtime::Error) -> bool {
+        error.chain().any(|e| {
+            e.downcast_ref::<Capacity>().is_some()
+                || e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+        })
+    }
+}
+
+/// One of the `--max-instances` slots, held while an instance lives and
+/// given back when dropped.
+pub struct InstanceSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// A component ready to instantiate.
 pub struct LoadedComponent {
     spec: ComponentSpec,
@@ -109,6 +141,9 @@ pub struct App {
     max_memory: usize,
     metrics: Arc<Metrics>,
     cache_report: Vec<(String, CacheOutcome, Duration)>,
+    /// One permit per instance the pooling allocator can hold.
+    instance_slots: Arc<tokio::sync::Semaphore>,
+    max_instances: u32,
 }
 
 impl App {
@@ -189,6 +224,8 @@ impl App {
             max_memory: limits.max_memory_bytes,
             metrics,
             cache_report,
+            instance_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),
+            max_instances: limits.max_instances,
         }))
     }
 
@@ -235,6 +272,33 @@ impl App {
     /// Linear memory one instance may use, in bytes.
     pub fn max_memory(&self) -> usize {
         self.max_memory
+    }
+
+    /// A slot for one instance, or [`Capacity`] at once when all
+    /// `--max-instances` are taken. For work that must not wait while it
+    /// may hold a slot itself (a chained call: an order holding a slot
+    /// while it waits for a product slot would deadlock the pool) and for
+    /// message deliveries (a delivery that finds no slot is retried later
+    /// without spending one of its attempts).
+    pub fn try_instance_slot(&self) -> Result<InstanceSlot, Capacity> {
+        self.instance_slots
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| InstanceSlot { _permit: permit })
+            .map_err(|_| Capacity {
+                max_instances: self.max_instances,
+            })
+    }
+
+    /// A slot for one instance, waiting up to `wait` for one to free up;
+    /// [`Capacity`] when none does.
+    pub async fn instance_slot(&self, wait: Duration) -> Result<InstanceSlot, Capacity> {
+        match tokio::time::timeout(wait, self.instance_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(InstanceSlot { _permit: permit }),
+            _ => Err(Capacity {
+                max_instances: self.max_instances,
+            }),
+        }
     }
 
     /// A fresh store for one instance of `component`: its capabilities

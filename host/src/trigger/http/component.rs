@@ -6,7 +6,7 @@
 //! process when this process runs the callee, else the fallback a
 //! backend supplies (Dapr service invocation).
 
-use crate::app::{App, InstanceContext, TimeLimitExceeded};
+use crate::app::{App, Capacity, InstanceContext, TimeLimitExceeded};
 use crate::capabilities::outbound_http::{ResponseFuture, ServiceChaining};
 use crate::manifest::RouteMatch;
 use crate::problem::problem;
@@ -58,6 +58,30 @@ where
             format!("component '{component_id}' does not handle HTTP"),
         );
     };
+    // A request from outside may wait briefly for a slot; a chained call
+    // must not (its caller holds a slot: waiting could deadlock the pool).
+    let slot = if ctx.depth == 0 {
+        app.instance_slot(SLOT_WAIT).await
+    } else {
+        app.try_instance_slot()
+    };
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(capacity) => {
+            tracing::warn!(
+                component = component_id,
+                depth = ctx.depth,
+                "request refused: {capacity}"
+            );
+            let response = capacity_response(&capacity.to_string());
+            app.metrics().record_request(
+                component_id,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            return response;
+        }
+    };
     let (span, access) =
         crate::telemetry::spans::request(&mut request, ctx.route.as_deref(), component_id);
     let traceparent = crate::trace::ensure(request.headers_mut());
@@ -100,7 +124,10 @@ where
             Ok(r) => r,
             Err(_) => Err(wasmtime::Error::new(TimeLimitExceeded(limit))),
         };
-        (result, store.data().limiter.hit)
+        let memory_hit = store.data().limiter.hit;
+        drop(store);
+        drop(slot);
+        (result, memory_hit)
     });
     let response = match receiver.await {
         Ok(Ok(response)) => response,
@@ -129,6 +156,21 @@ where
     app.metrics()
         .record_request(component_id, response.status().as_u16(), started.elapsed());
     access.finish(&span, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// How long a request from outside waits for a free instance slot before
+/// it is answered 503: long enough to ride out a burst, short enough that
+/// a saturated host answers at once rather than queueing unboundedly.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// 503 with `Retry-After`: the host is at capacity; the request was not
+/// started and may be sent again.
+fn capacity_response(detail: &str) -> Response<HyperOutgoingBody> {
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "capacity", detail);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -178,6 +220,12 @@ fn failure_response(
     error: &wasmtime::Error,
     memory_hit: bool,
 ) -> Response<HyperOutgoingBody> {
+    if Capacity::is_capacity(error) {
+        tracing::warn!(component, error = %format!("{error:#}"), "request refused: no instance could be allocated");
+        return capacity_response(&format!(
+            "component '{component}' could not be started: every instance the host may run at once is busy; retry after the Retry-After seconds"
+        ));
+    }
     if let Some(t) = error.downcast_ref::<TimeLimitExceeded>() {
         tracing::warn!(component, "request stopped: {t}");
         let mut response = problem(
@@ -300,7 +348,10 @@ fn add_spin_headers<B>(request: &mut Request<B>, ctx: &RouteContext) {
 /// spinframework/spin), so `:path_segment` arrives as
 /// `spin-path-match-path-segment`.
 pub fn path_match_header(name: &str) -> String {
-    format!("spin-path-match-{}", name.replace('_', "-").to_ascii_lowercase())
+    format!(
+        "spin-path-match-{}",
+        name.replace('_', "-").to_ascii_lowercase()
+    )
 }
 
 #[cfg(test)]

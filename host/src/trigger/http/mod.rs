@@ -1,15 +1,19 @@
 //! The HTTP trigger: a hyper server that answers the probes itself, lets
 //! each backend's [`crate::ingress::Ingress`] hooks see the request, routes
 //! it to its component (Spin's route rules; [`component`] runs it), and
-//! drains in-flight requests on shutdown.
+//! drains in-flight requests on shutdown. [`front_door`] keeps slow and
+//! numerous clients from costing more than a socket each.
 
 pub mod component;
+pub mod front_door;
 
 use crate::app::App;
 use crate::ingress::Unrouted;
 use crate::metrics::Metrics;
 use crate::problem::{json, problem};
 use component::RouteContext;
+pub use front_door::FrontDoorLimits;
+use front_door::{Admission, BodyBudget, Connections, Phase, TrackedBody, TrackedIo};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,40 +33,76 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 
 /// Serves `app` on `listener` until `shutdown` turns true, then waits up
-/// to `drain` for in-flight requests.
+/// to `drain` for in-flight requests. Every connection is under the
+/// [`front_door`] limits.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    limits: FrontDoorLimits,
 ) {
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Connections::new(limits.max_connections));
+    let budget = BodyBudget::new(limits.body_budget_bytes);
     loop {
         let (stream, client) = tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors (EMFILE) or a client gone before
+                    // accept: pause instead of spinning.
+                    tracing::warn!(error = %e, open = connections.len(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(route(&app, req, client).await) }
-        });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %client, "connection ended with an error");
+        let conn = match connections.admit() {
+            Admission::Serve(conn) => conn,
+            Admission::Refuse => {
+                tracing::warn!(%client, "connection refused: every connection is running a request (--max-connections)");
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(&front_door::refused_response()),
+                    )
+                    .await;
+                });
+                continue;
             }
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, tracked, budget) = (app.clone(), conn.clone(), budget.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let (app, conn, budget) = (app.clone(), tracked.clone(), budget.clone());
+            async move {
+                conn.enter(Phase::Body);
+                let response = route(&app, req, client, &limits, &budget).await;
+                conn.enter(Phase::Busy);
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, conn)))
+            }
+        });
+        let io = TokioIo::new(TrackedIo::new(stream, conn.clone()));
+        let served = graceful.watch(
+            http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, service),
+        );
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = served => if let Err(e) = result {
+                    tracing::debug!(error = %e, %client, "connection ended with an error");
+                },
+                why = conn.closed(&limits) => {
+                    tracing::debug!(%client, why, "connection closed by the host");
+                }
+            }
+            connections.remove(&conn);
         });
     }
     drop(listener);
@@ -78,6 +118,8 @@ async fn route(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: SocketAddr,
+    limits: &FrontDoorLimits,
+    budget: &Arc<BodyBudget>,
 ) -> Response<HyperOutgoingBody> {
     let path = req.uri().path().to_string();
     let probe = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -103,7 +145,7 @@ async fn route(
         };
     }
     let Some((route, component, matched)) = app.router().route(&path) else {
-        return unrouted(app, req, client).await;
+        return unrouted(app, req, client, limits, budget).await;
     };
     let ctx = RouteContext {
         route: Some(route.as_str().to_string()),
@@ -112,6 +154,12 @@ async fn route(
         client_addr: Some(client),
     };
     let component = component.clone();
+    // The whole body first: a slow client then holds a socket, never an
+    // instance.
+    let req = match front_door::read_body(req, limits, budget).await {
+        Ok(req) => req,
+        Err(refusal) => return refusal,
+    };
     component::serve(app, &component, req, ctx).await
 }
 
@@ -121,6 +169,8 @@ async fn unrouted(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: SocketAddr,
+    limits: &FrontDoorLimits,
+    budget: &Arc<BodyBudget>,
 ) -> Response<HyperOutgoingBody> {
     let decision = app
         .backends()
@@ -129,6 +179,10 @@ async fn unrouted(
         .find_map(|hook| hook.unrouted(&req, app.as_ref()));
     let why = match decision {
         Some(Unrouted::Serve(component)) => {
+            let req = match front_door::read_body(req, limits, budget).await {
+                Ok(req) => req,
+                Err(refusal) => return refusal,
+            };
             return component::serve_unrouted(app, &component, req, 0, Some(client)).await;
         }
         Some(Unrouted::Refuse(response)) => return response,

@@ -1,0 +1,625 @@
+//! The listener's defences against slow and numerous clients, so that a
+//! client costs the host a socket and a bounded buffer, never an instance
+//! (`docs/operations.md` lists every limit, its default and what a client
+//! sees when it trips):
+//!
+//! - every connection is in one [`Phase`]; a watchdog closes one that
+//!   spends longer than the header-read timeout between its first byte
+//!   (or its accept) and a complete request head, or longer than the idle
+//!   timeout between a response and the next request. hyper's own
+//!   `header_read_timeout` is not used: it starts as soon as a keep-alive
+//!   connection goes idle, so it would also be the idle timeout, far
+//!   shorter than the idle times of the callers' connection pools;
+//! - [`Connections`] caps open connections; at the cap the oldest
+//!   connection still reading a head or a body is shed (then the oldest
+//!   idle one); when every connection is running a request the new one is
+//!   answered 503 and closed;
+//! - [`read_body`] reads a request body, size-limited and under a
+//!   deadline, into memory drawn from one [`BodyBudget`] before an
+//!   instance is taken.
+
+use crate::problem::problem;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// The limits of the HTTP listener, from the `up` flags.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontDoorLimits {
+    /// From a connection's accept or a request's first byte to its
+    /// complete head.
+    pub header_read_timeout: Duration,
+    /// From a response to the next request's first byte on a keep-alive
+    /// connection.
+    pub idle_timeout: Duration,
+    /// From a request's head to the end of its body.
+    pub body_read_timeout: Duration,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Largest request body, in bytes; larger is a 413.
+    pub max_body_bytes: usize,
+    /// Bytes of request bodies buffered at once, across all requests.
+    pub body_budget_bytes: usize,
+}
+
+/// What a connection is doing, for its timeouts and for shedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepted, or past its first byte: reading a request head.
+    Head = 0,
+    /// Reading a request body.
+    Body = 1,
+    /// A request is being served (an instance runs or a response is sent).
+    Busy = 2,
+    /// Between a response and the next request (keep-alive).
+    Idle = 3,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Head,
+            1 => Phase::Body,
+            2 => Phase::Busy,
+            _ => Phase::Idle,
+        }
+    }
+}
+
+/// One open connection as the listener tracks it.
+pub struct Conn {
+    id: u64,
+    phase: AtomicU8,
+    /// When the current phase began, in ms since [`Connections`] started.
+    since_ms: AtomicU64,
+    epoch: Instant,
+    /// Woken when the connection is shed.
+    shed: Notify,
+}
+
+impl Conn {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Enters `phase` now.
+    pub fn enter(&self, phase: Phase) {
+        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// How long until the current phase's timeout, `None` when the phase
+    /// has none (body and busy phases are bounded elsewhere: the body
+    /// deadline, the request time limit).
+    fn remaining(&self, limits: &FrontDoorLimits) -> Option<Duration> {
+        let limit = match self.phase() {
+            Phase::Head => limits.header_read_timeout,
+            Phase::Idle => limits.idle_timeout,
+            Phase::Body | Phase::Busy => return None,
+        };
+        let spent = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.since_ms.load(Ordering::Relaxed)),
+        );
+        Some(limit.saturating_sub(spent))
+    }
+
+    /// Resolves when the connection must close: its phase timed out, or it
+    /// was shed. Returns why, for the log.
+    pub async fn closed(&self, limits: &FrontDoorLimits) -> &'static str {
+        loop {
+            let wait = match self.remaining(limits) {
+                Some(left) if left.is_zero() => {
+                    return match self.phase() {
+                        Phase::Idle => "idle timeout",
+                        _ => "header read timeout",
+                    };
+                }
+                Some(left) => left.min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.shed.notified() => return "shed at the connection cap",
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The open connections and their cap.
+pub struct Connections {
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+    max: usize,
+}
+
+/// What to do with a connection just accepted.
+pub enum Admission {
+    /// Serve it; it is tracked as this.
+    Serve(Arc<Conn>),
+    /// Every connection is running a request: answer 503 and close.
+    Refuse,
+}
+
+impl Connections {
+    /// Tracks connections, at most `max` open at once.
+    pub fn new(max: usize) -> Self {
+        Connections {
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            epoch: Instant::now(),
+            max: max.max(1),
+        }
+    }
+
+    /// Open connections now.
+    pub fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Admits a new connection, shedding one at the cap: the oldest still
+    /// reading a head or a body (slow clients), else the oldest idle one.
+    pub fn admit(&self) -> Admission {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= self.max {
+            let oldest = |wanted: &[Phase]| {
+                open.values()
+                    .filter(|c| wanted.contains(&c.phase()))
+                    .min_by_key(|c| c.since_ms.load(Ordering::Relaxed))
+                    .map(|c| c.id)
+            };
+            let victim = oldest(&[Phase::Head, Phase::Body]).or_else(|| oldest(&[Phase::Idle]));
+            match victim.and_then(|id| open.remove(&id)) {
+                Some(victim) => {
+                    tracing::debug!(phase = ?victim.phase(), "connection cap reached: shedding the oldest slow or idle connection");
+                    victim.shed.notify_one();
+                }
+                None => return Admission::Refuse,
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            id,
+            phase: AtomicU8::new(Phase::Head as u8),
+            since_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            epoch: self.epoch,
+            shed: Notify::new(),
+        });
+        open.insert(id, conn.clone());
+        Admission::Serve(conn)
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove(&self, conn: &Conn) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn.id);
+    }
+}
+
+/// The bytes answering a connection refused at the cap: a 503 problem
+/// with `Retry-After`, and the connection closed.
+pub fn refused_response() -> Vec<u8> {
+    let body = serde_json::json!({
+        "type": "urn:wasmshop:problem:capacity",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "every connection this host may hold is running a request (--max-connections); retry after the Retry-After seconds",
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A socket that moves its connection from idle to [`Phase::Head`] when
+/// the next request's first byte arrives.
+pub struct TrackedIo<T> {
+    inner: T,
+    conn: Arc<Conn>,
+}
+
+impl<T> TrackedIo<T> {
+    /// Wraps `inner`, tracked as `conn`.
+    pub fn new(inner: T, conn: Arc<Conn>) -> Self {
+        TrackedIo { inner, conn }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            // The next request's head is timed from its first byte.
+            if self.conn.phase() == Phase::Idle {
+                self.conn.enter(Phase::Head);
+            }
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A response body that moves its connection to [`Phase::Idle`] once
+/// hyper is done with it (sent or abandoned).
+pub struct TrackedBody {
+    inner: HyperOutgoingBody,
+    conn: Arc<Conn>,
+}
+
+impl TrackedBody {
+    /// Wraps `inner`, the response on `conn`.
+    pub fn new(inner: HyperOutgoingBody, conn: Arc<Conn>) -> Self {
+        TrackedBody { inner, conn }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.conn.enter(Phase::Idle);
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = <HyperOutgoingBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Bytes of request bodies buffered at once, shared by all requests.
+pub struct BodyBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(BodyBudget {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes `n` more bytes into `held`, or `false` when that would pass
+    /// the budget.
+    fn take(self: &Arc<Self>, n: usize, held: &mut Reservation) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = used.checked_add(n).filter(|next| *next <= self.max) else {
+                return false;
+            };
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    held.bytes += n;
+                    return true;
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes taken from a [`BodyBudget`], given back when dropped.
+pub struct Reservation {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A request body read into memory; its bytes count against the
+/// [`BodyBudget`] until it is dropped.
+pub struct BufferedBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    _reservation: Reservation,
+}
+
+impl Body for BufferedBody {
+    type Data = Bytes;
+    /// Never produced: the body is already read. `hyper::Error` because
+    /// the HTTP trigger passes bodies of this error type to components.
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// Reads `request`'s body (at most `limits.max_body_bytes`, within
+/// `limits.body_read_timeout`) into memory from `budget`, so the instance
+/// that serves it never waits for the client. A refusal is the response
+/// to send: 413 too large, 408 too slow, 503 with `Retry-After` when the
+/// budget is spent, 400 when the client broke the body off.
+pub async fn read_body(
+    request: Request<Incoming>,
+    limits: &FrontDoorLimits,
+    budget: &Arc<BodyBudget>,
+) -> Result<Request<BufferedBody>, http::Response<HyperOutgoingBody>> {
+    let (parts, mut body) = request.into_parts();
+    let mut reservation = Reservation {
+        budget: budget.clone(),
+        bytes: 0,
+    };
+    let too_large = || {
+        let mut r = problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!(
+                "the request body is larger than this host accepts ({} bytes, --max-request-body-bytes); send a smaller body",
+                limits.max_body_bytes
+            ),
+        );
+        close(&mut r);
+        r
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let mut data = BytesMut::with_capacity(0);
+    let mut trailers = None;
+    let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                let mut r = problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    format!(
+                        "the request body did not arrive within {:?} (--body-read-timeout-secs); send it faster or in a smaller piece",
+                        limits.body_read_timeout
+                    ),
+                );
+                close(&mut r);
+                return Err(r);
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                let mut r = problem(
+                    StatusCode::BAD_REQUEST,
+                    "body-unreadable",
+                    format!("the request body could not be read: {e}; send it again"),
+                );
+                close(&mut r);
+                return Err(r);
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(chunk) => {
+                if data.len() + chunk.len() > limits.max_body_bytes {
+                    return Err(too_large());
+                }
+                if !budget.take(chunk.len(), &mut reservation) {
+                    tracing::warn!(
+                        used = budget.used(),
+                        "request refused: the memory for buffered request bodies is spent (--body-buffer-mb)"
+                    );
+                    let mut r = problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "capacity",
+                        "the host is buffering as many request bodies as its memory budget allows; retry after the Retry-After seconds",
+                    );
+                    r.headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    close(&mut r);
+                    return Err(r);
+                }
+                data.extend_from_slice(&chunk);
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let data = data.freeze();
+    let body = BufferedBody {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+        _reservation: reservation,
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Asks the client to close the connection after this response (its
+/// request body may be unread).
+fn close(response: &mut http::Response<HyperOutgoingBody>) {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Raises the soft limit of open files to the hard limit and returns the
+/// new soft limit, so the connection cap can be derived from it. Each
+/// connection is one file descriptor; the usual soft default (1024) would
+/// otherwise fail `accept` long before memory or CPU run out.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // An unlimited hard limit cannot be the soft one on every system;
+    // 2^20 is Linux's default `nr_open`.
+    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        limit.rlim_max
+    };
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(target as u64);
+        }
+        return Ok(limit.rlim_cur as u64);
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
+/// The connection cap for an open-files limit: what is left after a
+/// reserve for everything else the process opens (database, compile
+/// cache, outbound connections to backends and services): a quarter of
+/// the limit, at least 64 and at most 1024 descriptors.
+pub fn connection_cap(open_files: u64) -> usize {
+    let reserve = (open_files / 4).clamp(64, 1024);
+    open_files.saturating_sub(reserve).max(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_leaves_descriptors_for_everything_else() {
+        assert_eq!(connection_cap(1024), 768);
+        assert_eq!(connection_cap(20_000), 18_976);
+        assert_eq!(connection_cap(100), 36);
+        assert_eq!(connection_cap(10), 1);
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_slow_connection_is_shed_and_busy_ones_never() {
+        let conns = Connections::new(2);
+        let Admission::Serve(a) = conns.admit() else {
+            panic!()
+        };
+        let Admission::Serve(b) = conns.admit() else {
+            panic!()
+        };
+        a.enter(Phase::Busy);
+        b.enter(Phase::Body);
+        assert!(matches!(conns.admit(), Admission::Serve(_)));
+        assert_eq!(conns.len(), 2, "b was shed for the new one");
+        let conns = Connections::new(1);
+        let Admission::Serve(c) = conns.admit() else {
+            panic!()
+        };
+        c.enter(Phase::Busy);
+        assert!(matches!(conns.admit(), Admission::Refuse));
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_given_back() {
+        let budget = BodyBudget::new(10);
+        let mut r1 = Reservation {
+            budget: budget.clone(),
+            bytes: 0,
+        };
+        assert!(budget.take(6, &mut r1));
+        let mut r2 = Reservation {
+            budget: budget.clone(),
+            bytes: 0,
+        };
+        assert!(!budget.take(6, &mut r2));
+        drop(r1);
+        assert!(budget.take(6, &mut r2));
+        assert_eq!(budget.used(), 6);
+    }
+}
