@@ -5,13 +5,22 @@
 //! [`delivery`] rules: retries with exponential backoff, then the message
 //! moves to `<topic>.deadletter`. Rows are only removed after a successful
 //! delivery, so a restart resumes whatever was not delivered (at least once).
+//!
+//! What is stored is bounded (docs/messaging.md, "What is stored"): a
+//! message no subscriber here wants (no subscription to its topic, or
+//! every subscription filters its event type out) is not stored at all;
+//! dead letters are kept under [`DeadLetterRetention`]. A delivery that
+//! found no free instance is retried without counting an attempt.
 
 use super::{EmbeddedDb, now_ms};
 use crate::capabilities::BackendError;
-use crate::capabilities::messaging::delivery::{self, AfterFailure, DeliveryPolicy};
+use crate::capabilities::messaging::delivery::{
+    self, AfterFailure, DeadLetterRetention, DeliveryPolicy,
+};
+use crate::capabilities::messaging::metrics::messaging as metrics;
 use crate::capabilities::messaging::{
     BrokerError, BrokerMessage, ComponentSubscription, Deliverer, Message, MessageBroker,
-    MessageReceiver, ReceiveOptions,
+    MessageReceiver, ReceiveOptions, event_type,
 };
 use async_trait::async_trait;
 use rusqlite::{Transaction, params};
@@ -21,8 +30,26 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-/// Subscribers of each (client, topic).
-type Subscribers = BTreeMap<(String, String), Vec<String>>;
+/// Subscriptions of each (client, topic).
+type Subscribers = BTreeMap<(String, String), Vec<ComponentSubscription>>;
+
+/// The subscribers of (`client`, `topic`) that want `message` (its event
+/// type passes their filter).
+fn wanting(
+    subscribers: &Subscribers,
+    client: &str,
+    topic: &str,
+    message: &BrokerMessage,
+) -> Vec<String> {
+    let Some(subs) = subscribers.get(&(client.to_string(), topic.to_string())) else {
+        return Vec::new();
+    };
+    let kind = event_type(message);
+    subs.iter()
+        .filter(|s| s.wants(kind.as_deref()))
+        .map(|s| s.component.clone())
+        .collect()
+}
 
 /// The embedded broker: the producer side.
 pub struct EmbeddedBroker {
@@ -40,7 +67,7 @@ impl EmbeddedBroker {
             subscribers
                 .entry((s.client.clone(), s.topic.clone()))
                 .or_default()
-                .push(s.component.clone());
+                .push(s.clone());
         }
         EmbeddedBroker {
             db,
@@ -57,6 +84,35 @@ impl EmbeddedBroker {
             wake: self.wake.clone(),
             policies: Arc::new(policies),
         }
+    }
+
+    /// Stores `message` with a delivery per subscriber in `to` (a dead
+    /// letter also with none, then pruned to the retention); stores
+    /// nothing for a message no one wants.
+    async fn store(
+        &self,
+        client: String,
+        topic: String,
+        message: BrokerMessage,
+        to: Vec<String>,
+    ) -> Result<bool, BackendError> {
+        let dead_letters = topic.ends_with(delivery::DEAD_LETTER_SUFFIX);
+        if to.is_empty() && !dead_letters {
+            tracing::debug!(%client, %topic, "no subscription here wants the message; not stored");
+            return Ok(false);
+        }
+        let retention = DeadLetterRetention::current();
+        self.db
+            .call(move |s| {
+                let tx = s.conn.unchecked_transaction()?;
+                enqueue(&tx, &to, &client, &topic, &message)?;
+                if dead_letters {
+                    prune_dead_letters(&tx, &topic, retention)?;
+                }
+                tx.commit()
+            })
+            .await?;
+        Ok(true)
     }
 }
 
@@ -77,25 +133,40 @@ impl MessageReceiver for EmbeddedReceiver {
         deliverer: Arc<dyn Deliverer>,
         options: ReceiveOptions,
     ) -> Result<Vec<JoinHandle<()>>, BackendError> {
+        let here: Vec<String> = self
+            .subscribers
+            .values()
+            .flatten()
+            .map(|s| s.component.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let dispatcher = Dispatcher {
             db: self.db.clone(),
             subscribers: self.subscribers.clone(),
+            here: Arc::new(serde_json::to_string(&here).unwrap_or_else(|_| "[]".into())),
             wake: self.wake.clone(),
             deliverer,
             policies: self.policies.clone(),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
         };
-        Ok(vec![tokio::spawn(
-            dispatcher.run(options.shutdown, options.drain),
-        )])
+        let sampler = sample(
+            self.db.clone(),
+            self.subscribers.clone(),
+            options.shutdown.clone(),
+        );
+        Ok(vec![
+            tokio::spawn(dispatcher.run(options.shutdown, options.drain)),
+            tokio::spawn(sampler),
+        ])
     }
 }
 
 /// Inserts a message and its deliveries; returns the message's sequence number.
 fn enqueue(
     tx: &Transaction<'_>,
-    subscribers: &Subscribers,
+    to: &[String],
     client: &str,
     topic: &str,
     message: &BrokerMessage,
@@ -115,17 +186,35 @@ fn enqueue(
         ],
     )?;
     let seq = tx.last_insert_rowid();
-    for subscriber in subscribers
-        .get(&(client.to_string(), topic.to_string()))
-        .into_iter()
-        .flatten()
-    {
+    for subscriber in to {
         tx.execute(
             "INSERT INTO deliveries (seq, subscriber, attempts, due_ms) VALUES (?1, ?2, 0, ?3)",
             params![seq, subscriber, now],
         )?;
     }
     Ok(seq)
+}
+
+/// Removes the dead letters of `topic` past `retention` (the oldest first:
+/// beyond the newest `max_count`, or older than `max_age`), with any
+/// deliveries of them still waiting.
+fn prune_dead_letters(
+    tx: &Transaction<'_>,
+    topic: &str,
+    retention: DeadLetterRetention,
+) -> rusqlite::Result<usize> {
+    let oldest_kept = now_ms() - retention.max_age.as_millis() as i64;
+    let count = i64::try_from(retention.max_count).unwrap_or(i64::MAX);
+    let doomed = "SELECT seq FROM messages WHERE topic = ?1 AND (created_ms < ?2 OR seq NOT IN
+                    (SELECT seq FROM messages WHERE topic = ?1 ORDER BY seq DESC LIMIT ?3))";
+    tx.execute(
+        &format!("DELETE FROM deliveries WHERE seq IN ({doomed})"),
+        params![topic, oldest_kept, count],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM messages WHERE seq IN ({doomed})"),
+        params![topic, oldest_kept, count],
+    )
 }
 
 #[async_trait]
@@ -136,20 +225,14 @@ impl MessageBroker for EmbeddedBroker {
         topic: &str,
         message: BrokerMessage,
     ) -> Result<(), BrokerError> {
-        let (client, topic, subscribers) = (
-            client.to_string(),
-            topic.to_string(),
-            self.subscribers.clone(),
-        );
-        self.db
-            .call(move |s| {
-                let tx = s.conn.unchecked_transaction()?;
-                enqueue(&tx, &subscribers, &client, &topic, &message)?;
-                tx.commit()
-            })
+        let to = wanting(&self.subscribers, client, topic, &message);
+        let stored = self
+            .store(client.to_string(), topic.to_string(), message, to)
             .await
             .map_err(BrokerError)?;
-        self.wake.notify_one();
+        if stored {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -173,6 +256,9 @@ struct Due {
 struct Dispatcher {
     db: Arc<EmbeddedDb>,
     subscribers: Arc<Subscribers>,
+    /// The subscribers run here, as a JSON array for `json_each`: rows of
+    /// a component not run by this process wait for a process that runs it.
+    here: Arc<String>,
     wake: Arc<Notify>,
     deliverer: Arc<dyn Deliverer>,
     policies: Arc<BTreeMap<String, DeliveryPolicy>>,
@@ -219,16 +305,18 @@ impl Dispatcher {
     /// sleep until the next one is due.
     async fn dispatch_due(&self) -> Result<Duration, BackendError> {
         let now = now_ms();
+        let here = self.here.clone();
         let (due, next_due): (Vec<Due>, Option<i64>) = self
             .db
             .call(move |s| {
                 let mut stmt = s.conn.prepare_cached(
                     "SELECT d.seq, d.subscriber, d.attempts, m.client, m.topic, m.content_type, m.metadata, m.data
                      FROM deliveries d JOIN messages m ON m.seq = d.seq
-                     WHERE d.due_ms <= ?1 ORDER BY d.due_ms, d.seq LIMIT 256",
+                     WHERE d.due_ms <= ?1 AND d.subscriber IN (SELECT value FROM json_each(?2))
+                     ORDER BY d.due_ms, d.seq LIMIT 256",
                 )?;
                 let due = stmt
-                    .query_map(params![now], |r| {
+                    .query_map(params![now, here.as_str()], |r| {
                         let metadata: String = r.get(6)?;
                         Ok(Due {
                             seq: r.get(0)?,
@@ -245,8 +333,9 @@ impl Dispatcher {
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 let next: Option<i64> = s.conn.query_row(
-                    "SELECT MIN(due_ms) FROM deliveries WHERE due_ms > ?1",
-                    params![now],
+                    "SELECT MIN(due_ms) FROM deliveries
+                     WHERE due_ms > ?1 AND subscriber IN (SELECT value FROM json_each(?2))",
+                    params![now, here.as_str()],
                     |r| r.get(0),
                 )?;
                 Ok((due, next))
@@ -279,18 +368,29 @@ impl Dispatcher {
         };
         let result = self.deliverer.deliver(&d.subscriber, message).await;
         let policy = self.policies.get(&d.client).copied().unwrap_or_default();
-        let attempts = d.attempts + 1;
         let outcome = match result {
             Ok(()) => self.complete(d.seq, d.subscriber.clone()).await,
+            Err(error) if error.is_capacity() => {
+                // The handler never ran: not an attempt.
+                tracing::debug!(subscriber = %d.subscriber, topic = %d.topic, %error, "no instance free; delivery postponed");
+                let due = now_ms() + delivery::CAPACITY_RETRY.as_millis() as i64;
+                self.retry_later(d.seq, d.subscriber.clone(), d.attempts, due, error.to_string())
+                    .await
+            }
             Err(error) => {
                 let error = error.to_string();
+                let attempts = d.attempts + 1;
                 match policy.after_failure(&d.subscriber, &d.topic, attempts, &error) {
                     AfterFailure::RetryIn(wait) => {
+                        metrics().retried(&d.topic, &d.subscriber);
                         let due = now_ms() + wait.as_millis() as i64;
                         self.retry_later(d.seq, d.subscriber.clone(), attempts, due, error)
                             .await
                     }
-                    AfterFailure::DeadLetter => self.dead_letter(d, attempts, error).await,
+                    AfterFailure::DeadLetter => {
+                        metrics().dead_lettered(&d.topic);
+                        self.dead_letter(d, attempts, error).await
+                    }
                 }
             }
         };
@@ -344,6 +444,7 @@ impl Dispatcher {
     /// it is, without further deliveries.
     async fn dead_letter(&self, d: Due, attempts: u32, error: String) -> Result<(), BackendError> {
         let subscribers = self.subscribers.clone();
+        let retention = DeadLetterRetention::current();
         self.db
             .call(move |s| {
                 let tx = s.conn.unchecked_transaction()?;
@@ -359,7 +460,9 @@ impl Dispatcher {
                         attempts,
                         &error,
                     );
-                    enqueue(&tx, &subscribers, &d.client, &topic, &message)?;
+                    let to = wanting(&subscribers, &d.client, &topic, &message);
+                    enqueue(&tx, &to, &d.client, &topic, &message)?;
+                    prune_dead_letters(&tx, &topic, retention)?;
                     tx.execute(
                         "DELETE FROM messages WHERE seq = ?1
                          AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
@@ -369,6 +472,83 @@ impl Dispatcher {
                 tx.commit()
             })
             .await
+    }
+}
+
+/// How often the queue gauges are refreshed and old dead letters pruned.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// Until shutdown: sets `messaging_queue_depth`, `messaging_consumer_lag`
+/// (deliveries not yet attempted) and `messaging_dead_letters` from the
+/// queue, and prunes dead letters past their retention. First removes
+/// messages left without any delivery by an earlier version (which
+/// stored messages nobody subscribed to).
+async fn sample(db: Arc<EmbeddedDb>, subscribers: Arc<Subscribers>, mut shutdown: watch::Receiver<bool>) {
+    let cleared = db
+        .call(|s| {
+            s.conn.execute(
+                "DELETE FROM messages WHERE topic NOT LIKE '%.deadletter'
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = messages.seq)",
+                [],
+            )
+        })
+        .await;
+    match cleared {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "removed stored messages no subscriber was waiting for"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove stored messages no subscriber was waiting for"),
+    }
+    let retention = DeadLetterRetention::current();
+    while !*shutdown.borrow() {
+        let sampled = db
+            .call(move |s| {
+                let tx = s.conn.unchecked_transaction()?;
+                let dead_topics: Vec<String> = tx
+                    .prepare("SELECT DISTINCT topic FROM messages WHERE topic LIKE '%.deadletter'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for t in &dead_topics {
+                    prune_dead_letters(&tx, t, retention)?;
+                }
+                let backlog: Vec<(String, String, u64, u64)> = tx
+                    .prepare(
+                        "SELECT m.topic, d.subscriber, COUNT(*), SUM(d.attempts = 0)
+                         FROM deliveries d JOIN messages m ON m.seq = d.seq GROUP BY 1, 2",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let dead: Vec<(String, u64)> = tx
+                    .prepare(
+                        "SELECT topic, COUNT(*) FROM messages WHERE topic LIKE '%.deadletter' GROUP BY 1",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                tx.commit()?;
+                Ok((backlog, dead))
+            })
+            .await;
+        match sampled {
+            Ok((backlog, dead)) => {
+                let m = metrics();
+                for sub in subscribers.values().flatten() {
+                    m.set_backlog(&sub.topic, &sub.component, 0, 0);
+                    if let Some(t) = delivery::dead_letter_topic(&sub.topic) {
+                        m.set_dead_letters(&t, 0);
+                    }
+                }
+                for (topic, subscriber, depth, lag) in backlog {
+                    m.set_backlog(&topic, &subscriber, depth, lag);
+                }
+                for (topic, n) in dead {
+                    m.set_dead_letters(&topic, n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not measure the message queue"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
     }
 }
 
