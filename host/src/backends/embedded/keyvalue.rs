@@ -1,13 +1,16 @@
 //! Key-value on the embedded database: one row per key, namespaced by
 //! component and store label, with a version column for compare-and-swap.
+//! Reads run on the reader pool, writes go to the writer thread's next
+//! group commit (`db.rs`); an answered write is on disk.
 
-use super::{DbState, EmbeddedDb, NAME};
+use super::db::{Applied, WriteOp};
+use super::{EmbeddedDb, NAME};
 use crate::capabilities::BackendError;
 use crate::capabilities::keyvalue::{
-    CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError, add_to_stored,
+    CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
 };
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
 
 /// Keys returned per `list-keys` page.
@@ -46,31 +49,31 @@ pub struct EmbeddedStore {
     ns: Arc<str>,
 }
 
-/// Writes a value with a fresh version, on a connection or inside a transaction.
-fn upsert(
-    conn: &rusqlite::Connection,
-    next_version: &mut i64,
-    ns: &str,
-    key: &str,
-    value: &[u8],
-) -> rusqlite::Result<()> {
-    let version = *next_version;
-    *next_version += 1;
-    conn.execute(
-        "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-        params![ns, key, value, version],
-    )?;
-    Ok(())
-}
-
 impl EmbeddedStore {
-    async fn call<R: Send + 'static>(
+    /// Runs a read on the reader pool with this store's namespace.
+    async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut DbState, &str) -> rusqlite::Result<R> + Send + 'static,
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, StoreError> {
         let ns = self.ns.clone();
-        self.db.call(move |s| f(s, &ns)).await.map_err(StoreError)
+        self.db.read(move |c| f(c, &ns)).await.map_err(StoreError)
+    }
+
+    /// Queues a write for the next group commit; answers after its commit.
+    async fn write(&self, op: WriteOp) -> Result<Applied, StoreError> {
+        self.db.write(self.ns.clone(), op).await.map_err(StoreError)
+    }
+}
+
+/// The result of a write that can only end in `Done`.
+fn done(applied: Applied) -> Result<(), StoreError> {
+    match applied {
+        Applied::Done | Applied::Incremented(_) => Ok(()),
+        Applied::Refused(e) => Err(StoreError(e)),
+        Applied::CasFailed => Err(StoreError(BackendError::rejected(
+            NAME,
+            "internal error: a plain write was answered as a failed compare-and-swap; retry it",
+        ))),
     }
 }
 
@@ -82,35 +85,23 @@ impl KeyValueStore for EmbeddedStore {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
-        self.call(move |s, ns| {
-            s.conn
-                .query_row(
-                    "SELECT value FROM kv WHERE ns = ?1 AND key = ?2",
-                    params![ns, key],
-                    |r| r.get(0),
-                )
+        self.read(move |c, ns| {
+            c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
+                .query_row(params![ns, key], |r| r.get(0))
                 .optional()
         })
         .await
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_vec());
-        self.call(move |s, ns| upsert(&s.conn, &mut s.next_version, ns, &key, &value))
-            .await
+        done(
+            self.write(WriteOp::Set(vec![(key.to_string(), value.to_vec())]))
+                .await?,
+        )
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let key = key.to_string();
-        self.call(move |s, ns| {
-            s.conn
-                .execute(
-                    "DELETE FROM kv WHERE ns = ?1 AND key = ?2",
-                    params![ns, key],
-                )
-                .map(|_| ())
-        })
-        .await
+        done(self.write(WriteOp::Delete(vec![key.to_string()])).await?)
     }
 
     async fn list_keys(
@@ -119,8 +110,8 @@ impl KeyValueStore for EmbeddedStore {
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         let after = cursor.unwrap_or("").to_string();
         let keys: Vec<String> = self
-            .call(move |s, ns| {
-                let mut stmt = s.conn.prepare_cached(
+            .read(move |c, ns| {
+                let mut stmt = c.prepare_cached(
                     "SELECT key FROM kv WHERE ns = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
                 )?;
                 let rows = stmt.query_map(params![ns, after, PAGE as i64], |r| r.get(0))?;
@@ -133,81 +124,47 @@ impl KeyValueStore for EmbeddedStore {
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let keys = keys.to_vec();
-        self.call(move |s, ns| {
-            let mut stmt = s
-                .conn
-                .prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?;
-            keys.iter()
-                .map(|k| stmt.query_row(params![ns, k], |r| r.get(0)).optional())
-                .collect()
+        self.read(move |c, ns| {
+            // One read transaction, so the values are of one moment.
+            let tx = c.unchecked_transaction()?;
+            let values = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?;
+                keys.iter()
+                    .map(|k| stmt.query_row(params![ns, k], |r| r.get(0)).optional())
+                    .collect()
+            };
+            tx.finish()?;
+            values
         })
         .await
     }
 
     async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
-        let entries = entries.to_vec();
-        self.call(move |s, ns| {
-            let tx = s.conn.unchecked_transaction()?;
-            for (k, v) in &entries {
-                upsert(&tx, &mut s.next_version, ns, k, v)?;
-            }
-            tx.commit()
-        })
-        .await
+        done(self.write(WriteOp::Set(entries.to_vec())).await?)
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        let keys = keys.to_vec();
-        self.call(move |s, ns| {
-            let tx = s.conn.unchecked_transaction()?;
-            for k in &keys {
-                tx.execute("DELETE FROM kv WHERE ns = ?1 AND key = ?2", params![ns, k])?;
-            }
-            tx.commit()
-        })
-        .await
+        done(self.write(WriteOp::Delete(keys.to_vec())).await?)
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-        let key = key.to_string();
-        let result = self
-            .call(move |s, ns| {
-                let tx = s.conn.unchecked_transaction()?;
-                let current: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT value FROM kv WHERE ns = ?1 AND key = ?2",
-                        params![ns, key],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let next = match add_to_stored(NAME, &key, current.as_deref(), delta) {
-                    Ok(n) => n,
-                    Err(e) => return Ok(Err(e)),
-                };
-                upsert(
-                    &tx,
-                    &mut s.next_version,
-                    ns,
-                    &key,
-                    next.to_string().as_bytes(),
-                )?;
-                tx.commit()?;
-                Ok(Ok(next))
-            })
-            .await?;
-        result.map_err(StoreError)
+        let op = WriteOp::Increment {
+            key: key.to_string(),
+            delta,
+        };
+        match self.write(op).await? {
+            Applied::Incremented(n) => Ok(n),
+            other => done(other).map(|()| 0),
+        }
     }
 
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
         let key = key.to_string();
         let row: Option<(Vec<u8>, i64)> = self
-            .call(move |s, ns| {
-                s.conn
-                    .query_row(
-                        "SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2",
-                        params![ns, key],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+            .read(move |c, ns| {
+                c.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?
+                    .query_row(params![ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
             .await?;
@@ -218,29 +175,14 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn swap(&self, key: &str, version: &CasVersion, value: &[u8]) -> Result<(), SwapError> {
-        let (key, value, version) = (key.to_string(), value.to_vec(), version.clone());
-        let swapped = self
-            .call(move |s, ns| {
-                let new_version = s.next_version;
-                s.next_version += 1;
-                let changed = match &version {
-                    CasVersion::Absent => s.conn.execute(
-                        "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (ns, key) DO NOTHING",
-                        params![ns, key, value, new_version],
-                    )?,
-                    CasVersion::Version(v) => s.conn.execute(
-                        "UPDATE kv SET value = ?3, version = ?4 WHERE ns = ?1 AND key = ?2 AND version = ?5",
-                        params![ns, key, value, new_version, v.parse::<i64>().unwrap_or(-1)],
-                    )?,
-                };
-                Ok(changed == 1)
-            })
-            .await?;
-        if swapped {
-            Ok(())
-        } else {
-            Err(SwapError::CasFailed)
+        let op = WriteOp::Swap {
+            key: key.to_string(),
+            expected: version.clone(),
+            value: value.to_vec(),
+        };
+        match self.write(op).await? {
+            Applied::CasFailed => Err(SwapError::CasFailed),
+            other => Ok(done(other)?),
         }
     }
 }

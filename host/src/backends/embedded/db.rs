@@ -1,0 +1,694 @@
+//! The embedded database's connections (docs/embedded-store.md):
+//!
+//! - **one writer thread** owns the only write connection. Key-value writes
+//!   reach it through a channel; it takes every write queued at that
+//!   moment, applies them in one transaction (each compare-and-swap checked
+//!   against the state including the earlier writes of the same batch),
+//!   commits with one fsync (`synchronous=FULL`) and only then answers every
+//!   caller (group commit). Other work on the write connection (the message
+//!   queue) runs on the same thread, alone, between batches.
+//! - **a pool of reader threads**, each with its own read-only connection
+//!   (WAL lets them read while the writer writes); they only ever see
+//!   committed transactions, which in WAL mode with `synchronous=FULL` are
+//!   on disk before any reader can see them.
+
+use super::NAME;
+use crate::capabilities::BackendError;
+use crate::capabilities::keyvalue::{CasVersion, add_to_stored};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Writes applied in one transaction at most; more queued writes wait for
+/// the next commit, so one commit's answers are never held back for long.
+const MAX_BATCH: usize = 512;
+
+/// Page cache of each connection, in KiB (the PRAGMA takes a negative
+/// number for KiB). Grown only as pages are touched.
+const CACHE_KIB: i64 = 32 * 1024;
+
+/// Bytes of the database file each connection reads through `mmap` instead
+/// of copying pages into its own cache; the OS page cache is then shared
+/// by every reader.
+const MMAP_BYTES: i64 = 1 << 30;
+
+/// WAL pages after which a commit also checkpoints the WAL into the
+/// database file (SQLite's default is 1000 pages of 4 KiB).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 1000;
+
+/// Size the WAL file is truncated to after a checkpoint, in bytes.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// The database file, its writer thread and its reader threads.
+pub struct EmbeddedDb {
+    writer: mpsc::Sender<WriterJob>,
+    readers: mpsc::Sender<ReadJob>,
+    path: PathBuf,
+}
+
+/// The writer's connection and version counter, as the writer thread
+/// hands them to work that runs alone on it ([`EmbeddedDb::call`]).
+pub struct DbState {
+    pub(super) conn: Connection,
+    /// Next CAS version; global so a deleted-and-recreated key never
+    /// reuses a version an old `cas` handle might hold, also across a
+    /// restart (see `kv_meta` in the schema).
+    pub(super) next_version: i64,
+}
+
+/// A read run on one of the reader threads.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// What the writer thread is asked to do.
+enum WriterJob {
+    /// A key-value write, grouped with others into one transaction.
+    Write(Write),
+    /// Work that runs alone on the write connection, between batches.
+    Exclusive(Box<dyn FnOnce(&mut DbState) + Send>),
+}
+
+/// One queued key-value write and where its answer goes.
+struct Write {
+    ns: Arc<str>,
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Applied, BackendError>>,
+}
+
+/// A key-value write in namespace `ns` (`<component>/<label>`).
+#[derive(Debug, Clone)]
+pub(super) enum WriteOp {
+    /// Writes every entry, each with a fresh version.
+    Set(Vec<(String, Vec<u8>)>),
+    /// Deletes every key (absent keys are fine).
+    Delete(Vec<String>),
+    /// Adds `delta` to the decimal integer stored at `key` (absent = 0).
+    Increment { key: String, delta: i64 },
+    /// Writes `value` only if `key` is still at `expected`.
+    Swap {
+        key: String,
+        expected: CasVersion,
+        value: Vec<u8>,
+    },
+}
+
+/// How a write ended when its batch committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Written (and committed).
+    Done,
+    /// The increment's new value (committed).
+    Incremented(i64),
+    /// The swap's key was not at the expected version; nothing written.
+    CasFailed,
+    /// The write was refused before anything was written (an increment of
+    /// a value that is not a number).
+    Refused(BackendError),
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS kv (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    content_type TEXT,
+    metadata TEXT NOT NULL,
+    data BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER NOT NULL REFERENCES messages(seq),
+    subscriber TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_ms INTEGER NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (seq, subscriber)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due_ms);
+-- The highest version a deleted row held: with MAX(kv.version) it bounds
+-- every version ever used, so a reopened database never hands out a
+-- version an old `cas` handle may hold (kept in the deleting transaction).
+CREATE TABLE IF NOT EXISTS kv_meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS kv_deleted AFTER DELETE ON kv BEGIN
+    INSERT INTO kv_meta (name, value) VALUES ('max_deleted_version', OLD.version)
+    ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value);
+END;
+CREATE INDEX IF NOT EXISTS messages_topic ON messages (topic);
+"#;
+
+/// Settings every connection gets (see docs/embedded-store.md for why).
+fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+/// Opens the write connection: WAL, `synchronous=FULL`, the schema, and
+/// the next version to hand out.
+fn open_writer(path: &Path) -> rusqlite::Result<DbState> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    tune(&conn)?;
+    conn.execute_batch(SCHEMA)?;
+    let max: i64 = conn.query_row(
+        "SELECT MAX(COALESCE((SELECT MAX(version) FROM kv), 0),
+                    COALESCE((SELECT value FROM kv_meta WHERE name = 'max_deleted_version'), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(DbState {
+        conn,
+        next_version: max + 1,
+    })
+}
+
+/// Opens one read-only connection (after the writer made the file WAL).
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    tune(&conn)?;
+    Ok(conn)
+}
+
+/// Reader connections: one per core, at least 2.
+fn reader_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+}
+
+fn stopped() -> BackendError {
+    BackendError::unavailable(
+        NAME,
+        "the embedded database's worker thread stopped (see the error logged before); restart the host",
+    )
+}
+
+impl EmbeddedDb {
+    /// Opens (creating if needed) `wasmshop.db` in `data_dir` and starts
+    /// its writer thread and reader threads.
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, BackendError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            BackendError::unavailable(NAME, format!(
+                "cannot create the data directory {} ({e}); pass a writable one with --data-dir",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("wasmshop.db");
+        let cannot_open = |e: rusqlite::Error| {
+            BackendError::unavailable(
+                NAME,
+                format!(
+                    "cannot open the embedded database {} ({e}); check the file is not corrupt or used by another program",
+                    path.display()
+                ),
+            )
+        };
+        let state = open_writer(&path).map_err(cannot_open)?;
+        let readers = (0..reader_count())
+            .map(|_| open_reader(&path))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(cannot_open)?;
+        let spawn_failed = |e: std::io::Error| {
+            BackendError::unavailable(
+                NAME,
+                format!(
+                    "cannot start a thread of the embedded database ({e}); check the process limits (ulimit -u)"
+                ),
+            )
+        };
+        let (writer, jobs) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(state, jobs))
+            .map_err(spawn_failed)?;
+        let (read_tx, read_rx) = mpsc::channel::<ReadJob>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for (i, conn) in readers.into_iter().enumerate() {
+            let rx = read_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || reader_loop(conn, rx))
+                .map_err(spawn_failed)?;
+        }
+        Ok(Arc::new(EmbeddedDb {
+            writer,
+            readers: read_tx,
+            path,
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn failed(&self, e: rusqlite::Error) -> BackendError {
+        BackendError::rejected(
+            NAME,
+            format!(
+                "embedded database error: {e}; check free disk space and that nothing else writes {}",
+                self.path.display()
+            ),
+        )
+    }
+
+    /// Runs `f` alone on the write connection, on the writer thread,
+    /// between two batches of key-value writes. `f` makes its own
+    /// transaction if it needs one; its commit is its own fsync.
+    pub(super) async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DbState) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriterJob::Exclusive(Box::new(move |s| {
+                let _ = tx.send(f(s));
+            })))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?.map_err(|e| self.failed(e))
+    }
+
+    /// Runs `f` on a read-only connection of the pool: it sees committed
+    /// transactions only.
+    pub(super) async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        self.readers
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?.map_err(|e| self.failed(e))
+    }
+
+    /// Queues a key-value write for the next group commit; answers once
+    /// its batch is committed (on disk), or failed.
+    pub(super) async fn write(&self, ns: Arc<str>, op: WriteOp) -> Result<Applied, BackendError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriterJob::Write(Write { ns, op, reply }))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// `SELECT 1` on a reader and on the writer thread, for `/readyz`.
+    pub(super) async fn ping(&self) -> Result<(), BackendError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await?;
+        self.call(|s| s.conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+/// A reader thread: runs reads until the database is dropped.
+fn reader_loop(conn: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok(job) = job else { return };
+        // A panicking read drops its answer (the caller gets an error); the
+        // connection stays usable (a statement is reset when dropped).
+        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&conn))).is_err() {
+            tracing::error!(
+                "a read of the embedded database panicked; it was answered with an error"
+            );
+        }
+    }
+}
+
+/// The writer thread: takes every queued job, commits the key-value
+/// writes among them in one transaction, runs exclusive work alone, in the
+/// order the jobs came; until the database is dropped.
+fn writer_loop(mut state: DbState, jobs: mpsc::Receiver<WriterJob>) {
+    let mut batch: Vec<Write> = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                WriterJob::Write(w) => batch.push(w),
+                WriterJob::Exclusive(f) => {
+                    commit_batch(&mut state, std::mem::take(&mut batch));
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut state))).is_err() {
+                        tracing::error!(
+                            "work on the embedded database panicked; it was answered with an error"
+                        );
+                        rollback_open_transaction(&state.conn);
+                    }
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        commit_batch(&mut state, std::mem::take(&mut batch));
+    }
+}
+
+fn rollback_open_transaction(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// Applies `batch` in one transaction and answers every write after the
+/// commit.
+fn commit_batch(state: &mut DbState, batch: Vec<Write>) {
+    if batch.is_empty() {
+        return;
+    }
+    let ops: Vec<(&str, &WriteOp)> = batch.iter().map(|w| (&*w.ns, &w.op)).collect();
+    let results = match std::panic::catch_unwind(AssertUnwindSafe(|| apply_batch(state, &ops))) {
+        Ok(results) => results,
+        Err(_) => {
+            tracing::error!(
+                "a batch of embedded database writes panicked; none of them was written"
+            );
+            rollback_open_transaction(&state.conn);
+            let e = BackendError::rejected(
+                NAME,
+                "the embedded database's writer failed on this batch and wrote none of it; retry the request",
+            );
+            vec![Err(e); ops.len()]
+        }
+    };
+    drop(ops);
+    for (w, result) in batch.into_iter().zip(results) {
+        let _ = w.reply.send(result);
+    }
+}
+
+/// One transaction for every write of the batch, each in its own savepoint
+/// so a failing write is undone alone; then one commit (one fsync). A
+/// write's result is only valid if the commit succeeded, so a failed commit
+/// turns every result into that failure. Each compare-and-swap reads the
+/// key inside the transaction, so it sees earlier writes of the batch.
+pub(super) fn apply_batch(
+    state: &mut DbState,
+    ops: &[(&str, &WriteOp)],
+) -> Vec<Result<Applied, BackendError>> {
+    let failed = |what: &str, e: &rusqlite::Error| {
+        BackendError::rejected(
+            NAME,
+            format!(
+                "embedded database error ({what}): {e}; check free disk space and that nothing else writes the database"
+            ),
+        )
+    };
+    if let Err(e) = state.conn.execute_batch("BEGIN IMMEDIATE") {
+        return vec![Err(failed("starting a transaction", &e)); ops.len()];
+    }
+    let mut results = Vec::with_capacity(ops.len());
+    for (ns, op) in ops {
+        let result = in_savepoint(&state.conn, |conn| {
+            apply(conn, &mut state.next_version, ns, op)
+        });
+        results.push(result.map_err(|e| failed("writing", &e)));
+    }
+    if let Err(e) = state.conn.execute_batch("COMMIT") {
+        rollback_open_transaction(&state.conn);
+        return vec![Err(failed("committing", &e)); ops.len()];
+    }
+    results
+}
+
+/// Runs `f` in a savepoint: kept when it succeeds, undone when it fails.
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
+    conn.prepare_cached("SAVEPOINT w")?.execute([])?;
+    match f(conn) {
+        Ok(r) => {
+            conn.prepare_cached("RELEASE w")?.execute([])?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+            Err(e)
+        }
+    }
+}
+
+/// Writes a value with a fresh version.
+fn upsert(
+    conn: &Connection,
+    next_version: &mut i64,
+    ns: &str,
+    key: &str,
+    value: &[u8],
+) -> rusqlite::Result<()> {
+    let version = *next_version;
+    *next_version += 1;
+    conn.prepare_cached(
+        "INSERT INTO kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+    )?
+    .execute(params![ns, key, value, version])?;
+    Ok(())
+}
+
+/// Applies one write inside the batch's transaction.
+fn apply(
+    conn: &Connection,
+    next_version: &mut i64,
+    ns: &str,
+    op: &WriteOp,
+) -> rusqlite::Result<Applied> {
+    match op {
+        WriteOp::Set(entries) => {
+            for (k, v) in entries {
+                upsert(conn, next_version, ns, k, v)?;
+            }
+            Ok(Applied::Done)
+        }
+        WriteOp::Delete(keys) => {
+            let mut stmt = conn.prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?;
+            for k in keys {
+                stmt.execute(params![ns, k])?;
+            }
+            Ok(Applied::Done)
+        }
+        WriteOp::Increment { key, delta } => {
+            let current: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
+                .query_row(params![ns, key], |r| r.get(0))
+                .optional()?;
+            match add_to_stored(NAME, key, current.as_deref(), *delta) {
+                Ok(next) => {
+                    upsert(conn, next_version, ns, key, next.to_string().as_bytes())?;
+                    Ok(Applied::Incremented(next))
+                }
+                Err(e) => Ok(Applied::Refused(e)),
+            }
+        }
+        WriteOp::Swap {
+            key,
+            expected,
+            value,
+        } => {
+            let current: Option<i64> = conn
+                .prepare_cached("SELECT version FROM kv WHERE ns = ?1 AND key = ?2")?
+                .query_row(params![ns, key], |r| r.get(0))
+                .optional()?;
+            let matches = match (expected, current) {
+                (CasVersion::Absent, None) => true,
+                (CasVersion::Version(v), Some(c)) => v.parse::<i64>().ok() == Some(c),
+                _ => false,
+            };
+            if !matches {
+                return Ok(Applied::CasFailed);
+            }
+            upsert(conn, next_version, ns, key, value)?;
+            Ok(Applied::Done)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batch logic, applied directly (no threads): what one group
+    //! commit decides for writes that meet in the same transaction.
+    use super::*;
+
+    fn state() -> (tempfile::TempDir, DbState) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open_writer(&dir.path().join("wasmshop.db")).unwrap();
+        (dir, state)
+    }
+
+    fn value(state: &DbState, key: &str) -> Option<(Vec<u8>, i64)> {
+        state
+            .conn
+            .query_row(
+                "SELECT value, version FROM kv WHERE ns = 'c/default' AND key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .unwrap()
+    }
+
+    fn swap(key: &str, expected: CasVersion, value: &str) -> WriteOp {
+        WriteOp::Swap {
+            key: key.into(),
+            expected,
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn run(state: &mut DbState, ops: &[WriteOp]) -> Vec<Applied> {
+        let ops: Vec<(&str, &WriteOp)> = ops.iter().map(|o| ("c/default", o)).collect();
+        apply_batch(state, &ops)
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_swap_is_checked_against_an_earlier_write_of_the_same_batch() {
+        let (_dir, mut s) = state();
+        let first = s.next_version;
+        let results = run(
+            &mut s,
+            &[
+                // Two creators of the same key: only the first wins.
+                swap("k", CasVersion::Absent, "a"),
+                swap("k", CasVersion::Absent, "b"),
+                // A swap based on the version the first write gave: wins.
+                swap("k", CasVersion::Version(first.to_string()), "c"),
+                // A second swap based on that same version: it is stale now.
+                swap("k", CasVersion::Version(first.to_string()), "d"),
+            ],
+        );
+        assert_eq!(
+            results,
+            [
+                Applied::Done,
+                Applied::CasFailed,
+                Applied::Done,
+                Applied::CasFailed
+            ]
+        );
+        let (v, version) = value(&s, "k").unwrap();
+        assert_eq!(v, b"c");
+        assert!(version > first);
+    }
+
+    #[test]
+    fn a_failing_write_does_not_fail_its_batch_neighbours() {
+        let (_dir, mut s) = state();
+        run(
+            &mut s,
+            &[WriteOp::Set(vec![("text".into(), b"abc".to_vec())])],
+        );
+        let results = run(
+            &mut s,
+            &[
+                WriteOp::Set(vec![("before".into(), b"1".to_vec())]),
+                WriteOp::Increment {
+                    key: "text".into(),
+                    delta: 1,
+                },
+                swap("before", CasVersion::Version("999999".into()), "x"),
+                WriteOp::Increment {
+                    key: "n".into(),
+                    delta: 5,
+                },
+                WriteOp::Delete(vec!["absent".into()]),
+            ],
+        );
+        assert!(matches!(results[1], Applied::Refused(_)), "{results:?}");
+        assert_eq!(results[0], Applied::Done);
+        assert_eq!(results[2], Applied::CasFailed);
+        assert_eq!(results[3], Applied::Incremented(5));
+        assert_eq!(results[4], Applied::Done);
+        assert_eq!(value(&s, "before").unwrap().0, b"1");
+        assert_eq!(value(&s, "text").unwrap().0, b"abc");
+        assert_eq!(value(&s, "n").unwrap().0, b"5");
+    }
+
+    #[test]
+    fn a_write_failing_in_the_database_is_undone_alone() {
+        let (_dir, mut s) = state();
+        // A trigger that refuses one key makes the second entry of a
+        // set_many fail after its first entry was written.
+        s.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER refuse BEFORE INSERT ON kv WHEN NEW.key = 'bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused on purpose'); END;",
+            )
+            .unwrap();
+        let set = |entries: &[(&str, &str)]| {
+            WriteOp::Set(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        let ops = [
+            set(&[("a", "1")]),
+            set(&[("half", "1"), ("bad", "1")]),
+            set(&[("b", "1")]),
+        ];
+        let ops: Vec<(&str, &WriteOp)> = ops.iter().map(|o| ("c/default", o)).collect();
+        let results = apply_batch(&mut s, &ops);
+        assert_eq!(results[0], Ok(Applied::Done));
+        assert!(results[1].is_err(), "{results:?}");
+        assert_eq!(results[2], Ok(Applied::Done));
+        assert!(value(&s, "a").is_some());
+        assert!(value(&s, "b").is_some());
+        assert!(value(&s, "half").is_none(), "the failed write left nothing");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_are_all_answered_and_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let ns: Arc<str> = Arc::from("c/default");
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let (db, ns) = (db.clone(), ns.clone());
+                tokio::spawn(async move {
+                    db.write(ns, WriteOp::Set(vec![(format!("k{i}"), b"v".to_vec())]))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Applied::Done);
+        }
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 200);
+    }
+}
