@@ -374,8 +374,14 @@ impl Dispatcher {
                 // The handler never ran: not an attempt.
                 tracing::debug!(subscriber = %d.subscriber, topic = %d.topic, %error, "no instance free; delivery postponed");
                 let due = now_ms() + delivery::CAPACITY_RETRY.as_millis() as i64;
-                self.retry_later(d.seq, d.subscriber.clone(), d.attempts, due, error.to_string())
-                    .await
+                self.retry_later(
+                    d.seq,
+                    d.subscriber.clone(),
+                    d.attempts,
+                    due,
+                    error.to_string(),
+                )
+                .await
             }
             Err(error) => {
                 let error = error.to_string();
@@ -483,7 +489,11 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// queue, and prunes dead letters past their retention. First removes
 /// messages left without any delivery by an earlier version (which
 /// stored messages nobody subscribed to).
-async fn sample(db: Arc<EmbeddedDb>, subscribers: Arc<Subscribers>, mut shutdown: watch::Receiver<bool>) {
+async fn sample(
+    db: Arc<EmbeddedDb>,
+    subscribers: Arc<Subscribers>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let cleared = db
         .call(|s| {
             s.conn.execute(
@@ -494,9 +504,14 @@ async fn sample(db: Arc<EmbeddedDb>, subscribers: Arc<Subscribers>, mut shutdown
         })
         .await;
     match cleared {
-        Ok(n) if n > 0 => tracing::info!(removed = n, "removed stored messages no subscriber was waiting for"),
+        Ok(n) if n > 0 => tracing::info!(
+            removed = n,
+            "removed stored messages no subscriber was waiting for"
+        ),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not remove stored messages no subscriber was waiting for"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove stored messages no subscriber was waiting for")
+        }
     }
     let retention = DeadLetterRetention::current();
     while !*shutdown.borrow() {

@@ -50,9 +50,10 @@ pub struct MessagingSettings {
     /// failure (capped at 30 s).
     #[serde(default = "delivery::default_initial_backoff_ms")]
     pub initial_backoff_ms: u64,
-    /// Approximate bound of each topic's stream (`XADD MAXLEN ~`); the
-    /// oldest entries are trimmed even if a slow subscriber has not read
-    /// them. Default [`messaging::DEFAULT_MAX_LEN`].
+    /// Entries of a topic's stream not yet acknowledged by every
+    /// subscription's group; at the bound `send` is refused (the guest gets
+    /// `error::connection`), and acknowledged entries are trimmed, never
+    /// unread ones (docs/messaging.md). Default [`messaging::DEFAULT_MAX_LEN`].
     #[serde(default)]
     pub max_len: Option<u64>,
     /// How long a delivery may stay unacknowledged before another consumer
@@ -82,6 +83,9 @@ pub struct Redis {
     conns: BTreeMap<String, RedisConn>,
     /// Messaging clients served here, for the receiver.
     clients: BTreeMap<String, (RedisConn, MessagingSettings)>,
+    /// Every subscription of the manifest: their consumer groups are made
+    /// and kept whichever components this process runs.
+    subscriptions: Vec<crate::capabilities::messaging::ComponentSubscription>,
 }
 
 impl Redis {
@@ -117,8 +121,11 @@ impl BackendUnit for Redis {
         Ok(())
     }
 
-    fn open(_context: &OpenContext<'_>, _flags: &Flags) -> Result<Self, BackendError> {
-        Ok(Redis::default())
+    fn open(context: &OpenContext<'_>, _flags: &Flags) -> Result<Self, BackendError> {
+        Ok(Redis {
+            subscriptions: crate::capabilities::messaging::manifest_subscriptions(context.manifest),
+            ..Redis::default()
+        })
     }
 
     fn store(
@@ -138,13 +145,14 @@ impl BackendUnit for Redis {
         let conn = self.conn(&settings.url, &format!("messaging.{client}.url"))?;
         self.clients
             .insert(client.to_string(), (conn.clone(), settings.clone()));
-        Ok(Arc::new(RedisBroker::new(conn, settings.max_len)))
+        let groups = messaging::topic_groups(&self.subscriptions, client);
+        Ok(Arc::new(RedisBroker::new(conn, settings.max_len, groups)))
     }
 
     fn finish(self) -> Contribution {
         Contribution {
             receiver: (!self.clients.is_empty())
-                .then(|| Arc::new(RedisReceiver::new(self.clients)) as _),
+                .then(|| Arc::new(RedisReceiver::new(self.clients, self.subscriptions)) as _),
             ..Contribution::default()
         }
     }

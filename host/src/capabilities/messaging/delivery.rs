@@ -232,7 +232,12 @@ mod tests {
     #[test]
     fn dead_letter_retention_reads_its_variables() {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         assert_eq!(
             DeadLetterRetention::from_vars(vars(&[])).unwrap(),

@@ -130,11 +130,11 @@ impl producer::Host for MessagingCtx {
             super::metrics::messaging().published(&topic);
         }
         Ok(sent.map_err(|BrokerError(e)| {
-                if e.is_unavailable() {
-                    Error::Connection(e.message().to_string())
-                } else {
-                    Error::Other(e.to_string())
-                }
-            }))
+            if e.is_unavailable() {
+                Error::Connection(e.message().to_string())
+            } else {
+                Error::Other(e.to_string())
+            }
+        }))
     }
 }

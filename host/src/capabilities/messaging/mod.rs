@@ -70,6 +70,21 @@ pub struct ComponentSubscription {
     pub event_types: Vec<String>,
 }
 
+/// Every subscription of `manifest`, whichever components a process runs.
+pub fn manifest_subscriptions(
+    manifest: &crate::manifest::AppManifest,
+) -> Vec<ComponentSubscription> {
+    manifest
+        .subscriptions()
+        .map(|(c, s)| ComponentSubscription {
+            component: c.to_string(),
+            client: s.client.clone(),
+            topic: s.topic.clone(),
+            event_types: s.event_types.clone(),
+        })
+        .collect()
+}
+
 impl ComponentSubscription {
     /// Whether a message whose CloudEvent `type` is `event_type` (`None`:
     /// not a CloudEvent, or no type) goes to this subscriber. A filtered
@@ -100,7 +115,9 @@ pub enum DeliveryError {
     /// (`--max-instances`): the handler did not run, so the receiver
     /// retries after [`delivery::CAPACITY_RETRY`] without counting an
     /// attempt.
-    #[error("no instance is free to run the handler ({0}); the delivery waits for one and is not counted as an attempt")]
+    #[error(
+        "no instance is free to run the handler ({0}); the delivery waits for one and is not counted as an attempt"
+    )]
     Capacity(String),
 }
 
