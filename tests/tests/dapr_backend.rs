@@ -10,7 +10,7 @@ use wasmshop_tests::daprd::{
 };
 use wasmshop_tests::{
     APP_API_TOKEN, Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to,
-    wait_for, wasmshop_bin,
+    wait_for, wasm, wasmshop_bin,
 };
 
 /// The runtime config the deployment uses (infra/runtime-config/dapr.toml).
@@ -39,10 +39,35 @@ fn recorder_manifest() -> String {
     wasmshop_tests::recorder_manifest(&["products"])
 }
 
-/// The recorder as Dapr app `recorder`, next to its own sidecar, no tokens.
+/// The recorder as Dapr app `recorder`, next to its own sidecar, sharing
+/// the deployment's APP_API_TOKEN (as in Azure Container Apps).
 fn recorder_app(cluster: &DaprCluster) -> (Sidecar, Host) {
+    let sidecar = cluster.sidecar(
+        "recorder",
+        SidecarOptions {
+            app_token: Some(APP_API_TOKEN.into()),
+            ..Default::default()
+        },
+    );
+    let host = start_host(
+        &sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        Some(APP_API_TOKEN),
+        None,
+    );
+    (sidecar, host)
+}
+
+/// The recorder without tokens, opened with `--dapr-allow-unauthenticated`
+/// (local `dapr run` without APP_API_TOKEN).
+fn open_recorder_app(cluster: &DaprCluster) -> (Sidecar, Host) {
     let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
-    let host = start_next_to(&sidecar, Host::builder().manifest(recorder_manifest()));
+    let host = start_next_to(
+        &sidecar,
+        Host::builder()
+            .manifest(recorder_manifest())
+            .arg("--dapr-allow-unauthenticated"),
+    );
     (sidecar, host)
 }
 
@@ -650,8 +675,16 @@ fn an_event_that_keeps_failing_is_dead_lettered() {
 
 #[test]
 fn an_undecodable_event_is_dropped() {
+    // Without tokens, with the explicit opt-in: deliveries are accepted
+    // from anyone who reaches the port, and the host says so once.
     let cluster = DaprCluster::new();
-    let (_sidecar, host) = recorder_app(&cluster);
+    let (_sidecar, host) = open_recorder_app(&cluster);
+    let logs = host.logs();
+    assert_eq!(
+        logs.matches("the Dapr app channel is open").count(),
+        1,
+        "{logs}"
+    );
     let r = client()
         .post(host.url("/dapr/events/recorder/products"))
         .body("not json {")
@@ -681,6 +714,247 @@ fn an_undecodable_event_is_dropped() {
         .unwrap();
     assert_eq!(r.json::<Value>().unwrap(), json!({"status": "SUCCESS"}));
     assert_eq!(host.recorded_events("products").len(), 1);
+}
+
+/// The product and order hosts of the shop on Dapr, each next to its
+/// sidecar: the product side shares APP_API_TOKEN with its sidecar, the
+/// order side has no token (started from `order_builder`).
+struct TokenlessOrderSide {
+    product: Host,
+    order: Host,
+    // After the hosts: sidecars outlive the processes they serve.
+    _sidecars: (Sidecar, Sidecar),
+}
+
+fn shop_with_tokenless_order_side(
+    cluster: &DaprCluster,
+    order_builder: HostBuilder,
+) -> TokenlessOrderSide {
+    let product_sidecar = cluster.sidecar(
+        "productservice",
+        SidecarOptions {
+            app_token: Some(APP_API_TOKEN.into()),
+            ..Default::default()
+        },
+    );
+    let product = start_host(
+        &product_sidecar,
+        Host::builder().component_ids(&["product"]),
+        Some(APP_API_TOKEN),
+        None,
+    );
+    let order_sidecar = cluster.sidecar("orderservice", SidecarOptions::default());
+    let order = start_next_to(&order_sidecar, order_builder.component_ids(&["order"]));
+    TokenlessOrderSide {
+        product,
+        order,
+        _sidecars: (product_sidecar, order_sidecar),
+    }
+}
+
+/// A `ProductDeleted` for `product`'s current incarnation, forged from the
+/// `ProductCreated` the product service published.
+fn forged_product_deleted(cluster: &DaprCluster, product: &str) -> Value {
+    let created = cluster
+        .published("products")
+        .into_iter()
+        .find(|e| e["type"] == "ProductCreated" && e["data"]["id"] == product)
+        .expect("the ProductCreated event");
+    let mut forged = created.clone();
+    forged["type"] = json!("ProductDeleted");
+    forged["id"] = json!("forged-1");
+    forged
+}
+
+#[test]
+fn without_app_api_token_a_forged_delivery_is_refused_and_changes_nothing() {
+    let cluster = DaprCluster::new();
+    let shop = shop_with_tokenless_order_side(&cluster, Host::builder());
+    let (product, order_host) = (&shop.product, &shop.order);
+    create_product(product, "widget", 5);
+    let (status, created) = order(order_host, "alice", "widget", 2);
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let before: Value = order_host.get(&format!("/api/orders/{id}")).json().unwrap();
+
+    // Anyone who reaches the order host's port posts a ProductDeleted the
+    // way daprd would: 401, and the order stays as it was.
+    let forged = forged_product_deleted(&cluster, "widget");
+    let r = client()
+        .post(order_host.url("/dapr/events/order/products"))
+        .header("content-type", "application/cloudevents+json")
+        .body(forged.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().unwrap();
+    assert_eq!(
+        problem["type"],
+        "urn:wasmshop:problem:app-api-token-required"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("APP_API_TOKEN") && detail.contains("--dapr-allow-unauthenticated"),
+        "{detail}"
+    );
+    let after: Value = order_host.get(&format!("/api/orders/{id}")).json().unwrap();
+    assert_eq!(after, before, "the forged event changed the order");
+    assert_ne!(after["status"], "Cancelled");
+    // The subscription list stays readable (daprd reads it at start), and
+    // the host said at start what it refuses.
+    assert_eq!(
+        client()
+            .get(order_host.url("/dapr/subscribe"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        order_host.logs().contains(
+            "Dapr deliveries (POST /dapr/events/...) and internal endpoints will be refused"
+        ),
+        "{}",
+        order_host.logs()
+    );
+}
+
+#[test]
+fn with_app_api_token_a_forged_delivery_is_refused_and_changes_nothing() {
+    let d = Deployment::app(&Backend::Dapr);
+    let (product, order_host) = (d.host_of("product"), d.host_of("order"));
+    let cluster = d.dapr_cluster().expect("a Dapr deployment");
+    create_product(product, "widget", 5);
+    let (status, created) = order(order_host, "alice", "widget", 2);
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let forged = forged_product_deleted(cluster, "widget");
+    for token in [None, Some("guessed")] {
+        let mut req = client()
+            .post(order_host.url("/dapr/events/order/products"))
+            .header("content-type", "application/cloudevents+json")
+            .body(forged.to_string());
+        if let Some(t) = token {
+            req = req.header("dapr-api-token", t);
+        }
+        assert_eq!(req.send().unwrap().status(), 401);
+    }
+    let after: Value = order_host.get(&format!("/api/orders/{id}")).json().unwrap();
+    assert_eq!(after["status"], created["status"]);
+}
+
+#[test]
+fn token_scope_all_without_a_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spin.toml"), recorder_manifest()).unwrap();
+    for (scope, why) in [("all", "APP_API_TOKEN"), ("everything", "'dapr' or 'all'")] {
+        let out = Command::new(wasmshop_bin())
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .arg("--from")
+            .arg(dir.path().join("spin.toml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("WASMSHOP_APP_API_TOKEN_SCOPE", scope)
+            .env_remove("APP_API_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{scope}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(why), "{scope}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("Serving"));
+    }
+}
+
+// ---------------------------------------------------------------- chaining
+
+/// `alpha` (public, may chain to any `*.spin.internal`) and `beta`
+/// (private), each its own Dapr app.
+fn chaining_manifest() -> String {
+    format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "chain"
+[[trigger.http]]
+route = "/alpha/..."
+component = "alpha"
+[[trigger.http]]
+route = {{ private = true }}
+component = "beta"
+[component.alpha]
+source = "{fixture}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+[component.alpha.tool.wasmshop]
+dapr_app_id = "alphaservice"
+[component.beta]
+source = "{fixture}"
+[component.beta.tool.wasmshop]
+dapr_app_id = "betaservice"
+"#,
+        fixture = wasm("capabilities-fixture").display()
+    )
+}
+
+#[test]
+fn chaining_through_dapr_reaches_only_components_of_the_manifest() {
+    let cluster = DaprCluster::new();
+    let with_token = || SidecarOptions {
+        app_token: Some(APP_API_TOKEN.into()),
+        ..Default::default()
+    };
+    let alpha_sidecar = cluster.sidecar("alphaservice", with_token());
+    let alpha = start_host(
+        &alpha_sidecar,
+        Host::builder()
+            .manifest(chaining_manifest())
+            .component_ids(&["alpha"]),
+        Some(APP_API_TOKEN),
+        None,
+    );
+    let beta_sidecar = cluster.sidecar("betaservice", with_token());
+    let _beta = start_host(
+        &beta_sidecar,
+        Host::builder()
+            .manifest(chaining_manifest())
+            .component_ids(&["beta"]),
+        Some(APP_API_TOKEN),
+        None,
+    );
+    // Another app in the same Dapr namespace, which no component of
+    // alpha's manifest is: the recorder as app id `other`.
+    let other_sidecar = cluster.sidecar("other", with_token());
+    let other = start_host(
+        &other_sidecar,
+        Host::builder().manifest(recorder_manifest()),
+        Some(APP_API_TOKEN),
+        None,
+    );
+    assert_eq!(other.get("/recorder/echo").status(), 200);
+
+    let call = |url: &str| -> (u16, String) {
+        let r = client()
+            .get(alpha.url(&format!("/alpha/outbound?url={url}")))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    // A component of the manifest, by its Dapr app id.
+    let (status, body) = call("http://beta.spin.internal/echo");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":200"), "{body}");
+    // Not a component of the manifest: refused before any invocation,
+    // though `http://*.spin.internal` lets it past the outbound check.
+    let (status, body) = call("http://other.spin.internal/recorder/echo");
+    assert_eq!(status, 502, "reached another Dapr app: {body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let logs = alpha.logs();
+    assert!(
+        logs.contains("'http://other.spin.internal' names no component of the manifest"),
+        "{logs}"
+    );
 }
 
 // ---------------------------------------------------------------- start-up

@@ -12,10 +12,18 @@
 //!   `APP_API_TOKEN` into Dapr-enabled apps while its ingress calls the
 //!   same port directly (`docs/deployment.md`). Where the port is
 //!   reachable only through Dapr, `WASMSHOP_APP_API_TOKEN_SCOPE=all`
-//!   requires the token on every request except `GET`/`HEAD` of `/healthz`
-//!   and `/readyz` (answered before this module runs). This check applies
-//!   whenever `APP_API_TOKEN` is set, whether or not a store or client is
-//!   on Dapr.
+//!   (`--app-api-token-scope all`) requires the token on every request
+//!   except `GET`/`HEAD` of `/healthz` and `/readyz` (answered before this
+//!   module runs); without a token that setting refuses to start. This
+//!   check applies whenever `APP_API_TOKEN` is set, whether or not a store
+//!   or client is on Dapr.
+//! - Deny by default: in Dapr mode with no `APP_API_TOKEN`, nothing proves
+//!   that a request under `/dapr/` comes from the sidecar, so deliveries
+//!   (`POST /dapr/events/...`) are refused with 401 and change nothing,
+//!   unless `--dapr-allow-unauthenticated` says the port is reachable from
+//!   the sidecar alone. `GET /dapr/subscribe` stays answered: it changes
+//!   nothing and lists only what `spin.toml` declares (the rules are in
+//!   `docs/internal-endpoints.md`).
 //! - Internal endpoints ([`AppChannel::unrouted`]): a path no public route covers
 //!   (the product's reservations) reaches a component only through service
 //!   chaining. Across processes that chaining is Dapr service invocation,
@@ -43,25 +51,12 @@ const CALLER_HEADER: &str = "dapr-caller-app-id";
 /// Header daprd adds to service invocations: the invoked app id
 /// (`CalleeIDHeader`, same file).
 const CALLEE_HEADER: &str = "dapr-callee-app-id";
+/// Where daprd reads the app's subscriptions (`docs/dapr-reference.md`).
+const SUBSCRIBE_PATH: &str = "/dapr/subscribe";
 
-/// Whether `WASMSHOP_APP_API_TOKEN_SCOPE=all`; an unknown value also
-/// means all (fail closed), with a warning.
-fn token_everywhere() -> bool {
-    static ALL: OnceLock<bool> = OnceLock::new();
-    *ALL.get_or_init(|| match std::env::var("WASMSHOP_APP_API_TOKEN_SCOPE").as_deref() {
-        Err(_) | Ok("") | Ok("dapr") => false,
-        Ok("all") => true,
-        Ok(other) => {
-            tracing::warn!(
-                value = other,
-                "WASMSHOP_APP_API_TOKEN_SCOPE must be 'dapr' or 'all'; requiring APP_API_TOKEN on every request"
-            );
-            true
-        }
-    })
-}
-
-fn app_token() -> Option<&'static str> {
+/// The `APP_API_TOKEN` this host expects from its sidecar, if one is set
+/// (an empty value counts as unset).
+pub fn app_token() -> Option<&'static str> {
     static TOKEN: OnceLock<Option<String>> = OnceLock::new();
     TOKEN
         .get_or_init(|| {
@@ -86,16 +81,33 @@ pub struct AppChannel {
     in_use: bool,
     /// `--dapr-allow-unauthenticated`.
     allow_unauthenticated: bool,
+    /// `--app-api-token-scope all`: the token is required on every request.
+    token_everywhere: bool,
 }
 
 impl AppChannel {
-    /// The guard for `manifest`'s components.
-    pub fn new(manifest: Arc<AppManifest>, in_use: bool, allow_unauthenticated: bool) -> Self {
+    /// The guard for `manifest`'s components. `in_use`: a store or client
+    /// is on Dapr; `allow_unauthenticated`: `--dapr-allow-unauthenticated`;
+    /// `token_everywhere`: `--app-api-token-scope all`.
+    pub fn new(
+        manifest: Arc<AppManifest>,
+        in_use: bool,
+        allow_unauthenticated: bool,
+        token_everywhere: bool,
+    ) -> Self {
         AppChannel {
             manifest,
             in_use,
             allow_unauthenticated,
+            token_everywhere,
         }
+    }
+
+    /// Whether this host serves the Dapr app channel to anyone who reaches
+    /// its port: Dapr is in use, no `APP_API_TOKEN` is set and
+    /// `--dapr-allow-unauthenticated` was given.
+    pub fn runs_open(&self) -> bool {
+        self.in_use && app_token().is_none() && self.allow_unauthenticated
     }
 }
 
@@ -112,16 +124,37 @@ fn has_token<B>(req: &Request<B>, expected: &str) -> bool {
 #[async_trait]
 impl Ingress for AppChannel {
     /// Refuses (401) a request that comes, or claims to come, from the
-    /// sidecar without the `APP_API_TOKEN`; hands back everything else.
+    /// sidecar without the `APP_API_TOKEN`, and, in Dapr mode without a
+    /// token or `--dapr-allow-unauthenticated`, every request under
+    /// `/dapr/` but `GET /dapr/subscribe`; hands back everything else.
     async fn intercept(&self, req: Request<Incoming>) -> Result<HostResponse, Request<Incoming>> {
-        let claims_dapr = req.uri().path().starts_with("/dapr/")
+        let path = req.uri().path();
+        let on_app_channel = path.starts_with("/dapr/");
+        let claims_dapr = on_app_channel
             || req.headers().contains_key(TOKEN_HEADER)
             || req.headers().contains_key(CALLER_HEADER);
-        if let Some(expected) = app_token()
-            && (claims_dapr || token_everywhere())
-            && !has_token(&req, expected)
-        {
-            return Ok(bad_token());
+        match app_token() {
+            Some(expected) => {
+                if (claims_dapr || self.token_everywhere) && !has_token(&req, expected) {
+                    return Ok(bad_token());
+                }
+            }
+            None if self.in_use && on_app_channel && !self.allow_unauthenticated => {
+                let subscribe = req.method() == http::Method::GET && path == SUBSCRIBE_PATH;
+                if !subscribe {
+                    tracing::warn!(
+                        method = %req.method(),
+                        path,
+                        "refused an unauthenticated request on the Dapr app channel: set APP_API_TOKEN for daprd and this host, or pass --dapr-allow-unauthenticated where only the sidecar reaches this port"
+                    );
+                    return Ok(problem(
+                        StatusCode::UNAUTHORIZED,
+                        "app-api-token-required",
+                        "this host has no APP_API_TOKEN, so nothing proves that a request under /dapr/ comes from the Dapr sidecar and it is refused; set the same APP_API_TOKEN for daprd and this host, or start the host with --dapr-allow-unauthenticated where only the sidecar can reach its port",
+                    ));
+                }
+            }
+            None => {}
         }
         Err(req)
     }

@@ -43,13 +43,22 @@ impl DaprInvocation {
 }
 
 impl ServiceChaining for DaprInvocation {
-    /// A component unknown to the manifest is invoked under its own id.
+    /// Invokes the Dapr app id of a component of the manifest. A chained
+    /// call to any other name (`http://other.spin.internal`, which
+    /// `http://*.spin.internal` lets through the outbound check) is refused
+    /// with `HttpRequestDenied` and a log line saying what to do: Spin
+    /// expands that wildcard to the app's components only, and invoking an
+    /// arbitrary app id would let a component reach any app in the Dapr
+    /// namespace.
     fn call(&self, component: &str, request: Request<WasiBody>, _depth: u32) -> ResponseFuture {
-        let app_id = self
-            .app_ids
-            .get(component)
-            .cloned()
-            .unwrap_or_else(|| component.to_string());
+        let Some(app_id) = self.app_ids.get(component).cloned() else {
+            tracing::warn!(
+                callee = component,
+                known = ?self.app_ids.keys().collect::<Vec<_>>(),
+                "chained call refused: 'http://{component}.spin.internal' names no component of the manifest, so it is not invoked through Dapr; add [component.{component}] to spin.toml (with tool.wasmshop.dapr_app_id if its Dapr app id differs) or call one of the listed components"
+            );
+            return Box::pin(async { Err(HttpError::HttpRequestDenied) });
+        };
         let client = self.client.clone();
         Box::pin(async move { invoke(&client, &app_id, request).await })
     }

@@ -71,15 +71,57 @@ pub struct Flags {
     pub startup_timeout_secs: f64,
 
     /// With a Dapr backend and no APP_API_TOKEN: accept traffic that only
-    /// the Dapr sidecar may send (internal endpoints reached by service
-    /// invocation, from callers the manifest allows) without proof that it
-    /// comes from the sidecar. Only for an app port nothing but the sidecar
-    /// can reach; set APP_API_TOKEN instead wherever you can.
+    /// the Dapr sidecar may send without proof that it comes from the
+    /// sidecar: deliveries on the app channel (POST /dapr/events/...) and
+    /// internal endpoints reached by service invocation (from callers the
+    /// manifest allows). Without it, and without APP_API_TOKEN, both are
+    /// refused. Only for an app port nothing but the sidecar can reach
+    /// (local `dapr run`); set APP_API_TOKEN instead wherever you can.
     #[arg(
         long = "dapr-allow-unauthenticated",
         env = "WASMSHOP_DAPR_ALLOW_UNAUTHENTICATED"
     )]
     pub allow_unauthenticated: bool,
+
+    /// Which requests need APP_API_TOKEN (when it is set): `dapr` (those
+    /// that come, or claim to come, from the Dapr sidecar) or `all` (every
+    /// request but the /healthz and /readyz probes, where only the sidecar
+    /// reaches the port). `all` without APP_API_TOKEN refuses to start.
+    #[arg(
+        long = "app-api-token-scope",
+        env = "WASMSHOP_APP_API_TOKEN_SCOPE",
+        default_value = "dapr",
+        value_parser = parse_token_scope
+    )]
+    pub token_scope: TokenScope,
+}
+
+/// Which requests need `APP_API_TOKEN` (`--app-api-token-scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenScope {
+    /// Requests that come, or claim to come, from the sidecar.
+    #[default]
+    Dapr,
+    /// Every request but the probes.
+    All,
+}
+
+/// Parses `--app-api-token-scope` when the command line is read: an
+/// unknown value, or `all` while `APP_API_TOKEN` is unset (a setting that
+/// would check nothing), is one line and exit code 2.
+fn parse_token_scope(text: &str) -> Result<TokenScope, String> {
+    scope_with_token(text, app_channel::app_token().is_some())
+}
+
+fn scope_with_token(text: &str, token_set: bool) -> Result<TokenScope, String> {
+    match text.trim() {
+        "" | "dapr" => Ok(TokenScope::Dapr),
+        "all" if token_set => Ok(TokenScope::All),
+        "all" => Err(
+            "'all' requires APP_API_TOKEN, which is not set: set the token daprd sends (APP_API_TOKEN), or use 'dapr'".into(),
+        ),
+        other => Err(format!("'{other}' is not a token scope; give 'dapr' or 'all'")),
+    }
 }
 
 /// Longest `--dapr-startup-timeout-secs` accepted: a day. Longer is a
@@ -106,6 +148,7 @@ impl Default for Flags {
         Flags {
             startup_timeout_secs: 60.0,
             allow_unauthenticated: false,
+            token_scope: TokenScope::Dapr,
         }
     }
 }
@@ -183,7 +226,17 @@ impl BackendUnit for Dapr {
             self.manifest.clone(),
             self.client.is_some(),
             self.flags.allow_unauthenticated,
+            self.flags.token_scope == TokenScope::All,
         ));
+        if guard.runs_open() {
+            tracing::warn!(
+                "the Dapr app channel is open: no APP_API_TOKEN is set and --dapr-allow-unauthenticated was given, so anyone who reaches this port can deliver events (POST /dapr/events/...) and call internal endpoints as the sidecar would; set APP_API_TOKEN for daprd and this host unless only the sidecar can reach the port"
+            );
+        } else if self.client.is_some() && app_channel::app_token().is_none() {
+            tracing::warn!(
+                "no APP_API_TOKEN is set: Dapr deliveries (POST /dapr/events/...) and internal endpoints will be refused (401 / 404); set the same APP_API_TOKEN for daprd and this host, or pass --dapr-allow-unauthenticated where only the sidecar reaches this port"
+            );
+        }
         let Some(client) = self.client else {
             // Not in use: only the APP_API_TOKEN check remains.
             return Contribution {
@@ -263,5 +316,14 @@ mod tests {
             let err = parse_startup_timeout_secs(bad).unwrap_err();
             assert!(err.contains("seconds"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn token_scope_all_needs_a_token_and_unknown_scopes_are_refused() {
+        assert_eq!(scope_with_token("dapr", false), Ok(TokenScope::Dapr));
+        assert_eq!(scope_with_token("all", true), Ok(TokenScope::All));
+        let err = scope_with_token("all", false).unwrap_err();
+        assert!(err.contains("APP_API_TOKEN"), "{err}");
+        assert!(scope_with_token("everything", true).is_err());
     }
 }
