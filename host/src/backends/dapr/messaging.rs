@@ -12,7 +12,15 @@
 //!   the route `/dapr/events/<component>/<topic>` and the dead-letter topic
 //!   of the shared [`delivery`] rules. Dapr accepts one subscription per
 //!   topic and app, so components of one process sharing a topic share the
-//!   route and each gets the event.
+//!   route and each gets the event. When every such component names the
+//!   event types it wants (`event_types` in the manifest), the route is
+//!   given as one routing rule per type (`event.type == "<type>"`) without
+//!   a default route, so daprd never pushes the other types here; a
+//!   component that wants fewer types than its neighbours on the route has
+//!   the rest acknowledged without running (the messaging trigger filters).
+//! - A handler that found no free instance (the pool is full) is answered
+//!   `RETRY` like any failure: daprd's resiliency policy counts it as an
+//!   attempt, which this host cannot prevent (docs/messaging.md).
 //! - `POST` on such a route: the CloudEvent goes to each subscriber's
 //!   `wasi:messaging/incoming-handler` as the message data (content type
 //!   `application/cloudevents+json`, topic set, `traceparent` in the
@@ -156,6 +164,31 @@ pub struct DaprSubscription {
     pub route: String,
     /// Local components receiving it.
     pub components: Vec<String>,
+    /// The event types wanted, when every local subscriber names its
+    /// types (the union); `None`: some subscriber wants every type.
+    pub event_types: Option<Vec<String>>,
+}
+
+impl DaprSubscription {
+    /// The `routes` of the programmatic subscription: with event types, one
+    /// rule per type (`event.type == "<type>"`, a CEL expression) and no
+    /// default route, so daprd delivers nothing else to this app;
+    /// otherwise only the default route (docs/dapr-reference.md,
+    /// "Routing rules").
+    pub fn routes(&self) -> serde_json::Value {
+        match &self.event_types {
+            Some(types) => serde_json::json!({
+                "rules": types
+                    .iter()
+                    .map(|t| serde_json::json!({
+                        "match": format!("event.type == {}", serde_json::Value::String(t.clone())),
+                        "path": self.route,
+                    }))
+                    .collect::<Vec<_>>(),
+            }),
+            None => serde_json::json!({ "default": self.route }),
+        }
+    }
 }
 
 /// What [`MessageReceiver::start`] hands the app channel.
@@ -193,8 +226,21 @@ impl DaprReceiver {
                 .iter_mut()
                 .find(|s| s.pubsub == *pubsub && s.topic == sub.topic)
             {
-                Some(existing) => existing.components.push(sub.component.clone()),
+                Some(existing) => {
+                    existing.components.push(sub.component.clone());
+                    match (&mut existing.event_types, sub.event_types.is_empty()) {
+                        (Some(types), false) => {
+                            for t in &sub.event_types {
+                                if !types.contains(t) {
+                                    types.push(t.clone());
+                                }
+                            }
+                        }
+                        (types, _) => *types = None,
+                    }
+                }
                 None => out.push(DaprSubscription {
+                    event_types: (!sub.event_types.is_empty()).then(|| sub.event_types.clone()),
                     route: format!(
                         "{EVENTS_PREFIX}{}/{}",
                         encode_segment(&sub.component),
@@ -249,7 +295,7 @@ impl Ingress for DaprReceiver {
                     serde_json::json!({
                         "pubsubname": s.pubsub,
                         "topic": s.topic,
-                        "routes": {"default": s.route},
+                        "routes": s.routes(),
                         "deadLetterTopic": format!("{}{}", s.topic, delivery::DEAD_LETTER_SUFFIX),
                     })
                 })

@@ -132,7 +132,13 @@ impl DeliveryError {
 /// services publish it), else the `type` member of a structured
 /// `application/cloudevents+json` body; `None` when neither says.
 pub fn event_type(message: &BrokerMessage) -> Option<String> {
-    if let Some((_, t)) = message.metadata.iter().find(|(k, _)| k == "ce-type") {
+    // `ce-type`: as the services publish; `cloudevent-type`: as the Dapr
+    // receiver hands a pushed CloudEvent over.
+    if let Some((_, t)) = message
+        .metadata
+        .iter()
+        .find(|(k, _)| k == "ce-type" || k == "cloudevent-type")
+    {
         return Some(t.clone());
     }
     let structured = message
