@@ -174,6 +174,22 @@ pub fn instances_in_use(delta: i64) {
     OTEL.instances_in_use.add(delta, &[]);
 }
 
+/// Counts one instance running until the returned guard drops
+/// (`wasmshop_instances_in_use`).
+pub fn instance_in_use() -> InstanceInUse {
+    instances_in_use(1);
+    InstanceInUse(())
+}
+
+/// See [`instance_in_use`].
+pub struct InstanceInUse(());
+
+impl Drop for InstanceInUse {
+    fn drop(&mut self) {
+        instances_in_use(-1);
+    }
+}
+
 /// Counts an instance of `component` refused because the pool was full
 /// (`--max-instances`).
 pub fn record_instance_refused(component: &str) {

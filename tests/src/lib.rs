@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod backend;
 pub mod daprd;
+pub mod otlp;
 mod deployment;
 pub use backend::{Backend, RedisServer, TEST_VISIBILITY_TIMEOUT_MS};
 pub use deployment::{APP_API_TOKEN, Deployment, start_next_to};
@@ -67,6 +68,7 @@ pub struct HostBuilder {
     component_ids: Vec<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    log_format: Option<String>,
 }
 
 impl HostBuilder {
@@ -97,6 +99,12 @@ impl HostBuilder {
     /// Sets an environment variable of the host process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// `--log-format` (`text` unless set: `json`, `text`).
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.log_format = Some(format.into());
         self
     }
 
@@ -182,7 +190,7 @@ impl Host {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--log-format")
-            .arg("text");
+            .arg(self.builder.log_format.as_deref().unwrap_or("text"));
         if let Some(rc) = &self.runtime_config {
             cmd.arg("--runtime-config-file").arg(rc);
         }

@@ -180,7 +180,8 @@ macro_rules! register_backends {
             }
             fn broker(&mut self, client: &str, config: &MessagingConfig) -> Result<Arc<dyn MessageBroker>, BackendError> {
                 match config {
-                    $( MessagingConfig::$variant(c) => self.$module.broker(client, c), )+
+                    $( MessagingConfig::$variant(c) => self.$module.broker(client, c)
+                        .map(|b| crate::telemetry::messaging::traced(b, client, stringify!($module))), )+
                 }
             }
             fn finish(self) -> Vec<Contribution> {

@@ -94,6 +94,7 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> HookOutput {
         drop(fut);
         let mut request = request;
+        let call = crate::telemetry::spans::outbound_call(&self.component, &mut request);
         crate::trace::continue_in(request.headers_mut(), self.traceparent.as_deref());
         let Some(target) = OutboundTarget::from_uri(request.uri()) else {
             return Box::new(async { Err(Error::HttpRequestUriInvalid) });
@@ -113,7 +114,7 @@ impl WasiHttpHooks for OutboundHttp {
                 return Box::new(async { Err(Error::LoopDetected) });
             }
             let response = self.chaining.call(callee, request, self.depth + 1);
-            return Box::new(async move { Ok((response.await?, no_io())) });
+            return Box::new(call.run(async move { Ok((response.await?, no_io())) }));
         }
         let options = RequestOptions {
             connect_timeout: options
@@ -126,7 +127,7 @@ impl WasiHttpHooks for OutboundHttp {
                 .and_then(|o| o.between_bytes_timeout)
                 .or(Some(BETWEEN_BYTES_TIMEOUT)),
         };
-        Box::new(async move {
+        Box::new(call.run(async move {
             use http_body_util::BodyExt;
             let (response, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
@@ -134,6 +135,6 @@ impl WasiHttpHooks for OutboundHttp {
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
-        })
+        }))
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod export;
 pub mod kv;
+pub mod messaging;
 pub mod spans;
 pub mod writer;
 

@@ -51,6 +51,12 @@ pub fn traceparent(span: &Span) -> Option<String> {
     })
 }
 
+/// The `traceparent` of the current `tracing` span (the request or
+/// delivery being run, or a span inside it).
+pub fn current_traceparent() -> Option<String> {
+    traceparent(&Span::current())
+}
+
 /// Makes `span` a child of the remote span `traceparent` names (a request
 /// header, a delivered message's metadata). Call before anything enters
 /// `span` or asks for its [`traceparent`].
@@ -132,7 +138,8 @@ pub fn request<B>(
         .map(|t| {
             let valid = !t.is_empty()
                 && t.len() <= 64
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if valid { t } else { "(invalid)" }
         })
         .unwrap_or("default")
@@ -274,9 +281,74 @@ pub fn outbound(method: &str, host: &str, component: &str) -> Span {
         otel.status_code = Empty,
         http.request.method = method,
         server.address = host,
+        server.port = Empty,
         http.response.status_code = Empty,
         component = component,
     )
+}
+
+/// One outbound HTTP call in its client span: see [`outbound_call`].
+pub struct OutboundCall {
+    span: Span,
+    component: String,
+    destination: String,
+}
+
+/// Starts the client span of `request` (child of the current span) and
+/// points the request's `traceparent` at it, unless the guest set one of
+/// another trace; [`OutboundCall::run`] ends it with the status.
+pub fn outbound_call<B>(component: &str, request: &mut http::Request<B>) -> OutboundCall {
+    use crate::trace::TRACEPARENT;
+    let destination = request.uri().host().unwrap_or("").to_string();
+    let span = outbound(request.method().as_str(), &destination, component);
+    if let Some(port) = request.uri().port_u16() {
+        span.record("server.port", port);
+    }
+    if let Some(tp) = traceparent(&span) {
+        let trace_of = |v: &str| v.split('-').nth(1).map(str::to_string);
+        let current = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let replace = current.is_none_or(|c| trace_of(&c) == trace_of(&tp));
+        if replace && let Ok(v) = http::HeaderValue::from_str(&tp) {
+            request.headers_mut().insert(TRACEPARENT, v);
+        }
+    }
+    OutboundCall {
+        span,
+        component: component.to_string(),
+        destination,
+    }
+}
+
+impl OutboundCall {
+    /// Runs the call inside the span; records the response status (or the
+    /// failure) on the span and in `wasmshop_outbound_requests_total`.
+    pub async fn run<B, I, E>(
+        self,
+        call: impl Future<Output = Result<(http::Response<B>, I), E>>,
+    ) -> Result<(http::Response<B>, I), E> {
+        use tracing::Instrument as _;
+        let result = call.instrument(self.span.clone()).await;
+        let status = match &result {
+            Ok((response, _)) => {
+                let status = response.status().as_u16();
+                record_status(&self.span, status);
+                if status >= 400 {
+                    record_error(&self.span);
+                }
+                Some(status)
+            }
+            Err(_) => {
+                record_error(&self.span);
+                None
+            }
+        };
+        crate::metrics::record_outbound(&self.component, &self.destination, status);
+        result
+    }
 }
 
 /// Marks `span` failed.

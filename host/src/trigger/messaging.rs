@@ -62,8 +62,10 @@ impl Deliverer for AppDeliverer {
             return Ok(());
         }
         let started = Instant::now();
-        let span = crate::telemetry::messaging::consumer(component_id, &message, app.subscriptions());
-        let outcome = tracing::Instrument::instrument(run(&app, component_id, message), span.clone()).await;
+        let span =
+            crate::telemetry::messaging::consumer(component_id, &message, app.subscriptions());
+        let outcome =
+            tracing::Instrument::instrument(run(&app, component_id, message), span.clone()).await;
         if outcome.is_err() {
             crate::telemetry::spans::record_error(&span);
         }
@@ -122,6 +124,7 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
         chaining: Chaining::of(app),
     };
     let mut store = app.new_store(component, context);
+    let _in_use = crate::metrics::instance_in_use();
     let limit = app.request_timeout();
     let handle = async {
         let msg = store.data_mut().messaging.push_delivery(message)?;
@@ -138,7 +141,10 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(DeliveryError::Handler(format!("{e:?}"))),
-        Err(e) if pool_exhausted(&e) => Err(DeliveryError::Capacity(format!("{e:#}"))),
+        Err(e) if pool_exhausted(&e) => {
+            crate::metrics::record_instance_refused(component_id);
+            Err(DeliveryError::Capacity(format!("{e:#}")))
+        }
         Err(e) if store.data().limiter.hit => Err(DeliveryError::Failed(format!(
             "it exceeded its memory limit of {} MiB: {e:#}",
             app.max_memory() >> 20

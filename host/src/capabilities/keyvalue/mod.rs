@@ -207,7 +207,9 @@ impl StoreRegistry {
 
     /// Opens a label's namespace for a component.
     pub fn open(&self, component: &str, label: &str) -> Result<Arc<dyn KeyValueStore>, StoreError> {
-        self.backend(label).open(component, label)
+        self.backend(label)
+            .open(component, label)
+            .map(|store| crate::telemetry::kv::traced(store, component, label))
     }
 
     /// Every distinct backend, for readiness checks.

@@ -113,6 +113,7 @@ where
     };
     let limit = app.request_timeout();
     let task = crate::telemetry::spans::spawn_in(&span, async move {
+        let _in_use = crate::metrics::instance_in_use();
         let run = async {
             let proxy = proxy.instantiate_async(&mut store).await?;
             proxy

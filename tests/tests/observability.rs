@@ -1,0 +1,366 @@
+//! Issue 16: what the host tells an operator. One `POST /api/orders` with
+//! a `traceparent` is one trace through the order request, the chained
+//! product calls, every key-value call, the publish and the delivery it
+//! caused, exported over OTLP/HTTP (received here by a real-protobuf
+//! receiver, `wasmshop_tests::otlp`) with semantic-convention attributes
+//! and no stored value in any attribute; each request writes one JSON
+//! access line, and every log line of a request carries its trace id.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use wasmshop_tests::otlp::{Receiver, Span};
+use wasmshop_tests::{Host, Value, app_manifest_with_recorder, client, json};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const SECRET_NAME: &str = "Observable Widget 7f3a";
+const CUSTOMER: &str = "customer-9d41";
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const PRODUCER: i32 = 4;
+const CONSUMER: i32 = 5;
+
+fn traced_host(otlp: &Receiver) -> Host {
+    Host::builder()
+        .manifest(app_manifest_with_recorder())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .start()
+}
+
+fn send(
+    host: &Host,
+    method: reqwest::Method,
+    path: &str,
+    traceparent: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client()
+        .request(method, host.url(path))
+        .header("x-tenant-id", "obs");
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = req.send().expect("the host answers");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn in_trace<'a>(spans: &'a [Span], trace: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.trace_id == trace).collect()
+}
+
+fn describe(spans: &[&Span]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} kind={} span={} parent={} {:?}",
+                s.service, s.name, s.kind, s.span_id, s.parent, s.attributes
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn one_order_is_one_trace_from_the_incoming_traceparent_to_the_delivery_it_caused() {
+    let otlp = Receiver::start();
+    let host = traced_host(&otlp);
+    let (status, product) = send(
+        &host,
+        reqwest::Method::POST,
+        "/api/products",
+        None,
+        Some(json!({"name": SECRET_NAME, "price": 12.5, "stock": 10, "category": "tools"})),
+    );
+    assert_eq!(status, 201, "{product}");
+    let id = product["id"].as_str().unwrap().to_string();
+
+    let incoming = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (status, order) = send(
+        &host,
+        reqwest::Method::POST,
+        "/api/orders",
+        Some(&incoming),
+        Some(json!({"customerId": CUSTOMER, "items": [{"productId": id, "quantity": 2}]})),
+    );
+    assert_eq!(status, 201, "{order}");
+
+    // The order's events reach the recorder: the trace is complete once a
+    // consumer span of `orders` is in it.
+    let spans = otlp.wait_for_spans(Duration::from_secs(30), |spans| {
+        spans
+            .iter()
+            .any(|s| s.trace_id == TRACE && s.kind == CONSUMER)
+    });
+    let trace = in_trace(&spans, TRACE);
+    let all = describe(&trace);
+
+    // The order request: a server span, child of the caller's span,
+    // exported as orderservice.
+    let server = trace
+        .iter()
+        .find(|s| s.kind == SERVER && s.service == "orderservice")
+        .unwrap_or_else(|| panic!("no orderservice server span in\n{all}"));
+    assert_eq!(server.parent, CALLER_SPAN, "{all}");
+    assert_eq!(server.attributes["http.request.method"], "POST");
+    assert_eq!(server.attributes["http.route"], "/api/orders");
+    assert_eq!(server.attributes["http.response.status_code"], "201");
+    assert_eq!(server.attributes["wasmshop.tenant"], "obs");
+    assert_eq!(server.resource["wasmshop.component"], "order");
+
+    // Each chained product call: a client span of the order, parent of a
+    // productservice server span.
+    let calls: Vec<&&Span> = trace
+        .iter()
+        .filter(|s| {
+            s.kind == CLIENT
+                && s.attributes.get("server.address").map(String::as_str)
+                    == Some("product.spin.internal")
+        })
+        .collect();
+    assert!(!calls.is_empty(), "no chained call span in\n{all}");
+    for call in &calls {
+        assert_eq!(call.service, "orderservice", "{all}");
+        assert!(call.attributes.contains_key("http.response.status_code"));
+        let callee = trace
+            .iter()
+            .find(|s| s.kind == SERVER && s.parent == call.span_id)
+            .unwrap_or_else(|| panic!("no server span under {}\n{all}", call.span_id));
+        assert_eq!(callee.service, "productservice", "{all}");
+    }
+
+    // Key-value calls of both services, on SQLite, named by operation.
+    let kv: Vec<&&Span> = trace
+        .iter()
+        .filter(|s| s.attributes.contains_key("db.system"))
+        .collect();
+    let services: BTreeSet<&str> = kv.iter().map(|s| s.service.as_str()).collect();
+    assert!(
+        services.contains("orderservice") && services.contains("productservice"),
+        "{all}"
+    );
+    for s in &kv {
+        assert_eq!(s.kind, CLIENT);
+        assert_eq!(s.attributes["db.system"], "sqlite");
+        assert!(s.attributes.contains_key("db.operation.name"), "{all}");
+        assert!(s.attributes.contains_key("db.namespace"), "{all}");
+    }
+
+    // The publish and its delivery: consumer child of the delivered
+    // traceparent and linked to the producer.
+    let producer = trace
+        .iter()
+        .find(|s| s.kind == PRODUCER)
+        .unwrap_or_else(|| panic!("no producer span in\n{all}"));
+    assert_eq!(producer.attributes["messaging.system"], "embedded");
+    assert!(!producer.attributes["messaging.destination.name"].is_empty());
+    let consumer = trace
+        .iter()
+        .find(|s| {
+            s.kind == CONSUMER
+                && s.attributes["messaging.destination.name"]
+                    == producer.attributes["messaging.destination.name"]
+        })
+        .unwrap_or_else(|| panic!("no consumer span of the producer's topic in\n{all}"));
+    assert_eq!(consumer.parent, producer.span_id, "{all}");
+    assert!(
+        consumer
+            .links
+            .contains(&(TRACE.to_string(), producer.span_id.clone())),
+        "{all}"
+    );
+    assert_eq!(
+        consumer.attributes.get("messaging.message.id"),
+        producer.attributes.get("messaging.message.id"),
+        "{all}"
+    );
+
+    // Renaming and deleting the product: server spans with the route
+    // template, and the products events they publish.
+    let rename = format!("00-{}-{CALLER_SPAN}-01", "1".repeat(32));
+    let (status, body) = send(
+        &host,
+        reqwest::Method::PUT,
+        &format!("/api/products/{id}"),
+        Some(&rename),
+        Some(json!({"name": "Renamed Widget", "price": 12.5, "stock": 8, "category": "tools"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let delete = format!("00-{}-{CALLER_SPAN}-01", "2".repeat(32));
+    let (status, body) = send(
+        &host,
+        reqwest::Method::DELETE,
+        &format!("/api/products/{id}"),
+        Some(&delete),
+        None,
+    );
+    assert!(status == 204 || status == 200, "{status} {body}");
+    for tp in [&rename, &delete] {
+        let trace_id = tp.split('-').nth(1).unwrap().to_string();
+        let spans = otlp.wait_for_spans(Duration::from_secs(30), |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == trace_id && s.kind == CONSUMER)
+        });
+        let trace = in_trace(&spans, &trace_id);
+        let all = describe(&trace);
+        let server = trace
+            .iter()
+            .find(|s| s.kind == SERVER && s.service == "productservice")
+            .unwrap_or_else(|| panic!("no productservice server span in\n{all}"));
+        assert_eq!(server.attributes["http.route"], "/api/products/:id", "{all}");
+        assert!(
+            trace.iter().any(|s| s.kind == PRODUCER
+                && s.attributes["messaging.destination.name"] == "products"),
+            "{all}"
+        );
+    }
+
+    // No stored value, customer or secret in any attribute.
+    let spans = otlp.spans();
+    for s in &spans {
+        for (k, v) in s.attributes.iter().chain(s.resource.iter()) {
+            for secret in [SECRET_NAME, CUSTOMER, "Renamed Widget", wasmshop_tests::APP_API_TOKEN] {
+                assert!(!v.contains(secret), "{k}={v} of span {} leaks a value", s.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_request_writes_one_access_line_and_its_log_lines_carry_the_trace_id() {
+    let otlp = Receiver::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = Host::builder()
+        .manifest(app_manifest_with_recorder())
+        .log_format("json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .arg("--metrics-listen")
+        .arg(&format!("127.0.0.1:{port}"))
+        .start();
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{trace}-{CALLER_SPAN}-01");
+    let (status, product) = send(
+        &host,
+        reqwest::Method::POST,
+        "/api/products",
+        Some(&tp),
+        Some(json!({"name": "Logged", "price": 1.0, "stock": 1, "category": "tools"})),
+    );
+    assert_eq!(status, 201, "{product}");
+    // A request the component refuses still gets its access line.
+    let (status, _) = send(
+        &host,
+        reqwest::Method::GET,
+        "/api/products/does-not-exist",
+        Some(&tp),
+        None,
+    );
+    assert_eq!(status, 404);
+
+    let access_lines = || -> Vec<Value> {
+        host.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "wasmshop::access" && v["trace_id"] == trace)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while access_lines().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = access_lines();
+    assert_eq!(lines.len(), 2, "{}", host.logs());
+    let created = lines.iter().find(|l| l["method"] == "POST").unwrap();
+    assert_eq!(created["route"], "/api/products");
+    assert_eq!(created["status"], 201);
+    assert_eq!(created["component"], "product");
+    assert_eq!(created["tenant"], "obs");
+    assert_eq!(created["span_id"].as_str().unwrap().len(), 16);
+    assert!(created["duration_ms"].as_f64().unwrap() > 0.0);
+    let missing = lines.iter().find(|l| l["method"] == "GET").unwrap();
+    assert_eq!(missing["route"], "/api/products/:id");
+    assert_eq!(missing["status"], 404);
+
+    // Every line written inside a request names its trace and span.
+    let mut inside = 0;
+    for line in host.logs().lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let spans = v["spans"].as_array().cloned().unwrap_or_default();
+        let Some(request) = spans.iter().find(|s| s["name"] == "request") else {
+            continue;
+        };
+        inside += 1;
+        let ids = (request["trace_id"].as_str(), request["span_id"].as_str());
+        assert!(
+            matches!(ids, (Some(t), Some(s)) if t.len() == 32 && s.len() == 16),
+            "a log line of a request without its trace and span id: {line}"
+        );
+    }
+    assert!(inside >= 2, "{}", host.logs());
+
+    // The access lines and the request's spans also went out as OTLP log
+    // records and spans, under the component's service name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        let logs = otlp.logs();
+        let hit = logs.iter().any(|l| {
+            l.trace_id == trace
+                && l.service == "productservice"
+                && l.attributes.get("route").map(String::as_str) == Some("/api/products")
+        });
+        if hit || std::time::Instant::now() > deadline {
+            break hit;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(found, "no OTLP access record: {:?}", otlp.logs());
+
+    // The new metrics moved.
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for needle in [
+        "wasmshop_kv_operations_total{backend=\"embedded\",operation=",
+        "wasmshop_instances_in_use",
+        "wasmshop_telemetry_dropped_total{signal=\"span\"} 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !otlp
+        .metric_names()
+        .iter()
+        .any(|m| m == "wasmshop.kv.operations")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let names = otlp.metric_names();
+    assert!(
+        names.iter().any(|m| m == "wasmshop.kv.operations")
+            && names.iter().any(|m| m == "http.server.request.duration"),
+        "{names:?}"
+    );
+}
