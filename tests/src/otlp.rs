@@ -83,7 +83,9 @@ fn text(v: &Option<AnyValue>) -> String {
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
 }
 
 fn resource(r: &Option<Resource>) -> BTreeMap<String, String> {
@@ -112,8 +114,8 @@ impl Receiver {
                     continue;
                 };
                 let state = state.clone();
-                let service = hyper::service::service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let state = state.clone();
                         async move {
                             let path = req.uri().path().to_string();
@@ -133,8 +135,7 @@ impl Receiver {
                                     .unwrap(),
                             )
                         }
-                    },
-                );
+                    });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service),

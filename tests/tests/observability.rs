@@ -51,7 +51,10 @@ fn send(
     let r = req.send().expect("the host answers");
     let status = r.status().as_u16();
     let text = r.text().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn in_trace<'a>(spans: &'a [Span], trace: &str) -> Vec<&'a Span> {
@@ -218,10 +221,15 @@ fn one_order_is_one_trace_from_the_incoming_traceparent_to_the_delivery_it_cause
             .iter()
             .find(|s| s.kind == SERVER && s.service == "productservice")
             .unwrap_or_else(|| panic!("no productservice server span in\n{all}"));
-        assert_eq!(server.attributes["http.route"], "/api/products/:id", "{all}");
+        assert_eq!(
+            server.attributes["http.route"], "/api/products/:id",
+            "{all}"
+        );
         assert!(
-            trace.iter().any(|s| s.kind == PRODUCER
-                && s.attributes["messaging.destination.name"] == "products"),
+            trace
+                .iter()
+                .any(|s| s.kind == PRODUCER
+                    && s.attributes["messaging.destination.name"] == "products"),
             "{all}"
         );
     }
@@ -230,8 +238,17 @@ fn one_order_is_one_trace_from_the_incoming_traceparent_to_the_delivery_it_cause
     let spans = otlp.spans();
     for s in &spans {
         for (k, v) in s.attributes.iter().chain(s.resource.iter()) {
-            for secret in [SECRET_NAME, CUSTOMER, "Renamed Widget", wasmshop_tests::APP_API_TOKEN] {
-                assert!(!v.contains(secret), "{k}={v} of span {} leaks a value", s.name);
+            for secret in [
+                SECRET_NAME,
+                CUSTOMER,
+                "Renamed Widget",
+                wasmshop_tests::APP_API_TOKEN,
+            ] {
+                assert!(
+                    !v.contains(secret),
+                    "{k}={v} of span {} leaks a value",
+                    s.name
+                );
             }
         }
     }
