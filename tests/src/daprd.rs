@@ -44,8 +44,45 @@ struct Sub {
     app_id: String,
     pubsub: String,
     topic: String,
-    route: String,
+    /// The default route; `None` when the subscription gives only rules.
+    route: Option<String>,
+    /// Routing rules, in order: (the event type a rule matches, its path).
+    rules: Vec<(String, String)>,
     dead_letter: Option<String>,
+}
+
+impl Sub {
+    /// Where daprd sends `event`: the path of the first rule that matches
+    /// it, else the default route; `None` (not delivered) when neither.
+    /// "If no route matches, then an optional default route is used"
+    /// (Dapr, "How-To: Route messages to different event handlers"; see
+    /// docs/dapr-reference.md, "Routing rules").
+    fn path_for(&self, event: &Value) -> Option<String> {
+        let kind = event["type"].as_str().unwrap_or_default();
+        self.rules
+            .iter()
+            .find(|(t, _)| t == kind)
+            .map(|(_, p)| p.clone())
+            .or_else(|| self.route.clone())
+    }
+}
+
+/// The event type of a rule's CEL `match`; the double understands only
+/// `event.type == "<type>"`, the form the host writes, and panics on any
+/// other so a test never passes on a rule it did not evaluate.
+fn rule_event_type(expression: &str) -> String {
+    let literal = expression
+        .trim()
+        .strip_prefix("event.type")
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix("=="))
+        .map(str::trim)
+        .unwrap_or_else(|| {
+            panic!("the daprd double evaluates only event.type == \"T\", not {expression:?}")
+        });
+    serde_json::from_str(literal).unwrap_or_else(|e| {
+        panic!("rule {expression:?}: the type is not a JSON string literal ({e})")
+    })
 }
 
 /// One delivery attempt, as the double saw it.
@@ -289,8 +326,18 @@ impl Sidecar {
                     route: s["routes"]["default"]
                         .as_str()
                         .or(s["route"].as_str())
-                        .unwrap_or_default()
-                        .into(),
+                        .map(String::from),
+                    rules: s["routes"]["rules"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| {
+                            (
+                                rule_event_type(r["match"].as_str().unwrap_or_default()),
+                                r["path"].as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect(),
                     dead_letter: s["deadLetterTopic"].as_str().map(String::from),
                 });
             }
@@ -753,6 +800,9 @@ fn publish(shared: &Arc<Shared>, pubsub: &str, topic: &str, event: Value) {
 }
 
 async fn deliver(shared: Arc<Shared>, sub: Sub, event: Value) {
+    let Some(path) = sub.path_for(&event) else {
+        return; // no rule matches and there is no default route
+    };
     let max = shared.max_attempts.load(Ordering::SeqCst);
     let event_id = event["id"].as_str().unwrap_or_default().to_string();
     let mut backoff = Duration::from_millis(100);
@@ -764,7 +814,7 @@ async fn deliver(shared: Arc<Shared>, sub: Sub, event: Value) {
         };
         let mut r = shared
             .http
-            .post(format!("{base}{}", sub.route))
+            .post(format!("{base}{path}"))
             .header("content-type", "application/cloudevents+json")
             .body(event.to_string());
         if let Some(t) = &token {
