@@ -15,7 +15,7 @@ mod scale;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -38,9 +38,18 @@ enum Command {
     },
     /// Load `url` and print one JSON line with the results.
     Run {
-        /// The URL to GET (http only).
+        /// The URL to load (http only).
         #[arg(long)]
         url: String,
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A request body template (sent with `content-type:
+        /// application/json`): `{n}` becomes a number unique to the request
+        /// in this run, `{n%M}` that number modulo M (e.g. to spread orders
+        /// over M products).
+        #[arg(long)]
+        body: Option<String>,
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 64)]
         connections: usize,
@@ -67,15 +76,25 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { port } => serve(port),
         Command::Run {
             url,
+            method,
+            body,
             connections,
             seconds,
             warmup,
             headers,
         } => {
+            let method: hyper::Method = method
+                .parse()
+                .with_context(|| format!("--method {method}: not an HTTP method"))?;
+            let load = Load {
+                method,
+                body: body.as_deref().map(Template::parse).transpose()?,
+                headers,
+            };
             let report = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(run(url, connections, warmup, seconds, headers))?;
+                .block_on(run(url, connections, warmup, seconds, load))?;
             println!("{report}");
             Ok(())
         }
@@ -114,7 +133,73 @@ fn serve(port: u16) -> anyhow::Result<()> {
 
 struct Worker {
     latencies_us: Vec<u32>,
+    /// Answers with a status other than 2xx (measured part only).
+    non_2xx: u64,
+    /// Broken connections and unreadable answers.
     errors: u64,
+}
+
+/// What each request of a run sends.
+struct Load {
+    method: hyper::Method,
+    body: Option<Template>,
+    headers: Vec<String>,
+}
+
+/// A body with `{n}` and `{n%M}` placeholders.
+#[derive(Clone)]
+struct Template(Vec<Part>);
+
+#[derive(Clone)]
+enum Part {
+    Text(String),
+    N,
+    NMod(u64),
+}
+
+impl Template {
+    fn parse(text: &str) -> anyhow::Result<Template> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("{n") {
+            let tail = &rest[i + 2..];
+            let (part, used) = if let Some(after) = tail.strip_prefix('}') {
+                (Part::N, rest.len() - after.len())
+            } else if let Some(m) = tail.strip_prefix('%') {
+                let end = m
+                    .find('}')
+                    .with_context(|| format!("--body: `{{n%` without a closing brace in {text}"))?;
+                let modulus: u64 = m[..end].parse().ok().filter(|m| *m > 0).with_context(|| {
+                    format!(
+                        "--body: `{{n%{}}}` needs a positive whole number",
+                        &m[..end]
+                    )
+                })?;
+                (Part::NMod(modulus), rest.len() - m[end + 1..].len())
+            } else {
+                parts.push(Part::Text(rest[..i + 2].to_string()));
+                rest = tail;
+                continue;
+            };
+            parts.push(Part::Text(rest[..i].to_string()));
+            parts.push(part);
+            rest = &rest[used..];
+        }
+        parts.push(Part::Text(rest.to_string()));
+        Ok(Template(parts))
+    }
+
+    fn render(&self, n: u64) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::N => out.push_str(&n.to_string()),
+                Part::NMod(m) => out.push_str(&(n % m).to_string()),
+            }
+        }
+        out
+    }
 }
 
 async fn run(
@@ -122,7 +207,7 @@ async fn run(
     connections: usize,
     warmup: u64,
     seconds: u64,
-    headers: Vec<String>,
+    load: Load,
 ) -> anyhow::Result<serde_json::Value> {
     let uri: hyper::Uri = url.parse().with_context(|| format!("--url {url}"))?;
     if uri.scheme_str() != Some("http") {
@@ -130,7 +215,7 @@ async fn run(
     }
     let authority = uri.authority().context("--url needs host:port")?.clone();
     let mut extra = Vec::new();
-    for h in headers {
+    for h in &load.headers {
         let (k, v) = h
             .split_once(':')
             .with_context(|| format!("--header {h}: expected `name: value`"))?;
@@ -139,15 +224,24 @@ async fn run(
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(warmup);
     let end = measure_from + Duration::from_secs(seconds);
+    let (method, body) = (load.method, load.body);
+    let counter = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let local = tokio::task::LocalSet::new();
     let workers = local
         .run_until(async {
             let tasks: Vec<_> = (0..connections)
                 .map(|_| {
-                    let (uri, authority, extra) = (uri.clone(), authority.clone(), extra.clone());
-                    tokio::task::spawn_local(async move {
-                        connection(uri, authority, extra, measure_from, end).await
-                    })
+                    let request = RequestShape {
+                        uri: uri.clone(),
+                        authority: authority.clone(),
+                        method: method.clone(),
+                        body: body.clone(),
+                        headers: extra.clone(),
+                        counter: counter.clone(),
+                    };
+                    tokio::task::spawn_local(
+                        async move { connection(request, measure_from, end).await },
+                    )
                 })
                 .collect();
             let mut out = Vec::new();
@@ -158,11 +252,12 @@ async fn run(
         })
         .await?;
     let mut all: Vec<u32> = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut non_2xx) = (0, 0);
     for w in workers {
         let w = w?;
         all.extend(w.latencies_us);
         errors += w.errors;
+        non_2xx += w.non_2xx;
     }
     all.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -176,7 +271,9 @@ async fn run(
         "url": url,
         "connections": connections,
         "seconds": seconds,
+        "method": method.as_str(),
         "requests": all.len(),
+        "non_2xx": non_2xx,
         "errors": errors,
         "rps": (all.len() as f64 / seconds as f64).round(),
         "p50_ms": pct(0.50),
@@ -184,17 +281,30 @@ async fn run(
     }))
 }
 
-/// One keep-alive connection sending GETs back to back until `end`; a
-/// broken connection is counted as an error and reopened.
-async fn connection(
+/// Everything one connection needs to build its requests.
+struct RequestShape {
     uri: hyper::Uri,
     authority: http::uri::Authority,
+    method: hyper::Method,
+    body: Option<Template>,
     headers: Vec<(String, String)>,
+    /// Requests started by every connection of the run (`{n}`).
+    counter: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+/// One keep-alive connection sending requests back to back until `end`; a
+/// broken connection is counted as an error and reopened. Every answer
+/// counts in the latencies (what a client waited for); a non-2xx one also
+/// in `non_2xx`.
+async fn connection(
+    shape: RequestShape,
     measure_from: Instant,
     end: Instant,
 ) -> anyhow::Result<Worker> {
+    let authority = &shape.authority;
     let mut w = Worker {
         latencies_us: Vec::new(),
+        non_2xx: 0,
         errors: 0,
     };
     'reconnect: while Instant::now() < end {
@@ -210,40 +320,71 @@ async fn connection(
         };
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
         tokio::task::spawn_local(conn);
         loop {
             let now = Instant::now();
             if now >= end {
                 break 'reconnect;
             }
-            let mut req = Request::get(uri.clone()).header("host", authority.as_str());
-            for (k, v) in &headers {
+            let mut req = Request::builder()
+                .method(shape.method.clone())
+                .uri(shape.uri.clone())
+                .header("host", authority.as_str());
+            for (k, v) in &shape.headers {
                 req = req.header(k, v);
             }
-            let req = req.body(Empty::new())?;
-            let ok = match sender.send_request(req).await {
+            let body = match &shape.body {
+                Some(t) => {
+                    let n = shape.counter.get();
+                    shape.counter.set(n + 1);
+                    req = req.header("content-type", "application/json");
+                    Bytes::from(t.render(n))
+                }
+                None => Bytes::new(),
+            };
+            let req = req.body(Full::new(body))?;
+            let status = match sender.send_request(req).await {
                 Ok(resp) => {
                     let status = resp.status();
                     match resp.into_body().collect().await {
-                        Ok(_) => status.is_success(),
-                        Err(_) => false,
+                        Ok(_) => Some(status),
+                        Err(_) => None,
                     }
                 }
                 Err(_) => {
-                    w.errors += 1;
+                    if now >= measure_from {
+                        w.errors += 1;
+                    }
                     continue 'reconnect;
                 }
             };
             if now >= measure_from {
-                if ok {
-                    w.latencies_us
-                        .push(now.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                } else {
-                    w.errors += 1;
+                match status {
+                    Some(status) => {
+                        w.latencies_us
+                            .push(now.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        if !status.is_success() {
+                            w.non_2xx += 1;
+                        }
+                    }
+                    None => w.errors += 1,
                 }
             }
         }
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Template;
+
+    #[test]
+    fn a_body_template_numbers_each_request() {
+        let t = Template::parse(r#"{"id":"p{n}","of":"x{n%3}","keep":"{n"}"#).unwrap();
+        assert_eq!(t.render(7), r#"{"id":"p7","of":"x1","keep":"{n"}"#);
+        assert!(Template::parse("{n%0}").is_err());
+        assert!(Template::parse("{n%5").is_err());
+    }
 }
