@@ -592,3 +592,120 @@ pub async fn stored_messages(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::messaging::DeliveryError;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Answers "no instance free" to the first `busy` deliveries, then
+    /// succeeds.
+    struct Busy {
+        busy: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Deliverer for Busy {
+        async fn deliver(&self, _component: &str, _message: Message) -> Result<(), DeliveryError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.busy {
+                Err(DeliveryError::Capacity("the instance pool is full".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn subscription(topic: &str, event_types: &[&str]) -> ComponentSubscription {
+        ComponentSubscription {
+            component: "sub".into(),
+            client: "bus".into(),
+            topic: topic.into(),
+            event_types: event_types.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    async fn rows(db: &EmbeddedDb, sql: &'static str) -> i64 {
+        db.call(move |s| s.conn.query_row(sql, [], |r| r.get(0)))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_does_not_use_up_delivery_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let broker = EmbeddedBroker::new(db.clone(), &[subscription("t", &[])]);
+        // One attempt only: a counted capacity failure would dead-letter it.
+        let receiver = broker.receiver(BTreeMap::from([(
+            "bus".to_string(),
+            DeliveryPolicy::new(1, 10),
+        )]));
+        let deliverer = Arc::new(Busy {
+            busy: 3,
+            calls: AtomicU32::new(0),
+        });
+        let (stop, shutdown) = watch::channel(false);
+        let tasks = receiver
+            .start(
+                &[],
+                deliverer.clone(),
+                ReceiveOptions {
+                    shutdown,
+                    drain: Duration::from_secs(1),
+                    max_in_flight: 4,
+                },
+            )
+            .unwrap();
+        broker
+            .send("bus", "t", BrokerMessage::default())
+            .await
+            .unwrap();
+        let delivered = tokio::time::timeout(Duration::from_secs(20), async {
+            while rows(&db, "SELECT COUNT(*) FROM messages").await > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let _ = stop.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        assert!(delivered.is_ok(), "the message is delivered in the end");
+        assert_eq!(deliverer.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            rows(
+                &db,
+                "SELECT COUNT(*) FROM messages WHERE topic = 't.deadletter'"
+            )
+            .await,
+            0,
+            "three capacity failures used none of the one attempt"
+        );
+    }
+
+    #[tokio::test]
+    async fn unwanted_messages_are_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let broker = EmbeddedBroker::new(db.clone(), &[subscription("t", &["Wanted"])]);
+        let typed = |t: &str| BrokerMessage {
+            metadata: vec![("ce-type".into(), t.into())],
+            ..BrokerMessage::default()
+        };
+        broker.send("bus", "nobody", typed("Wanted")).await.unwrap();
+        broker.send("bus", "t", typed("Other")).await.unwrap();
+        assert_eq!(rows(&db, "SELECT COUNT(*) FROM messages").await, 0);
+        broker.send("bus", "t", typed("Wanted")).await.unwrap();
+        broker
+            .send("bus", "t.deadletter", typed("Other"))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&db, "SELECT COUNT(*) FROM messages").await,
+            2,
+            "a wanted message, and a dead letter (kept without a subscriber)"
+        );
+    }
+}
