@@ -49,13 +49,23 @@ var blobContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Bl
 var window = 'PT${intervalHours}H'
 var lookback = '${intervalHours}h'
 
-// KQL sent to the Application Insights query API. Results are capped so the
-// prompt stays well inside the model's context window.
+// The role names (cloud_RoleName) of the hosts' telemetry: the
+// OpenTelemetry service.name of each component, its Dapr app id
+// (docs/observability.md, "Application Insights").
+var services = '"productservice", "orderservice"'
+
+// KQL sent to the Application Insights query API, over the tables the
+// hosts' OpenTelemetry data lands in (server and consumer spans: requests;
+// client and producer spans: dependencies; log records: traces, and
+// exceptions for error records naming an exception). Results are capped so
+// the prompt stays well inside the model's context window.
+// infra/tests/test_telemetry.py checks every table and column named here.
 var queries = {
-  requestPerformance: 'requests | where timestamp > ago(${lookback}) | summarize requests = count(), failed = countif(success == false), avg_ms = round(avg(duration), 1), p95_ms = round(percentile(duration, 95), 1), p99_ms = round(percentile(duration, 99), 1) by service = cloud_RoleName, operation = name | order by requests desc | take 50'
-  failures: 'requests | where timestamp > ago(${lookback}) and success == false | summarize failures = count(), sample_operation_id = any(operation_Id) by service = cloud_RoleName, operation = name, result_code = resultCode | order by failures desc | take 50'
-  exceptions: 'exceptions | where timestamp > ago(${lookback}) | summarize occurrences = count(), last_seen = max(timestamp) by service = cloud_RoleName, exception_type = type, message = tostring(outerMessage) | order by occurrences desc | take 30'
-  dependencies: 'dependencies | where timestamp > ago(${lookback}) | extend via_dapr = type has "dapr" or name startswith "/v1.0/" or name has "dapr" or target has "dapr" or target endswith ":3500" | summarize calls = count(), failed = countif(success == false), avg_ms = round(avg(duration), 1), p95_ms = round(percentile(duration, 95), 1) by service = cloud_RoleName, via_dapr, dependency_type = type, target, operation = name | order by calls desc | take 60'
+  requestPerformance: 'requests | where timestamp > ago(${lookback}) and cloud_RoleName in (${services}) | summarize requests = count(), failed = countif(success == false), avg_ms = round(avg(duration), 1), p95_ms = round(percentile(duration, 95), 1), p99_ms = round(percentile(duration, 99), 1) by service = cloud_RoleName, operation = name | order by requests desc | take 50'
+  failures: 'requests | where timestamp > ago(${lookback}) and cloud_RoleName in (${services}) and success == false | summarize failures = count(), sample_operation_id = any(operation_Id) by service = cloud_RoleName, operation = name, result_code = resultCode | order by failures desc | take 50'
+  exceptions: 'exceptions | where timestamp > ago(${lookback}) and cloud_RoleName in (${services}) | summarize occurrences = count(), last_seen = max(timestamp) by service = cloud_RoleName, exception_type = type, message = tostring(outerMessage) | order by occurrences desc | take 30'
+  dependencies: 'dependencies | where timestamp > ago(${lookback}) and cloud_RoleName in (${services}) | extend via_dapr = type has "dapr" or name startswith "/v1.0/" or name has "dapr" or target has "dapr" or target endswith ":3500" | summarize calls = count(), failed = countif(success == false), avg_ms = round(avg(duration), 1), p95_ms = round(percentile(duration, 95), 1) by service = cloud_RoleName, via_dapr, dependency_type = type, target, operation = name | order by calls desc | take 60'
+  logWarnings: 'traces | where timestamp > ago(${lookback}) and cloud_RoleName in (${services}) and severityLevel >= 2 | summarize lines = count(), sample_operation_id = any(operation_Id) by service = cloud_RoleName, severity = severityLevel, message = tostring(message) | order by lines desc | take 40'
 }
 
 var systemPrompt = 'You are a site reliability engineer reviewing telemetry of WasmShop, two services (productservice: product catalog; orderservice: orders, which calls productservice through Dapr service invocation and subscribes to product events through Dapr pub/sub on Redis). Both run as WebAssembly components in a Rust host with a Dapr sidecar on Azure Container Apps. Analyse performance, reliability, errors and Dapr communication (state store, pub/sub, service invocation). Answer with one JSON object and nothing else, exactly in this shape: {"analysis_summary": string, "critical_issues": [string], "recommendations": [{"category": "Performance"|"Reliability"|"Observability"|"DAPR", "severity": "High"|"Medium"|"Low", "service": "productservice"|"orderservice"|"both", "issue": string, "recommendation": string, "expected_impact": string, "implementation_effort": "Low"|"Medium"|"High"}], "metrics_to_track": [string]}. Base every statement on the data; when the data is empty say so in analysis_summary and recommend what telemetry is missing.'
@@ -65,9 +75,10 @@ var queryActionNames = {
   failures: 'Query_failures'
   exceptions: 'Query_exceptions'
   dependencies: 'Query_dependencies'
+  logWarnings: 'Query_log_warnings'
 }
 
-var userPrompt = 'Telemetry window: the last ${intervalHours} hours, ending @{utcNow()}. Each section is an Application Insights query API result (tables with columns and rows).\n\nRequest performance per service and operation:\n@{body(\'${queryActionNames.requestPerformance}\')}\n\nFailed requests:\n@{body(\'${queryActionNames.failures}\')}\n\nExceptions:\n@{body(\'${queryActionNames.exceptions}\')}\n\nDependency calls (via_dapr marks calls through the Dapr sidecar):\n@{body(\'${queryActionNames.dependencies}\')}'
+var userPrompt = 'Telemetry window: the last ${intervalHours} hours, ending @{utcNow()}. Each section is an Application Insights query API result (tables with columns and rows).\n\nRequest performance per service and operation:\n@{body(\'${queryActionNames.requestPerformance}\')}\n\nFailed requests:\n@{body(\'${queryActionNames.failures}\')}\n\nExceptions:\n@{body(\'${queryActionNames.exceptions}\')}\n\nDependency calls (via_dapr marks calls through the Dapr sidecar):\n@{body(\'${queryActionNames.dependencies}\')}\n\nWarning and error log lines (severity 2 warning, 3 error):\n@{body(\'${queryActionNames.logWarnings}\')}'
 
 var appInsightsAuth = {
   type: 'ManagedServiceIdentity'
@@ -171,6 +182,23 @@ resource workflow 'Microsoft.Logic/workflows@2019-05-01' = {
             retryPolicy: retry
           }
         }
+        Query_log_warnings: {
+          type: 'Http'
+          runAfter: {}
+          inputs: {
+            method: 'POST'
+            uri: queryUri
+            headers: {
+              'Content-Type': 'application/json'
+            }
+            body: {
+              query: queries.logWarnings
+              timespan: window
+            }
+            authentication: appInsightsAuth
+            retryPolicy: retry
+          }
+        }
         Analyze_with_Azure_OpenAI: {
           type: 'Http'
           runAfter: {
@@ -184,6 +212,9 @@ resource workflow 'Microsoft.Logic/workflows@2019-05-01' = {
               'Succeeded'
             ]
             Query_dependencies: [
+              'Succeeded'
+            ]
+            Query_log_warnings: [
               'Succeeded'
             ]
           }

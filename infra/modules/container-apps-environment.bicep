@@ -10,7 +10,7 @@ param name string
 @description('Log Analytics workspace receiving the environment\'s console and system logs (diagnostic settings, no shared key).')
 param logAnalyticsWorkspaceId string
 
-@description('Application Insights connection string for Dapr sidecar telemetry (seed: daprAIConnectionString).')
+@description('Application Insights connection string: Dapr sidecar telemetry (seed: daprAIConnectionString) and the managed OpenTelemetry agent\'s destination for the hosts\' traces and logs.')
 param appInsightsConnectionString string
 
 @description('host:port of the Redis container app inside the environment.')
@@ -27,13 +27,35 @@ param daprAppIds array
 
 param tags object = {}
 
-resource environment 'Microsoft.App/managedEnvironments@2025-01-01' = {
+// The managed OpenTelemetry agent (openTelemetryConfiguration, preview API
+// only; docs/observability.md, "Azure"): the environment injects
+// OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL=grpc into every
+// app, and the agent forwards the hosts' spans and log records to
+// Application Insights (requests, dependencies, traces, exceptions). Its
+// Application Insights destination takes no metrics; those stay on
+// Prometheus, and service-app.bicep sets OTEL_METRICS_EXPORTER=none.
+resource environment 'Microsoft.App/managedEnvironments@2024-10-02-preview' = {
   name: name
   location: location
   tags: tags
   properties: {
     // Dapr sidecars export traces/metrics to Application Insights.
     daprAIConnectionString: appInsightsConnectionString
+    appInsightsConfiguration: {
+      connectionString: appInsightsConnectionString
+    }
+    openTelemetryConfiguration: {
+      tracesConfiguration: {
+        destinations: [
+          'appInsights'
+        ]
+      }
+      logsConfiguration: {
+        destinations: [
+          'appInsights'
+        ]
+      }
+    }
     // Logs flow through Azure Monitor diagnostic settings (below) instead of
     // the seed's log-analytics destination, which needs the workspace key.
     appLogsConfiguration: {

@@ -119,6 +119,12 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
               name: 'RUST_LOG'
               value: logLevel
             }
+            {
+              // The environment's OpenTelemetry agent takes traces and logs
+              // only (container-apps-environment.bicep); metrics stay on /metrics.
+              name: 'OTEL_METRICS_EXPORTER'
+              value: 'none'
+            }
           ]
           probes: [
             {

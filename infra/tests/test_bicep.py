@@ -148,7 +148,7 @@ def test_report_workflow_schedule_queries_and_report_shape() -> None:
     assert trigger["type"] == "Recurrence" and trigger["recurrence"]["frequency"] == "Hour"
     assert mod["parameters"]["intervalHours"]["default"] == 6
     queries = mod["variables"]["queries"]["value"]
-    assert set(queries) == {"requestPerformance", "failures", "exceptions", "dependencies"}
+    assert set(queries) == {"requestPerformance", "failures", "exceptions", "dependencies", "logWarnings"}
     assert "dapr" in queries["dependencies"]
     prompt = mod["variables"]["systemPrompt"]["value"]
     for key in ("analysis_summary", "critical_issues", "recommendations", "category", "severity",

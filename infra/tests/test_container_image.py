@@ -192,10 +192,10 @@ def host_sources() -> str:
 
 
 def known_env() -> set[str]:
-    """WASMSHOP_* variables must be declared by the host's CLI once it exists;
+    """WASMSHOP_* (and the OTEL_* it reads) variables must be declared by the host's CLI once it exists;
     the Dapr conventions (DAPR_HTTP_PORT, tokens) and RUST_LOG come from the
     specification until the Dapr backend lands in host/src."""
-    found = set(re.findall(r'"((?:WASMSHOP|DAPR|APP)_[A-Z_]+)"', host_sources()))
+    found = set(re.findall(r'"((?:WASMSHOP|DAPR|APP|OTEL)_[A-Z_]+)"', host_sources()))
     if not any(name.startswith("WASMSHOP_") for name in found):
         return SPECIFIED_ENV  # the host's CLI is not written yet
     return found | {name for name in SPECIFIED_ENV if not name.startswith("WASMSHOP_")}

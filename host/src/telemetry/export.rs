@@ -114,6 +114,7 @@ impl LogProcessor for QueueLogProcessor {
         if !has_component && let Some(c) = super::spans::current_component() {
             record.add_attribute("component", c.to_string());
         }
+        exception_of(record);
         if self
             .tx
             .try_send(Msg::Item((record.clone(), scope.clone())))
@@ -126,6 +127,27 @@ impl LogProcessor for QueueLogProcessor {
     fn force_flush(&self) -> OTelSdkResult {
         Ok(())
     }
+}
+
+/// An error record with an `error` field also names an exception
+/// (`exception.type` = its message, `exception.message` = the error), so
+/// Application Insights files it under `exceptions` as well as `traces`.
+fn exception_of(record: &mut SdkLogRecord) {
+    use opentelemetry::logs::{AnyValue, Severity};
+    if record.severity_number().is_none_or(|s| s < Severity::Error) {
+        return;
+    }
+    let error = record
+        .attributes_iter()
+        .find(|(k, _)| k.as_str() == "error")
+        .map(|(_, v)| any_value_text(v));
+    let Some(error) = error else { return };
+    let kind = match record.body() {
+        Some(AnyValue::String(s)) => s.to_string(),
+        _ => "error".to_string(),
+    };
+    record.add_attribute("exception.type", kind);
+    record.add_attribute("exception.message", error);
 }
 
 /// The resource of `component`'s telemetry ("" for the host's own).

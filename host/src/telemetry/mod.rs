@@ -139,13 +139,10 @@ impl Config {
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Config {
         let set = |k: &str| var(k).is_some_and(|v| !v.trim().is_empty());
         let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true");
-        let wanted = |signal: &str| {
-            let upper = signal.to_ascii_uppercase();
-            let exporter = var(&format!("OTEL_{upper}_EXPORTER"));
+        let wanted = |exporter: &str, endpoint: &str| {
             !disabled
-                && exporter.is_none_or(|e| e.trim() != "none")
-                && (set("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    || set(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")))
+                && var(exporter).is_none_or(|e| e.trim() != "none")
+                && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(endpoint))
         };
         let number = |k: &str, default: usize| {
             var(k)
@@ -164,9 +161,12 @@ impl Config {
         .find(|(_, v)| !matches!(v.trim(), "grpc" | "http/protobuf" | ""))
         .map(|(k, v)| format!("{k}={v}"));
         Config {
-            traces: wanted("traces"),
-            logs: wanted("logs"),
-            metrics: wanted("metrics"),
+            traces: wanted("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            logs: wanted("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
+            metrics: wanted(
+                "OTEL_METRICS_EXPORTER",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            ),
             span_queue: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
             log_queue: number("OTEL_BLRP_MAX_QUEUE_SIZE", 2048),
             delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000) as u64),
