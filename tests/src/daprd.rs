@@ -772,11 +772,32 @@ fn wrap(
     };
     event.insert("topic".into(), json!(topic));
     event.insert("pubsubname".into(), json!(pubsub));
-    if let Some(tp) = traceparent {
-        event.entry("traceparent").or_insert(json!(tp.clone()));
-        event.entry("traceid").or_insert(json!(tp));
+    // daprd publishes in a span of its own, a child of the request's
+    // traceparent (else of the event's), and writes that span's context
+    // over the CloudEvent's traceparent/traceid (docs/dapr-reference.md).
+    let parent = traceparent.or_else(|| event.get("traceparent")?.as_str().map(String::from));
+    if let Some(tp) = parent.as_deref().and_then(child_span) {
+        event.insert("traceparent".into(), json!(tp.clone()));
+        event.insert("traceid".into(), json!(tp));
     }
     Ok(Value::Object(event))
+}
+
+/// A new span in the trace of `traceparent`: same trace id and flags, a
+/// random span id.
+fn child_span(traceparent: &str) -> Option<String> {
+    use std::hash::{BuildHasher, Hasher};
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let [version, trace, _, flags] = parts.as_slice() else {
+        return None;
+    };
+    if trace.len() != 32 {
+        return None;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(traceparent.as_bytes());
+    let span = h.finish().max(1);
+    Some(format!("{version}-{trace}-{span:016x}-{flags}"))
 }
 
 fn publish(shared: &Arc<Shared>, pubsub: &str, topic: &str, event: Value) {
