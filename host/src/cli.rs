@@ -135,57 +135,57 @@ pub struct UpArgs {
     /// Wall-clock limit of one request or delivery, in seconds (more than
     /// 0, at most a day); a component still running then is stopped and
     /// the client gets a 503.
-    #[arg(long, env = "WASMSHOP_REQUEST_TIMEOUT_SECS", default_value_t = 30.0, value_parser = parse_request_timeout)]
+    #[arg(long, env = "WASMSHOP_REQUEST_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 30.0, value_parser = parse_request_timeout)]
     pub request_timeout_secs: f64,
 
     /// Linear memory one instance may use, in MiB (1 to 4096: a 32-bit
     /// WebAssembly memory holds at most 4 GiB); past it the request fails
     /// with a 500 and the host carries on.
-    #[arg(long, env = "WASMSHOP_MAX_MEMORY_MB", default_value_t = 128, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MEMORY_MB))]
+    #[arg(long, env = "WASMSHOP_MAX_MEMORY_MB", allow_negative_numbers = true, default_value_t = 128, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MEMORY_MB))]
     pub max_memory_mb: usize,
 
     /// Instances alive at once (concurrent requests plus deliveries), 1 to
     /// 10000; past it a request is answered 503 with Retry-After.
-    #[arg(long, env = "WASMSHOP_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=MAX_INSTANCES))]
+    #[arg(long, env = "WASMSHOP_MAX_INSTANCES", allow_negative_numbers = true, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=MAX_INSTANCES))]
     pub max_instances: u32,
 
     /// On SIGTERM/SIGINT, how long in-flight requests and deliveries may
     /// still run, in seconds (0 to 3600).
-    #[arg(long, env = "WASMSHOP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0, value_parser = parse_grace)]
+    #[arg(long, env = "WASMSHOP_SHUTDOWN_GRACE_SECS", allow_negative_numbers = true, default_value_t = 10.0, value_parser = parse_grace)]
     pub shutdown_grace_secs: f64,
 
     /// Seconds a client may take from connecting (or from the first byte
     /// of a request) to the end of the request's headers; then the
     /// connection is closed (more than 0, at most 3600).
-    #[arg(long, env = "WASMSHOP_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0, value_parser = parse_hour)]
+    #[arg(long, env = "WASMSHOP_HEADER_READ_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 10.0, value_parser = parse_hour)]
     pub header_read_timeout_secs: f64,
 
     /// Seconds a keep-alive connection may sit idle between requests;
     /// longer than the connection pools of the callers (Envoy in Azure
     /// Container Apps keeps idle connections up to an hour), so they close
     /// first (more than 0, at most a day).
-    #[arg(long, env = "WASMSHOP_IDLE_TIMEOUT_SECS", default_value_t = 3900.0, value_parser = parse_day)]
+    #[arg(long, env = "WASMSHOP_IDLE_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 3900.0, value_parser = parse_day)]
     pub idle_timeout_secs: f64,
 
     /// Seconds a client may take to send a request body once its headers
     /// are in; then it gets a 408 (more than 0, at most 3600).
-    #[arg(long, env = "WASMSHOP_BODY_READ_TIMEOUT_SECS", default_value_t = 30.0, value_parser = parse_hour)]
+    #[arg(long, env = "WASMSHOP_BODY_READ_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 30.0, value_parser = parse_hour)]
     pub body_read_timeout_secs: f64,
 
     /// Open client connections at once [default: derived from the
     /// open-files limit, which the host raises to its hard limit at start];
     /// at the cap the oldest connection still sending a request is closed.
-    #[arg(long, env = "WASMSHOP_MAX_CONNECTIONS", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNECTIONS))]
+    #[arg(long, env = "WASMSHOP_MAX_CONNECTIONS", allow_negative_numbers = true, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNECTIONS))]
     pub max_connections: Option<usize>,
 
     /// Largest request body in bytes (1 to 1 GiB); larger is a 413 before
     /// any component runs.
-    #[arg(long, env = "WASMSHOP_MAX_REQUEST_BODY_BYTES", default_value_t = 4 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
+    #[arg(long, env = "WASMSHOP_MAX_REQUEST_BODY_BYTES", allow_negative_numbers = true, default_value_t = 4 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
     pub max_request_body_bytes: usize,
 
     /// MiB of request bodies the host buffers at once, across all requests
     /// (1 to 65536); past it a request gets a 503 with Retry-After.
-    #[arg(long, env = "WASMSHOP_BODY_BUFFER_MB", default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    #[arg(long, env = "WASMSHOP_BODY_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub body_buffer_mb: usize,
 
     /// The backends' own flags (`--dapr-*`).

@@ -121,7 +121,7 @@ pub fn load_component(
         )
     })?;
     let cached = cache_path(engine, cache_dir, &wasm);
-    if cached.exists() {
+    if cached.exists() && owned_by_us(&cached) {
         // SAFETY: the file was written by `Engine::precompile_component` of
         // an engine with the same compatibility hash (part of its name), in
         // a directory only this host writes.
@@ -141,7 +141,7 @@ pub fn load_component(
     // SAFETY: `bytes` was just produced by this engine.
     let component = unsafe { Component::deserialize(engine, &bytes) }
         .map_err(|e| anyhow::anyhow!("cannot load compiled {}: {e}", wasm_path.display()))?;
-    if let Err(e) = std::fs::create_dir_all(cache_dir).and_then(|_| {
+    if let Err(e) = create_private_dir(cache_dir).and_then(|_| {
         let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, &bytes)?;
         std::fs::rename(&tmp, &cached)
@@ -149,4 +149,55 @@ pub fn load_component(
         tracing::warn!(dir = %cache_dir.display(), error = %e, "could not write the compile cache; the next start compiles again");
     }
     Ok((component, CacheOutcome::Compiled, started.elapsed()))
+}
+
+/// Creates `dir` (and its parents) readable and writable by this user
+/// only (0700): a cache entry is native code this process will run, so
+/// no one else may place or change one.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // An existing directory keeps its mode otherwise.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Whether `file` belongs to the user this process runs as; a cache entry
+/// owned by anyone else is ignored (and compiled afresh), since loading it
+/// would run native code that user wrote.
+fn owned_by_us(file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match std::fs::symlink_metadata(file) {
+        Ok(m) if m.uid() == me && m.file_type().is_file() => true,
+        Ok(m) => {
+            tracing::warn!(file = %file.display(), owner = m.uid(), "ignoring a compile cache entry this user does not own (or not a plain file)");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_directory_is_private_and_foreign_entries_are_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("data/compiled");
+        create_private_dir(&cache).unwrap();
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let entry = cache.join("x.cwasm");
+        std::fs::write(&entry, b"x").unwrap();
+        assert!(owned_by_us(&entry));
+        let link = cache.join("link.cwasm");
+        std::os::unix::fs::symlink(&entry, &link).unwrap();
+        assert!(!owned_by_us(&link), "a symlink is not a plain file");
+    }
 }

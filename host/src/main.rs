@@ -24,6 +24,10 @@ fn main() {
         export.shutdown(std::time::Duration::from_secs(5)).await;
         result
     });
+    // Requests were drained and consumers stopped inside `up`; what is
+    // left (a blocking database call of a task the drain cut off) gets a
+    // moment, and never keeps a stopped host from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     if let Err(error) = result {
         eprintln!("Error: {}", error.message);
         std::process::exit(error.code);
