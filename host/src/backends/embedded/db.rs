@@ -692,3 +692,46 @@ mod tests {
         assert_eq!(n, 200);
     }
 }
+
+#[cfg(test)]
+mod measure {
+    //! The effect of group commit, measured, not asserted (the machine is
+    //! shared): `cargo test -p wasmshop-host --lib group_commit_effect --
+    //! --ignored --nocapture` prints writes/s with 1 writer at a time (one
+    //! commit and one fsync each, as before group commit) and with 64
+    //! concurrent writers.
+    use super::*;
+    use std::time::Instant;
+
+    async fn writes_per_second(db: &Arc<EmbeddedDb>, writers: usize, per_writer: usize) -> f64 {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_writer {
+                        let op = WriteOp::Set(vec![(format!("w{w}-{i}"), vec![b'x'; 1000])]);
+                        db.write(Arc::from("c/default"), op).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (writers * per_writer) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn group_commit_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let one = writes_per_second(&db, 1, 300).await;
+        let many = writes_per_second(&db, 64, 100).await;
+        println!(
+            "1 writer: {one:.0} writes/s; 64 writers: {many:.0} writes/s ({:.1}x)",
+            many / one
+        );
+    }
+}
