@@ -556,11 +556,11 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
         };
         // SAFETY: setrlimit reads the struct we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return Ok(target as u64);
+            return Ok(target);
         }
-        return Ok(limit.rlim_cur as u64);
+        return Ok(limit.rlim_cur);
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 /// The connection cap for an open-files limit: what is left after a
