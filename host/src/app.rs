@@ -331,7 +331,8 @@ impl App {
                 id.clone(),
                 component.allowed_stores.clone(),
                 self.backends.stores.clone(),
-            ),
+            )
+            .with_traceparent(context.traceparent.clone()),
             messaging: MessagingCtx::new(
                 id,
                 component.allowed_clients.clone(),
@@ -456,7 +457,7 @@ fn prepare(
         variables: Arc::new(variables.for_component(&id)),
         allowed_stores: Arc::new(spec.key_value_stores.clone()),
         allowed_clients: Arc::new(spec.tool.messaging_clients.clone()),
-        allowed_hosts: Arc::new(spec.allowed_outbound_hosts.clone()),
+        allowed_hosts: Arc::new(variables.allowed_hosts(&spec)?),
         spec,
         proxy,
         subscriber,

@@ -1,8 +1,15 @@
 //! RFC 9457 `application/problem+json` responses produced by the host
 //! itself (routing, traps, limits, probes).
+//!
+//! Each carries the request's trace id as `traceId` (32 hex digits), as
+//! the services' problems do, so a client can quote it and an operator
+//! find the host's log lines of that request: [`in_request_trace`] makes
+//! sure the request has a `traceparent` (the host sets one when the client
+//! sent none, and components continue it) and keeps its trace id for
+//! every problem made while the request is answered.
 
 use bytes::Bytes;
-use http::{Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -13,19 +20,51 @@ pub fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
         .boxed_unsync()
 }
 
+tokio::task_local! {
+    /// The trace id of the request being answered on this task.
+    static TRACE_ID: String;
+}
+
+/// Answers `request` with `answer`, after giving it a `traceparent` if it
+/// has no valid one; problems the host makes meanwhile (on this task)
+/// carry its trace id as `traceId`.
+pub async fn in_request_trace<B, F, Fut>(mut request: Request<B>, answer: F) -> Fut::Output
+where
+    F: FnOnce(Request<B>) -> Fut,
+    Fut: Future,
+{
+    let traceparent = crate::trace::ensure(request.headers_mut());
+    let trace_id = crate::capabilities::error::trace_id_of(&traceparent)
+        .unwrap_or_default()
+        .to_string();
+    TRACE_ID.scope(trace_id, answer(request)).await
+}
+
+/// The trace id of the request this task answers, if any.
+pub fn current_trace_id() -> Option<String> {
+    TRACE_ID
+        .try_with(|id| id.clone())
+        .ok()
+        .filter(|id| !id.is_empty())
+}
+
 /// A problem response: `slug` names the problem type, `detail` says what
-/// happened and what to do.
+/// happened and what to do; `traceId` is the request's trace id when the
+/// request is answered under [`in_request_trace`].
 pub fn problem(
     status: StatusCode,
     slug: &str,
     detail: impl Into<String>,
 ) -> Response<HyperOutgoingBody> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": format!("urn:wasmshop:problem:{slug}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail.into(),
     });
+    if let Some(id) = current_trace_id() {
+        body["traceId"] = serde_json::Value::String(id);
+    }
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/problem+json")

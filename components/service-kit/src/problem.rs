@@ -18,6 +18,44 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// problem so clients can branch on it without parsing `detail`.
 pub const TYPE_PREFIX: &str = "urn:wasmshop:problem:";
 
+thread_local! {
+    /// The trace id of the request being answered (one request at a time
+    /// per instance), for [`Problem::to_response`].
+    static REQUEST_TRACE_ID: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, problems turned into responses carry the trace id of the
+/// request's `traceparent` as `traceId`; dropping it forgets the id.
+/// [`crate::wasi_http::serve`] holds one per request.
+#[must_use = "the trace id is forgotten when the guard is dropped"]
+pub struct RequestTrace(());
+
+impl RequestTrace {
+    /// Remembers the trace id of `traceparent` (the request's header; the
+    /// host always sets a valid one) until the guard is dropped. An absent
+    /// or malformed value leaves problems without `traceId`.
+    pub fn enter(traceparent: Option<&str>) -> RequestTrace {
+        let id = traceparent
+            .filter(|t| crate::trace::is_valid_traceparent(t))
+            .and_then(|t| t.split('-').nth(1))
+            .map(str::to_owned);
+        REQUEST_TRACE_ID.with(|cell| *cell.borrow_mut() = id);
+        RequestTrace(())
+    }
+}
+
+impl Drop for RequestTrace {
+    fn drop(&mut self) {
+        REQUEST_TRACE_ID.with(|cell| *cell.borrow_mut() = None);
+    }
+}
+
+/// The trace id of the request being answered, if any.
+pub fn current_trace_id() -> Option<String> {
+    REQUEST_TRACE_ID.with(|cell| cell.borrow().clone())
+}
+
 /// An RFC 9457 problem details object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
@@ -33,6 +71,12 @@ pub struct Problem {
     /// For validation problems: field name → messages. Omitted when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Vec<String>>,
+    /// The trace id (32 hex digits) of the request that met the problem,
+    /// for the client to quote: the host's log lines of that request carry
+    /// it. Filled in by [`Problem::to_response`] from the request being
+    /// answered; omitted when there is none.
+    #[serde(rename = "traceId", default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl Problem {
@@ -49,6 +93,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: BTreeMap::new(),
+            trace_id: None,
         }
     }
 
@@ -153,10 +198,20 @@ impl Problem {
         )
     }
 
-    /// The problem as an HTTP response with `application/problem+json`.
+    /// The problem as an HTTP response with `application/problem+json`;
+    /// `traceId` is the request's (see [`RequestTrace`]) unless set.
     pub fn to_response(&self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(self).unwrap_or_default();
+        let body = if self.trace_id.is_none()
+            && let Some(id) = current_trace_id()
+        {
+            let mut traced = self.clone();
+            traced.trace_id = Some(id);
+            serde_json::to_vec(&traced)
+        } else {
+            serde_json::to_vec(self)
+        }
+        .unwrap_or_default();
         Response::empty(status)
             .with_header("content-type", PROBLEM_JSON)
             .with_body(body)
@@ -237,6 +292,26 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert!(json.get("errors").is_none());
         assert_eq!(json["title"], "Not found");
+    }
+
+    #[test]
+    fn a_problem_carries_the_trace_id_of_the_request_being_answered() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let body = |p: &Problem| -> serde_json::Value {
+            serde_json::from_slice(&p.to_response().body).unwrap()
+        };
+        let p = Problem::unavailable("the store is down; retry later");
+        assert!(body(&p).get("traceId").is_none(), "no request, no traceId");
+        {
+            let _trace = RequestTrace::enter(Some(tp));
+            assert_eq!(body(&p)["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+        assert!(
+            body(&p).get("traceId").is_none(),
+            "forgotten after the request"
+        );
+        let _bad = RequestTrace::enter(Some("garbage"));
+        assert!(body(&p).get("traceId").is_none());
     }
 
     #[test]

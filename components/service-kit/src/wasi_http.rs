@@ -34,6 +34,14 @@ pub fn serve(
     handler: impl FnOnce(Request) -> Response,
 ) {
     let is_head = matches!(request.method(), WasiMethod::Head);
+    // Problems answered to this request carry its trace id (`traceId`).
+    let traceparent = request
+        .headers()
+        .get(crate::trace::TRACEPARENT_HEADER)
+        .into_iter()
+        .next()
+        .and_then(|v| String::from_utf8(v).ok());
+    let _trace = crate::problem::RequestTrace::enter(traceparent.as_deref());
     let mut response = match read_request(&request) {
         Ok(r) => handler(r),
         Err(p) => p.to_response(),

@@ -2,7 +2,7 @@
 //! variables written as templates (`"{{ name }}"`), and overrides from the
 //! environment as `SPIN_VARIABLE_<NAME>` (what Spin's env provider reads).
 
-use super::{AppManifest, InvalidValue, VariableSpec};
+use super::{AllowedHosts, AppManifest, ComponentSpec, InvalidValue, VariableSpec};
 use std::collections::BTreeMap;
 
 /// Whether `name` is a valid variable name.
@@ -34,9 +34,12 @@ pub fn template_references(template: &str) -> Result<Vec<String>, InvalidValue> 
     Ok(names)
 }
 
-/// Resolved variable values of every component.
+/// Resolved variable values: the application's, and every component's.
 #[derive(Debug, Clone, Default)]
 pub struct Variables {
+    /// Application variable name → value (environment override, else
+    /// default); variables with neither are absent.
+    app_values: BTreeMap<String, String>,
     by_component: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -87,7 +90,25 @@ impl Variables {
             }
             by_component.insert(c.id.clone(), values);
         }
-        Ok(Variables { by_component })
+        Ok(Variables {
+            app_values,
+            by_component,
+        })
+    }
+
+    /// `spec`'s `allowed_outbound_hosts` with every `{{ variable }}`
+    /// template expanded from the application variables, as Spin expands
+    /// them (see [`AllowedHosts::resolve`]); the error names the component
+    /// and the entry.
+    pub fn allowed_hosts(&self, spec: &ComponentSpec) -> Result<AllowedHosts, InvalidValue> {
+        spec.allowed_outbound_hosts
+            .resolve(&self.app_values)
+            .map_err(|InvalidValue(why)| {
+                InvalidValue(format!(
+                    "[component.{}] key 'allowed_outbound_hosts': {why}",
+                    spec.id
+                ))
+            })
     }
 
     /// The variables one component sees through `wasi:config/store`.
@@ -96,7 +117,8 @@ impl Variables {
     }
 }
 
-fn replace_placeholder(text: &str, name: &str, value: &str) -> String {
+/// `text` with every `{{ name }}` placeholder (any spacing) replaced by `value`.
+pub(super) fn replace_placeholder(text: &str, name: &str, value: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {

@@ -164,9 +164,12 @@ fn check_url(url: &str, key: &str) -> Result<(), ConfigError> {
     let problem = if url.is_empty() {
         Some("missing; write url = \"redis://host:port\"".to_string())
     } else {
-        url.into_connection_info()
-            .err()
-            .map(|e| format!("'{url}' is not a Redis URL ({e}); use \"redis://host:port\""))
+        url.into_connection_info().err().map(|e| {
+            format!(
+                "'{}' is not a Redis URL ({e}); use \"redis://host:port\"",
+                redact_url(url)
+            )
+        })
     };
     match problem {
         Some(message) => Err(ConfigError {
@@ -174,6 +177,28 @@ fn check_url(url: &str, key: &str) -> Result<(), ConfigError> {
             message,
         }),
         None => Ok(()),
+    }
+}
+
+/// `url` with any password (and user name) in its authority replaced by
+/// `***`, for messages: `redis://:***@host:6379`. Runtime-config URLs may
+/// carry credentials, and nothing the host prints may show them.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = match credentials.split_once(':') {
+                Some((user, _password)) => user,
+                None => "",
+            };
+            let user = if user.is_empty() { "" } else { "***" };
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -200,7 +225,10 @@ impl RedisConn {
         let client = redis::Client::open(url).map_err(|e| {
             BackendError::rejected(
                 NAME,
-                format!("{setting}: '{url}' is not a valid Redis URL ({e}); use redis://host:port"),
+                format!(
+                    "{setting}: '{}' is not a valid Redis URL ({e}); use redis://host:port",
+                    redact_url(url)
+                ),
             )
         })?;
         let address = client.get_connection_info().addr().to_string();
@@ -338,4 +366,25 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_never_appear_in_a_redacted_url() {
+        assert_eq!(
+            redact_url("redis://:s3cret@cache:6380/0"),
+            "redis://:***@cache:6380/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:s3cret@cache.example.net:6380"),
+            "rediss://***:***@cache.example.net:6380"
+        );
+        assert_eq!(redact_url("redis://s3cret@cache"), "redis://:***@cache");
+        assert_eq!(redact_url("redis://p@ss:w@rd@h:1"), "redis://***:***@h:1");
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 }

@@ -7,13 +7,56 @@ use crate::bindings::keyvalue::{atomics, batch, store};
 use store::{Error, KeyResponse};
 use wasmtime::component::Resource;
 
-fn to_wit(e: StoreError) -> Error {
-    Error::Other(e.to_string())
+/// Most bytes a `get-many` hands a guest (keys, values and per-entry
+/// overhead counted as Spin counts them): Spin's `MAX_HOST_BUFFERED_BYTES`,
+/// 128 MiB (`docs/spin-parity.md`). A larger result is a key-value error
+/// the guest can handle, not a trap on its memory limit.
+pub const MAX_GET_MANY_BYTES: usize = 128 << 20;
+
+/// Keys fetched per backend call while a `get-many` is assembled, so the
+/// host stops reading soon after the cap is passed.
+const GET_MANY_CHUNK: usize = 64;
+
+/// The text of a `get-many` over [`MAX_GET_MANY_BYTES`] (Spin's wording).
+fn too_large() -> Error {
+    Error::Other(format!(
+        "query result exceeds limit of {MAX_GET_MANY_BYTES} bytes; ask for fewer keys at a time"
+    ))
 }
 
 impl KeyValueCtx {
     fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<&Bucket> {
         Ok(self.table.get(b)?)
+    }
+
+    /// The WIT error for a failed `operation`: the full error goes to the
+    /// host log with the trace id, the guest gets a fixed text for its
+    /// kind (`docs/spin-parity.md`, "Errors a component sees").
+    fn to_wit(&self, operation: &'static str, e: StoreError) -> Error {
+        let StoreError(e) = e;
+        e.log_for_guest(&self.component, operation, self.traceparent.as_deref());
+        Error::Other(guest_text(operation, &e))
+    }
+}
+
+/// The fixed text a guest gets for a failed `operation`: no backend
+/// address, no backend or sidecar response text.
+fn guest_text(operation: &str, e: &super::BackendError) -> String {
+    use super::BackendError::*;
+    const LOGGED: &str = "the host log has the detail under this request's trace id";
+    match e {
+        Unavailable { .. } => format!(
+            "the key-value store is unavailable ({operation} failed); retry later; {LOGGED}"
+        ),
+        Rejected { .. } if operation == "increment" => format!(
+            "the key-value store refused the increment: the value is not decimal integer text, or the sum overflows a 64-bit integer; {LOGGED}"
+        ),
+        Rejected { .. } => {
+            format!("the key-value store refused the {operation}; retrying will not help; {LOGGED}")
+        }
+        Unsupported { .. } => format!(
+            "this store's backend does not support {operation}; keep an index document of the keys instead; {LOGGED}"
+        ),
     }
 }
 
@@ -33,7 +76,7 @@ impl store::Host for KeyValueCtx {
         }
         let store = match self.stores.open(&self.component, &identifier) {
             Ok(s) => s,
-            Err(e) => return Ok(Err(to_wit(e))),
+            Err(e) => return Ok(Err(self.to_wit("open", e))),
         };
         Ok(Ok(self.table.push(Bucket { store })?))
     }
@@ -45,7 +88,12 @@ impl store::HostBucket for KeyValueCtx {
         b: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(self.bucket(&b)?.store.get(&key).await.map_err(to_wit))
+        Ok(self
+            .bucket(&b)?
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| self.to_wit("get", e)))
     }
 
     async fn set(
@@ -59,7 +107,7 @@ impl store::HostBucket for KeyValueCtx {
             .store
             .set(&key, &value)
             .await
-            .map_err(to_wit))
+            .map_err(|e| self.to_wit("set", e)))
     }
 
     async fn delete(
@@ -67,7 +115,12 @@ impl store::HostBucket for KeyValueCtx {
         b: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.bucket(&b)?.store.delete(&key).await.map_err(to_wit))
+        Ok(self
+            .bucket(&b)?
+            .store
+            .delete(&key)
+            .await
+            .map_err(|e| self.to_wit("delete", e)))
     }
 
     async fn exists(
@@ -75,7 +128,12 @@ impl store::HostBucket for KeyValueCtx {
         b: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        Ok(self.bucket(&b)?.store.exists(&key).await.map_err(to_wit))
+        Ok(self
+            .bucket(&b)?
+            .store
+            .exists(&key)
+            .await
+            .map_err(|e| self.to_wit("exists", e)))
     }
 
     async fn list_keys(
@@ -89,7 +147,7 @@ impl store::HostBucket for KeyValueCtx {
             .list_keys(cursor.as_deref())
             .await
             .map(|(keys, cursor)| KeyResponse { keys, cursor })
-            .map_err(to_wit))
+            .map_err(|e| self.to_wit("list-keys", e)))
     }
 
     async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -110,7 +168,7 @@ impl atomics::Host for KeyValueCtx {
             .store
             .increment(&key, delta)
             .await
-            .map_err(to_wit))
+            .map_err(|e| self.to_wit("increment", e)))
     }
 
     async fn swap(
@@ -128,7 +186,7 @@ impl atomics::Host for KeyValueCtx {
             Err(SwapError::CasFailed) => Err(atomics::CasError::CasFailed(cas)),
             Err(SwapError::Store(e)) => {
                 self.table.delete(cas)?;
-                Err(atomics::CasError::StoreError(to_wit(e)))
+                Err(atomics::CasError::StoreError(self.to_wit("swap", e)))
             }
         })
     }
@@ -143,7 +201,7 @@ impl atomics::HostCas for KeyValueCtx {
         let store = self.bucket(&b)?.store.clone();
         let (current, version) = match store.read_versioned(&key).await {
             Ok(v) => v,
-            Err(e) => return Ok(Err(to_wit(e))),
+            Err(e) => return Ok(Err(self.to_wit("read for a compare-and-swap", e))),
         };
         Ok(Ok(self.table.push(Cas {
             store,
@@ -172,10 +230,33 @@ impl batch::Host for KeyValueCtx {
         b: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, Error>> {
-        let values = self.bucket(&b)?.store.get_many(&keys).await;
-        Ok(values
-            .map(|values| keys.into_iter().zip(values).collect())
-            .map_err(to_wit))
+        let store = self.bucket(&b)?.store.clone();
+        // Counted as Spin counts: the list, then per entry its overhead,
+        // key and value; fetched in chunks so reading stops soon after the cap.
+        let mut total = std::mem::size_of::<Vec<String>>();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(GET_MANY_CHUNK) {
+            let values = match store.get_many(chunk).await {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(self.to_wit("get-many", e))),
+            };
+            for (key, value) in chunk.iter().zip(values) {
+                total += std::mem::size_of::<(String, Option<Vec<u8>>)>()
+                    + key.len()
+                    + value.as_ref().map_or(0, Vec::len);
+                if total > MAX_GET_MANY_BYTES {
+                    tracing::warn!(
+                        component = %self.component,
+                        keys = keys.len(),
+                        limit = MAX_GET_MANY_BYTES,
+                        "get-many refused: the values exceed the limit; the component should ask for fewer keys at a time"
+                    );
+                    return Ok(Err(too_large()));
+                }
+                out.push((key.clone(), value));
+            }
+        }
+        Ok(Ok(out))
     }
 
     async fn set_many(
@@ -188,7 +269,7 @@ impl batch::Host for KeyValueCtx {
             .store
             .set_many(&entries)
             .await
-            .map_err(to_wit))
+            .map_err(|e| self.to_wit("set-many", e)))
     }
 
     async fn delete_many(
@@ -201,6 +282,6 @@ impl batch::Host for KeyValueCtx {
             .store
             .delete_many(&keys)
             .await
-            .map_err(to_wit))
+            .map_err(|e| self.to_wit("delete-many", e)))
     }
 }

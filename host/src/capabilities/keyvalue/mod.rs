@@ -11,7 +11,8 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 
 /// Why a key-value call failed: a backend's error, seen by the key-value
-/// capability (the guest gets its text as `error::other`).
+/// capability (the guest gets a fixed text for its kind as
+/// `error::other`; the full error goes to the host log).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(transparent)]
 pub struct StoreError(#[from] pub BackendError);
@@ -243,6 +244,9 @@ pub struct KeyValueCtx {
     component: Arc<str>,
     allowed_stores: Arc<std::collections::BTreeSet<String>>,
     stores: Arc<StoreRegistry>,
+    /// The trace context of the request or delivery the instance serves,
+    /// logged with every backend error.
+    traceparent: Option<String>,
 }
 
 impl KeyValueCtx {
@@ -257,7 +261,15 @@ impl KeyValueCtx {
             component,
             allowed_stores,
             stores,
+            traceparent: None,
         }
+    }
+
+    /// The trace context backend errors are logged with (the request's or
+    /// delivery's `traceparent`), so the `traceId` a client quotes finds them.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 }
 

@@ -129,11 +129,19 @@ impl producer::Host for MessagingCtx {
         if sent.is_ok() {
             super::metrics::messaging().published(&topic);
         }
+        // The guest gets a fixed text per kind, never the broker's message
+        // (addresses, sidecar responses): see `capabilities/error.rs`.
         Ok(sent.map_err(|BrokerError(e)| {
+            e.log_for_guest(&self.component, "send", self.traceparent.as_deref());
+            const LOGGED: &str = "the host log has the detail under this request's trace id";
             if e.is_unavailable() {
-                Error::Connection(e.message().to_string())
+                Error::Connection(format!(
+                    "the message was not accepted: the message broker is unavailable, or the topic holds max_len messages not yet acknowledged by a subscriber; retry in a few seconds; {LOGGED}"
+                ))
             } else {
-                Error::Other(e.to_string())
+                Error::Other(format!(
+                    "the message broker refused the message; retrying will not help; {LOGGED}"
+                ))
             }
         }))
     }

@@ -81,7 +81,10 @@ pub async fn serve(
             let (app, conn, budget) = (app.clone(), tracked.clone(), budget.clone());
             async move {
                 conn.enter(Phase::Body);
-                let response = route(&app, req, client, &limits, &budget).await;
+                let response = crate::problem::in_request_trace(req, |req| {
+                    route(&app, req, client, &limits, &budget)
+                })
+                .await;
                 conn.enter(Phase::Busy);
                 Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, conn)))
             }
