@@ -73,6 +73,7 @@ where
                 depth = ctx.depth,
                 "request refused: {capacity}"
             );
+            crate::metrics::record_instance_refused(component_id);
             let response = capacity_response(&capacity.to_string());
             app.metrics().record_request(
                 component_id,
@@ -223,6 +224,7 @@ fn failure_response(
 ) -> Response<HyperOutgoingBody> {
     if Capacity::is_capacity(error) {
         tracing::warn!(component, error = %format!("{error:#}"), "request refused: no instance could be allocated");
+        crate::metrics::record_instance_refused(component);
         return capacity_response(&format!(
             "component '{component}' could not be started: every instance the host may run at once is busy; retry after the Retry-After seconds"
         ));
