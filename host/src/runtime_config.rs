@@ -18,7 +18,7 @@
 //! [messaging.order-pubsub]
 //! type = "redis"
 //! url = "redis://127.0.0.1:6379"
-//! max_len = 100000              # stream length bound (MAXLEN ~)
+//! max_len = 100000              # unacknowledged entries per topic; then send is refused
 //! visibility_timeout_ms = 60000 # unacknowledged deliveries are reclaimed after this
 //!
 //! [key_value_store.catalog]
