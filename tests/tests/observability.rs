@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 use wasmshop_tests::otlp::{Receiver, Span};
-use wasmshop_tests::{Host, Value, app_manifest_with_recorder, client, json};
+use wasmshop_tests::{Backend, Deployment, Host, Value, app_manifest_with_recorder, client, json};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -31,7 +31,7 @@ fn traced_host(otlp: &Receiver) -> Host {
 }
 
 fn send(
-    host: &Host,
+    host: &impl Base,
     method: reqwest::Method,
     path: &str,
     traceparent: Option<&str>,
@@ -55,6 +55,34 @@ fn send(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// Where a request goes: one host, or the deployment's host of the path.
+trait Base {
+    fn url(&self, path: &str) -> String;
+}
+
+impl Base for Host {
+    fn url(&self, path: &str) -> String {
+        Host::url(self, path)
+    }
+}
+
+impl Base for Deployment {
+    fn url(&self, path: &str) -> String {
+        Deployment::url(self, path)
+    }
+}
+
+/// Whether `trace` has its delivery (a consumer span) and the server span
+/// of `service` (which may end after the delivery: the handler goes on
+/// after it published).
+fn complete(spans: &[Span], trace: &str, service: &str) -> bool {
+    let trace: Vec<&Span> = in_trace(spans, trace);
+    trace.iter().any(|s| s.kind == CONSUMER)
+        && trace
+            .iter()
+            .any(|s| s.kind == SERVER && s.service == service && s.parent == CALLER_SPAN)
 }
 
 fn in_trace<'a>(spans: &'a [Span], trace: &str) -> Vec<&'a Span> {
@@ -101,9 +129,7 @@ fn one_order_is_one_trace_from_the_incoming_traceparent_to_the_delivery_it_cause
     // The order's events reach the recorder: the trace is complete once a
     // consumer span of `orders` is in it.
     let spans = otlp.wait_for_spans(Duration::from_secs(30), |spans| {
-        spans
-            .iter()
-            .any(|s| s.trace_id == TRACE && s.kind == CONSUMER)
+        complete(spans, TRACE, "orderservice")
     });
     let trace = in_trace(&spans, TRACE);
     let all = describe(&trace);
@@ -211,9 +237,7 @@ fn one_order_is_one_trace_from_the_incoming_traceparent_to_the_delivery_it_cause
     for tp in [&rename, &delete] {
         let trace_id = tp.split('-').nth(1).unwrap().to_string();
         let spans = otlp.wait_for_spans(Duration::from_secs(30), |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == trace_id && s.kind == CONSUMER)
+            complete(spans, &trace_id, "productservice")
         });
         let trace = in_trace(&spans, &trace_id);
         let all = describe(&trace);
@@ -379,5 +403,80 @@ fn every_request_writes_one_access_line_and_its_log_lines_carry_the_trace_id() {
         names.iter().any(|m| m == "wasmshop.kv.operations")
             && names.iter().any(|m| m == "http.server.request.duration"),
         "{names:?}"
+    );
+}
+
+#[test]
+fn across_the_two_processes_of_the_dapr_deployment_the_order_is_still_one_trace() {
+    let otlp = Receiver::start();
+    let base = Host::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_METRICS_EXPORTER", "none");
+    let app = Deployment::start_with(
+        &Backend::Dapr,
+        Some(app_manifest_with_recorder()),
+        &["product", "order", "recorder"],
+        base,
+    );
+    let (status, product) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/products",
+        None,
+        Some(json!({"name": SECRET_NAME, "price": 3.0, "stock": 5, "category": "tools"})),
+    );
+    assert_eq!(status, 201, "{product}");
+    let id = product["id"].as_str().unwrap().to_string();
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let (status, order) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/orders",
+        Some(&format!("00-{trace}-{CALLER_SPAN}-01")),
+        Some(json!({"customerId": CUSTOMER, "items": [{"productId": id, "quantity": 1}]})),
+    );
+    assert_eq!(status, 201, "{order}");
+    let spans = otlp.wait_for_spans(Duration::from_secs(30), |spans| {
+        complete(spans, trace, "orderservice")
+    });
+    let spans = in_trace(&spans, trace);
+    let all = describe(&spans);
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SERVER && s.service == "orderservice")
+        .unwrap_or_else(|| panic!("no orderservice server span in\n{all}"));
+    assert_eq!(server.parent, CALLER_SPAN, "{all}");
+    // The product host, another process, continues the same trace.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.kind == SERVER && s.service == "productservice"),
+        "{all}"
+    );
+    let kv: Vec<&&Span> = spans
+        .iter()
+        .filter(|s| s.attributes.contains_key("db.system"))
+        .collect();
+    assert!(!kv.is_empty(), "{all}");
+    assert!(
+        kv.iter().all(|s| s.attributes["db.system"] == "dapr"),
+        "{all}"
+    );
+    let producer = spans
+        .iter()
+        .find(|s| s.kind == PRODUCER)
+        .unwrap_or_else(|| panic!("no producer span in\n{all}"));
+    assert_eq!(producer.attributes["messaging.system"], "dapr");
+    // daprd's own span sits between the publish and the delivery: the
+    // consumer is its child, and links back to the producer.
+    let consumer = spans.iter().find(|s| s.kind == CONSUMER).unwrap();
+    assert_ne!(consumer.parent, producer.span_id, "{all}");
+    assert!(!consumer.parent.is_empty(), "{all}");
+    assert!(
+        consumer
+            .links
+            .contains(&(trace.to_string(), producer.span_id.clone())),
+        "{all}"
     );
 }
