@@ -133,26 +133,25 @@ impl Ingress for AppChannel {
         let claims_dapr = on_app_channel
             || req.headers().contains_key(TOKEN_HEADER)
             || req.headers().contains_key(CALLER_HEADER);
+        let subscribe = req.method() == http::Method::GET && path == SUBSCRIBE_PATH;
         match app_token() {
-            Some(expected) => {
-                if (claims_dapr || self.token_everywhere) && !has_token(&req, expected) {
-                    return Ok(bad_token());
-                }
+            Some(expected)
+                if (claims_dapr || self.token_everywhere) && !has_token(&req, expected) =>
+            {
+                return Ok(bad_token());
             }
-            None if self.in_use && on_app_channel && !self.allow_unauthenticated => {
-                let subscribe = req.method() == http::Method::GET && path == SUBSCRIBE_PATH;
-                if !subscribe {
-                    tracing::warn!(
-                        method = %req.method(),
-                        path,
-                        "refused an unauthenticated request on the Dapr app channel: set APP_API_TOKEN for daprd and this host, or pass --dapr-allow-unauthenticated where only the sidecar reaches this port"
-                    );
-                    return Ok(problem(
-                        StatusCode::UNAUTHORIZED,
-                        "app-api-token-required",
-                        "this host has no APP_API_TOKEN, so nothing proves that a request under /dapr/ comes from the Dapr sidecar and it is refused; set the same APP_API_TOKEN for daprd and this host, or start the host with --dapr-allow-unauthenticated where only the sidecar can reach its port",
-                    ));
-                }
+            Some(_) => {}
+            None if self.in_use && on_app_channel && !self.allow_unauthenticated && !subscribe => {
+                tracing::warn!(
+                    method = %req.method(),
+                    path,
+                    "refused an unauthenticated request on the Dapr app channel: set APP_API_TOKEN for daprd and this host, or pass --dapr-allow-unauthenticated where only the sidecar reaches this port"
+                );
+                return Ok(problem(
+                    StatusCode::UNAUTHORIZED,
+                    "app-api-token-required",
+                    "this host has no APP_API_TOKEN, so nothing proves that a request under /dapr/ comes from the Dapr sidecar and it is refused; set the same APP_API_TOKEN for daprd and this host, or start the host with --dapr-allow-unauthenticated where only the sidecar can reach its port",
+                ));
             }
             None => {}
         }
