@@ -4,8 +4,9 @@
 //! fresh instance — for them (the [`Deliverer`] they deliver through).
 
 use super::http::component::Chaining;
-use crate::app::{App, InstanceContext, TimeLimitExceeded};
+use crate::app::{App, Capacity, InstanceContext, TimeLimitExceeded};
 use crate::capabilities::BackendError;
+use crate::capabilities::messaging::delivery::DeadLetterRetention;
 use crate::capabilities::messaging::metrics as messaging_metrics;
 use crate::capabilities::messaging::{
     Deliverer, DeliveryError, Message, ReceiveOptions, event_type,
@@ -26,6 +27,8 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<Vec<JoinHandle<()>>, BackendError> {
+    // A bad dead-letter retention variable stops the start with one line.
+    DeadLetterRetention::from_env().map_err(|e| BackendError::rejected("messaging", e))?;
     let deliverer: Arc<dyn Deliverer> = Arc::new(AppDeliverer(Arc::downgrade(app)));
     let mut tasks = Vec::new();
     for receiver in app.backends().receivers() {
@@ -98,13 +101,6 @@ fn wanted(app: &App, component: &str, topic: &str, message: &Message) -> bool {
     subscriptions.any(|s| s.wants(kind.as_deref()))
 }
 
-/// Whether an instantiation failed because the pooling allocator had no
-/// slot left (`--max-instances`): the handler never ran.
-fn pool_exhausted(e: &wasmtime::Error) -> bool {
-    e.chain()
-        .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
-}
-
 /// One delivery in a fresh instance, under the app's time and memory limits.
 async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(), DeliveryError> {
     let component = app.component(component_id).ok_or_else(|| {
@@ -123,6 +119,12 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
             .or_else(|| crate::trace::from_metadata(&message.inner.metadata)),
         chaining: Chaining::of(app),
     };
+    // A delivery never waits for a slot: it is retried later without
+    // spending an attempt (docs/messaging.md, "Common rules").
+    let _slot = app.try_instance_slot().map_err(|capacity| {
+        crate::metrics::record_instance_refused(component_id);
+        DeliveryError::Capacity(capacity.to_string())
+    })?;
     let mut store = app.new_store(component, context);
     let _in_use = crate::metrics::instance_in_use();
     let limit = app.request_timeout();
@@ -141,7 +143,7 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(DeliveryError::Handler(format!("{e:?}"))),
-        Err(e) if pool_exhausted(&e) => {
+        Err(e) if Capacity::is_capacity(&e) => {
             crate::metrics::record_instance_refused(component_id);
             Err(DeliveryError::Capacity(format!("{e:#}")))
         }
