@@ -71,12 +71,6 @@ pub struct Problem {
     /// For validation problems: field name → messages. Omitted when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Vec<String>>,
-    /// The trace id (32 hex digits) of the request that met the problem,
-    /// for the client to quote: the host's log lines of that request carry
-    /// it. Filled in by [`Problem::to_response`] from the request being
-    /// answered; omitted when there is none.
-    #[serde(rename = "traceId", default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
 }
 
 impl Problem {
@@ -93,7 +87,6 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: BTreeMap::new(),
-            trace_id: None,
         }
     }
 
@@ -198,18 +191,19 @@ impl Problem {
         )
     }
 
-    /// The problem as an HTTP response with `application/problem+json`;
-    /// `traceId` is the request's (see [`RequestTrace`]) unless set.
+    /// The problem as an HTTP response with `application/problem+json`,
+    /// with a `traceId` member (32 hex digits) naming the request being
+    /// answered (see [`RequestTrace`]) for the client to quote: the host's
+    /// log lines of that request carry it. Not a field, so the many
+    /// `Result<_, Problem>` stay small.
     pub fn to_response(&self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = if self.trace_id.is_none()
-            && let Some(id) = current_trace_id()
-        {
-            let mut traced = self.clone();
-            traced.trace_id = Some(id);
-            serde_json::to_vec(&traced)
-        } else {
-            serde_json::to_vec(self)
+        let body = match (current_trace_id(), serde_json::to_value(self)) {
+            (Some(id), Ok(serde_json::Value::Object(mut fields))) => {
+                fields.insert("traceId".to_owned(), serde_json::Value::String(id));
+                serde_json::to_vec(&fields)
+            }
+            _ => serde_json::to_vec(self),
         }
         .unwrap_or_default();
         Response::empty(status)
