@@ -251,6 +251,7 @@ pub fn install(json: bool) {
         .with_location(false)
         .with_target(false)
         .with_level(false)
+        .with_tracked_inactivity(false)
         // Events stay log records (below), not span events.
         .with_filter(filter_fn(|meta| meta.is_span()));
 
