@@ -429,6 +429,14 @@ pub(super) fn apply_batch(
         let result = in_savepoint(&state.conn, |conn| {
             apply(conn, &mut state.next_version, ns, op)
         });
+        if let Err(e) = &result
+            && state.conn.is_autocommit()
+        {
+            // SQLite rolled the whole transaction back (as it may on a full
+            // disk or an I/O error): nothing of the batch was written, and
+            // the writes after this one must not run outside a transaction.
+            return vec![Err(failed("writing; the whole batch was rolled back", e)); ops.len()];
+        }
         results.push(result.map_err(|e| failed("writing", &e)));
     }
     if let Err(e) = state.conn.execute_batch("COMMIT") {
@@ -666,6 +674,33 @@ mod tests {
         assert!(value(&s, "a").is_some());
         assert!(value(&s, "b").is_some());
         assert!(value(&s, "half").is_none(), "the failed write left nothing");
+    }
+
+    #[test]
+    fn on_a_full_database_a_write_is_answered_ok_only_if_it_is_kept() {
+        let (_dir, mut s) = state();
+        let pages: i64 = s
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        s.conn
+            .pragma_update(None, "max_page_count", pages + 4)
+            .unwrap();
+        let ops: Vec<WriteOp> = (0..12)
+            .map(|i| WriteOp::Set(vec![(format!("k{i}"), vec![b'x'; 3000])]))
+            .collect();
+        let batch: Vec<(&str, &WriteOp)> = ops.iter().map(|o| ("c/default", o)).collect();
+        let results = apply_batch(&mut s, &batch);
+        assert!(results.iter().any(|r| r.is_err()), "the file is full");
+        for (i, r) in results.iter().enumerate() {
+            let kept = value(&s, &format!("k{i}")).is_some();
+            assert_eq!(r.is_ok(), kept, "write {i}: {r:?}, kept: {kept}");
+        }
+        // The writer goes on once there is room again.
+        s.conn
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        assert_eq!(run(&mut s, &ops[..1]), [Applied::Done]);
     }
 
     #[tokio::test]
