@@ -312,7 +312,9 @@ impl App {
     ) -> Store<InstanceState> {
         let id: Arc<str> = Arc::from(component.spec.id.as_str());
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
+        // Each line the guest prints is a log line naming it (docs/observability.md).
+        wasi.stdout(crate::telemetry::guest::output(&id, "stdout"))
+            .stderr(crate::telemetry::guest::output(&id, "stderr"));
         for (k, v) in &component.spec.environment {
             wasi.env(k, v);
         }

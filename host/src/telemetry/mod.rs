@@ -19,6 +19,7 @@
 //! ([`name_components`]).
 
 pub mod export;
+pub mod guest;
 pub mod kv;
 pub mod messaging;
 pub mod spans;
