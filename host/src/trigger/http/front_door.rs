@@ -87,6 +87,8 @@ pub struct Conn {
     epoch: Instant,
     /// Woken when the connection is shed.
     shed: Notify,
+    /// Woken when the phase changes, so the watchdog re-arms its timer.
+    changed: Notify,
 }
 
 impl Conn {
@@ -98,6 +100,7 @@ impl Conn {
     pub fn enter(&self, phase: Phase) {
         self.since_ms.store(self.now_ms(), Ordering::Relaxed);
         self.phase.store(phase as u8, Ordering::Release);
+        self.changed.notify_one();
     }
 
     /// The current phase.
@@ -132,11 +135,13 @@ impl Conn {
                         _ => "header read timeout",
                     };
                 }
-                Some(left) => left.min(Duration::from_secs(1)),
-                None => Duration::from_secs(1),
+                Some(left) => left,
+                // Re-armed by the next phase change.
+                None => Duration::from_secs(3600),
             };
             tokio::select! {
                 _ = self.shed.notified() => return "shed at the connection cap",
+                _ = self.changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -207,6 +212,7 @@ impl Connections {
             since_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
             epoch: self.epoch,
             shed: Notify::new(),
+            changed: Notify::new(),
         });
         open.insert(id, conn.clone());
         Admission::Serve(conn)
