@@ -629,7 +629,10 @@ source = "{}"
     assert_eq!(r.status(), 200);
     let echoed: Value = r.json().unwrap();
     let headers = &echoed["headers"];
-    assert_eq!(headers["spin-path-match-path-segment"], "first", "{headers}");
+    assert_eq!(
+        headers["spin-path-match-path-segment"], "first",
+        "{headers}"
+    );
     assert_eq!(headers["spin-path-match-userid"], "42", "{headers}");
     assert!(
         headers.get("spin-path-match-path_segment").is_none(),
