@@ -298,7 +298,9 @@ fn each_service_is_its_own_dapr_app() {
     let (product, order_host) = (d.host_of("product"), d.host_of("order"));
     let cluster = d.dapr_cluster().expect("a Dapr deployment");
     // Only the order service subscribes, to `products`, with a dead-letter
-    // topic. The app channel needs the deployment's APP_API_TOKEN.
+    // topic, and one routing rule per event type it names in spin.toml (no
+    // default route: daprd pushes it nothing else). The app channel needs
+    // the deployment's APP_API_TOKEN.
     let subscriptions = |host: &Host| -> Value {
         client()
             .get(host.url("/dapr/subscribe"))
@@ -312,7 +314,10 @@ fn each_service_is_its_own_dapr_app() {
     assert_eq!(
         subs,
         json!([{"pubsubname": "product-pubsub", "topic": "products",
-                "routes": {"default": "/dapr/events/order/products"}, "deadLetterTopic": "products.deadletter"}])
+                "routes": {"rules": [
+                    {"match": "event.type == \"ProductUpdated\"", "path": "/dapr/events/order/products"},
+                    {"match": "event.type == \"ProductDeleted\"", "path": "/dapr/events/order/products"}]},
+                "deadLetterTopic": "products.deadletter"}])
     );
     assert_eq!(subscriptions(product), json!([]));
     // The order host does not run `product`: it is reached by service invocation.
@@ -495,8 +500,17 @@ fn a_wrong_dapr_token_fails_backend_calls_clearly() {
     );
     let r = host.get("/recorder/kv/k");
     assert_eq!(r.status(), 500);
+    // The component gets a fixed text without the sidecar's answer; the
+    // host log has it (the 401), with the request's trace id.
     let text = r.text().unwrap();
-    assert!(text.contains("401"), "{text}");
+    assert!(!text.contains("401"), "{text}");
+    assert!(text.contains("the host log has the detail"), "{text}");
+    let logs = host.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("a backend call failed") && l.contains("401")),
+        "{logs}"
+    );
 }
 
 // ------------------------------------------------------------- key-value
@@ -596,11 +610,15 @@ fn key_value_maps_onto_the_state_api() {
     assert_eq!(r, json!([["new", "{\"v\":4}"], ["b3", "z"]]));
 
     // list-keys has no Dapr equivalent.
+    // The component is told it is unsupported (a fixed text, see
+    // docs/spin-parity.md); the log says why.
     let r = host.get("/recorder/kv-keys/");
     let text = r.text().unwrap();
+    assert!(text.contains("does not support list-keys"), "{text}");
     assert!(
-        text.contains("not supported by the Dapr state API"),
-        "{text}"
+        host.logs().contains("not supported by the Dapr state API"),
+        "{}",
+        host.logs()
     );
 }
 

@@ -49,7 +49,7 @@ fn guest_text(operation: &str, e: &super::BackendError) -> String {
             "the key-value store is unavailable ({operation} failed); retry later; {LOGGED}"
         ),
         Rejected { .. } if operation == "increment" => format!(
-            "the key-value store refused the increment: the value is not decimal integer text, or the sum overflows a 64-bit integer; {LOGGED}"
+            "the key-value store refused the increment: the value is not an integer (decimal text), or the sum overflows a 64-bit integer; {LOGGED}"
         ),
         Rejected { .. } => {
             format!("the key-value store refused the {operation}; retrying will not help; {LOGGED}")
