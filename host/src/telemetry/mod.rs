@@ -192,6 +192,11 @@ struct Installed {
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
+/// Whether spans are exported (an OTLP traces endpoint is set).
+pub fn traces_exported() -> bool {
+    INSTALLED.get().is_some_and(|i| i.config.traces)
+}
+
 /// Component id → `service.name` (its Dapr app id).
 static SERVICE_NAMES: RwLock<Option<HashMap<String, String>>> = RwLock::new(None);
 
