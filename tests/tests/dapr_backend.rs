@@ -862,22 +862,45 @@ fn with_app_api_token_a_forged_delivery_is_refused_and_changes_nothing() {
     assert_eq!(after["status"], created["status"]);
 }
 
+/// Runs `cmd` (a `wasmshop up` expected to refuse to start) to its exit;
+/// a host still running after 60 s is killed and the test fails, rather
+/// than waiting for ever.
+fn run_expecting_exit(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the host started instead of refusing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn token_scope_all_without_a_token_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spin.toml"), recorder_manifest()).unwrap();
     for (scope, why) in [("all", "APP_API_TOKEN"), ("everything", "'dapr' or 'all'")] {
-        let out = Command::new(wasmshop_bin())
-            .args(["up", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(wasmshop_bin());
+        cmd.args(["up", "--listen", "127.0.0.1:0"])
             .arg("--from")
             .arg(dir.path().join("spin.toml"))
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env("WASMSHOP_APP_API_TOKEN_SCOPE", scope)
             .env_remove("APP_API_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .stdin(Stdio::null());
+        let out = run_expecting_exit(&mut cmd);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{scope}: {stderr}");
         let first = stderr.lines().next().unwrap_or_default();

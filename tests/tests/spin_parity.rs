@@ -83,6 +83,30 @@ fn templates_in_allowed_outbound_hosts_are_expanded_from_the_variables() {
     assert!(body.contains("HttpRequestDenied"), "{body}");
 }
 
+/// Runs `cmd` (a `wasmshop up` expected to refuse to start) to its exit;
+/// a host still running after 60 s is killed and the test fails, rather
+/// than waiting for ever.
+fn run_expecting_exit(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the host started instead of refusing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `wasmshop up` of `manifest` with `env`, expected to fail: its stderr.
 fn fails_to_start(manifest: &str, env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +121,7 @@ fn fails_to_start(manifest: &str, env: &[(&str, &str)]) -> String {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = run_expecting_exit(&mut cmd);
     assert!(!out.status.success(), "started");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("Serving"));
     String::from_utf8_lossy(&out.stderr).into_owned()
