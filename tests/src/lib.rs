@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 mod backend;
 pub mod daprd;
-pub mod otlp;
 mod deployment;
+pub mod otlp;
 pub use backend::{Backend, RedisServer, TEST_VISIBILITY_TIMEOUT_MS};
 pub use deployment::{APP_API_TOKEN, Deployment, start_next_to};
 pub use reqwest::blocking::{Client, Response};

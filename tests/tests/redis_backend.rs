@@ -212,7 +212,12 @@ fn a_redis_outage_is_a_fast_503_and_not_ready_and_the_host_recovers_by_itself() 
     );
     let ready = host.get("/readyz");
     assert_eq!(ready.status(), 503);
-    assert!(ready.text().unwrap().contains("Redis"), "names the backend");
+    let ready = ready.text().unwrap();
+    assert!(ready.contains("(redis)"), "names the backend: {ready}");
+    assert!(
+        !ready.contains("127.0.0.1"),
+        "no address on the public port: {ready}"
+    );
 
     // Redis returns (empty: it has no persistence here); no host restart.
     backend.redis_server_mut().unwrap().restart();

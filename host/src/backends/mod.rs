@@ -296,17 +296,22 @@ impl Backends {
         Ok(())
     }
 
-    /// Checks every store and broker; `Err` lists those not reachable.
+    /// Checks every store and broker; `Err` names those not reachable and
+    /// their backend kind (`key_value_store.default (redis)`), never an
+    /// address: the probe answers on the public port, so the detail goes
+    /// to the host log only.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let mut failures = Vec::new();
         for (name, backend) in self.stores.backends() {
             if let Err(e) = backend.ready().await {
-                failures.push(format!("{name}: {}", e.message()));
+                tracing::warn!(store = %name, error = %e.message(), "readiness: store not reachable");
+                failures.push(format!("{name} ({})", e.backend()));
             }
         }
         for (name, broker) in self.brokers.clients() {
             if let Err(e) = broker.ready().await {
-                failures.push(format!("messaging.{name}: {}", e.message()));
+                tracing::warn!(messaging = %name, error = %e.message(), "readiness: messaging backend not reachable");
+                failures.push(format!("messaging.{name} ({})", e.backend()));
             }
         }
         if failures.is_empty() {

@@ -135,7 +135,10 @@ async fn route(
             Err(failures) => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not-ready",
-                format!("backends not reachable: {}", failures.join("; ")),
+                format!(
+                    "not reachable: {}; the host log names the address and the error",
+                    failures.join(", ")
+                ),
             ),
         };
     }
