@@ -26,6 +26,11 @@
 # Env:   PROFILE=debug   the dev-profile host and loadgen (quick check that
 #                        the script works; the figures mean nothing)
 #        SKIP_BUILD=1    build nothing, use the binaries already built
+#        HOST_BIN=<path> measure another host binary (e.g. a release build of
+#                        an older commit, for a before/after pair of runs)
+#        MANIFEST=<file> the spin.toml to serve (an older host may refuse
+#                        keys the current one added); .wasm paths starting
+#                        with target/ are this checkout's
 # A run is never part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,7 +47,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release --target wasm32-wasip2 -p product -p order -p messaging-adapter -p capabilities-fixture
   cargo build "${profile_flag[@]}" -p wasmshop-host -p wasmshop-bench
 fi
-bin="target/$profile/wasmshop"
+bin="${HOST_BIN:-target/$profile/wasmshop}"
 loadgen="target/$profile/loadgen"
 for f in "$bin" "$loadgen"; do
   [[ -x "$f" ]] || { echo "$f is missing: build it (cargo build ${profile_flag[*]} -p wasmshop-host -p wasmshop-bench) or drop SKIP_BUILD" >&2; exit 1; }
@@ -75,7 +80,7 @@ url_of() {
 }
 
 # The repository's app with absolute sources, plus the fixture at /fixture/.
-sed "s|= \"target/|= \"$root/target/|g" spin.toml >"$work/spin.toml"
+sed "s|= \"target/|= \"$root/target/|g" "${MANIFEST:-spin.toml}" >"$work/spin.toml"
 cat >>"$work/spin.toml" <<TOML
 
 [[trigger.http]]
