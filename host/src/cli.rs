@@ -346,6 +346,7 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
             metrics.clone(),
             l,
             stopped.clone(),
+            front_door,
         )));
     }
     tasks.extend(

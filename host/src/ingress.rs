@@ -43,7 +43,11 @@ pub enum Unrouted {
 pub trait Ingress: Send + Sync {
     /// Answers a request meant for the backend, or hands it back (`Err`)
     /// for the next hook and then the public routes. MUST hand back
-    /// every request it does not recognise.
+    /// every request it does not recognise. A hook that reads the body
+    /// MUST read it with the
+    /// [`crate::trigger::http::front_door::BodyReader`] in the request's
+    /// extensions (size limit, deadline, shared memory budget), before it
+    /// takes an instance.
     async fn intercept(
         &self,
         request: Request<Incoming>,

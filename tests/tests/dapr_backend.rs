@@ -1106,3 +1106,66 @@ fn an_unreachable_product_service_is_503() {
     let list: Value = host.get("/api/orders").json().unwrap();
     assert_eq!(list, json!([]), "nothing is saved");
 }
+
+// ------------------------------------------------- slow deliveries (issue 14)
+
+#[test]
+fn slow_deliveries_hold_a_socket_never_an_instance() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_next_to(
+        &sidecar,
+        Host::builder()
+            .manifest(recorder_manifest())
+            .arg("--dapr-allow-unauthenticated")
+            .arg("--max-instances")
+            .arg("2")
+            .arg("--body-read-timeout-secs")
+            .arg("3"),
+    );
+    let addr = host.base().trim_start_matches("http://").to_string();
+    // Eight deliveries, four times the instances, each announcing a
+    // 100000-byte CloudEvent and sending one byte of it.
+    let mut slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "POST /dapr/events/recorder/products HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 100000\r\n\r\n{{"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    for i in 0..6 {
+        let r = host.get("/recorder/received/products");
+        assert!(
+            r.status().is_success(),
+            "GET #{i} while deliveries trickle: {}",
+            r.status()
+        );
+    }
+    assert_eq!(host.get("/healthz").status(), 200);
+    // Each is answered 408 (which daprd retries) once its body deadline
+    // passes, and none reached the component.
+    for (i, s) in slow.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                other => panic!("slow delivery #{i}: no response ({other:?})"),
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 408"),
+            "slow delivery #{i}: {head}"
+        );
+    }
+    let received: Value = host.get("/recorder/received/products").json().unwrap();
+    assert_eq!(received, json!([]), "a partial event was delivered");
+}

@@ -292,3 +292,49 @@ fn bodies_past_the_size_limit_or_the_memory_budget_are_refused_before_any_compon
         200
     );
 }
+
+#[test]
+fn slow_heads_on_the_metrics_port_do_not_stop_a_scrape() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let host = Host::builder()
+        .arg("--metrics-listen")
+        .arg(&metrics)
+        .arg("--header-read-timeout-secs")
+        .arg("2")
+        .start();
+    assert_eq!(host.get("/healthz").status(), 200);
+    // More sockets than the metrics listener's connection cap, each
+    // stuck in the middle of its request head.
+    let cap = wasmshop::trigger::http::METRICS_MAX_CONNECTIONS;
+    let mut slow: Vec<TcpStream> = (0..cap + 36)
+        .map(|_| {
+            let mut s = TcpStream::connect(&metrics).unwrap();
+            write!(s, "GET /metrics HTTP/1.1\r\nhost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let c = client();
+    for i in 0..5 {
+        let r = c
+            .get(format!("http://{metrics}/metrics"))
+            .send()
+            .unwrap_or_else(|e| panic!("scrape #{i} did not complete: {e}"));
+        assert_eq!(r.status(), 200, "scrape #{i}");
+    }
+    // The slow heads are cut off (header-read timeout, or shed at the cap)
+    // rather than held for ever.
+    assert!(
+        closed_by_host(&mut slow[0]),
+        "the oldest slow head is closed"
+    );
+    assert!(
+        closed_by_host(slow.last_mut().unwrap()),
+        "the newest slow head is closed once its header-read time is up"
+    );
+    assert_eq!(host.get("/healthz").status(), 200);
+}

@@ -26,7 +26,11 @@
 //!   `application/cloudevents+json`, topic set, `traceparent` in the
 //!   metadata). The answer is `{"status":"SUCCESS"}`, `"RETRY"` when a
 //!   handler fails (daprd redelivers per its resiliency policy; handlers
-//!   are idempotent), or `"DROP"` when the body is not a JSON CloudEvent.
+//!   are idempotent), or `"DROP"` when the body is not a JSON CloudEvent
+//!   or is larger than `--max-request-body-bytes`. The body is read first,
+//!   under the front door's deadline and memory budget
+//!   (`docs/operations.md`); a body too slow or past the budget gets the
+//!   front door's 408 or 503, which daprd retries.
 //!
 //! Where each Dapr rule comes from: `docs/dapr-reference.md`.
 
@@ -40,10 +44,10 @@ use crate::capabilities::messaging::{
 };
 use crate::ingress::{HostResponse, Ingress};
 use crate::problem::{json, problem};
+use crate::trigger::http::front_door::BodyReader;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -55,8 +59,6 @@ pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 pub const SUBSCRIBE_PATH: &str = "/dapr/subscribe";
 /// Prefix of the delivery routes.
 pub const EVENTS_PREFIX: &str = "/dapr/events/";
-/// Largest CloudEvent accepted.
-const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// The send side on one Dapr pub/sub component.
 pub struct DaprBroker {
@@ -332,16 +334,31 @@ async fn deliver(
     sub: &DaprSubscription,
     req: Request<Incoming>,
 ) -> HostResponse {
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_EVENT_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            tracing::warn!(topic = %sub.topic, error = %e, "dropping an event whose body could not be read");
+    // The whole event first, under the front door's size limit, deadline
+    // and memory budget (docs/operations.md), before any instance is
+    // taken: a slow sender holds a socket, never an instance.
+    let Some(reader) = req.extensions().get::<BodyReader>().cloned() else {
+        tracing::error!(topic = %sub.topic, "a delivery reached the Dapr receiver without the front door's body reader; asking Dapr to retry");
+        return status("RETRY");
+    };
+    // Held to the end of the delivery: its bytes count against the budget
+    // until then.
+    let buffered = match reader.read(req).await {
+        Ok(req) => req.into_body(),
+        // Too large never gets smaller: drop it rather than have daprd
+        // retry it forever.
+        Err(refusal) if refusal.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            tracing::warn!(topic = %sub.topic, "dropping an event larger than --max-request-body-bytes");
             return status("DROP");
         }
+        // 408 (too slow), 503 (body memory spent), 400 (broken off):
+        // daprd retries a non-2xx answer.
+        Err(refusal) => {
+            tracing::warn!(topic = %sub.topic, status = %refusal.status(), "an event's body could not be read in time or memory; daprd will retry it");
+            return refusal;
+        }
     };
+    let body = buffered.bytes();
     let event: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {

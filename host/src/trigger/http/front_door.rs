@@ -527,6 +527,41 @@ pub async fn read_body(
     Ok(Request::from_parts(parts, body))
 }
 
+/// The front door's body reader, for request handlers that run before
+/// the public routes (a backend's [`crate::ingress::Ingress`] hook, such
+/// as Dapr's deliveries on `/dapr/events/...`): the HTTP trigger puts one
+/// in every request's extensions, so such a hook reads a body under the
+/// same size limit, deadline and memory budget as a public route, and
+/// before it takes an instance.
+#[derive(Clone)]
+pub struct BodyReader {
+    limits: FrontDoorLimits,
+    budget: Arc<BodyBudget>,
+}
+
+impl BodyReader {
+    /// A reader under `limits`, drawing from `budget`.
+    pub fn new(limits: FrontDoorLimits, budget: Arc<BodyBudget>) -> Self {
+        BodyReader { limits, budget }
+    }
+
+    /// [`read_body`] under this reader's limits and budget.
+    pub async fn read(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Request<BufferedBody>, http::Response<HyperOutgoingBody>> {
+        read_body(request, &self.limits, &self.budget).await
+    }
+}
+
+impl BufferedBody {
+    /// The body's bytes (empty when the request had none); its memory
+    /// stays drawn from the budget until the body is dropped.
+    pub fn bytes(&self) -> Bytes {
+        self.data.clone().unwrap_or_default()
+    }
+}
+
 /// Asks the client to close the connection after this response (its
 /// request body may be unread).
 fn close(response: &mut http::Response<HyperOutgoingBody>) {

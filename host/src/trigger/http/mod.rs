@@ -143,7 +143,11 @@ async fn route(
         };
     }
     // The backends' hooks: Dapr's app channel and its APP_API_TOKEN check.
+    // A hook that reads a body (Dapr's deliveries) reads it with this
+    // reader, under the public routes' limits and budget.
     let mut req = req;
+    req.extensions_mut()
+        .insert(front_door::BodyReader::new(*limits, budget.clone()));
     for hook in app.backends().ingress() {
         req = match hook.intercept(req).await {
             Ok(response) => return response,
@@ -207,22 +211,57 @@ async fn unrouted(
     problem(StatusCode::NOT_FOUND, "no-route", detail)
 }
 
-/// Serves Prometheus metrics on their own listener.
+/// Open connections the metrics listener holds at once: a few scrapers
+/// need a handful; the cap keeps a flood of sockets on the metrics port
+/// from costing more than that many descriptors.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// Serves Prometheus metrics on their own listener, under the front
+/// door's header-read and idle timeouts (`limits`; its body limits do not
+/// apply: the listener reads no body) and a cap of
+/// [`METRICS_MAX_CONNECTIONS`] connections, shed as on the app's
+/// listener, so slow clients on the metrics port cannot stop a scrape.
 pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
+    limits: FrontDoorLimits,
 ) {
+    let connections = Arc::new(Connections::new(METRICS_MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, client) = tokio::select! {
             _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, open = connections.len(), "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
-        let metrics = metrics.clone();
+        let conn = match connections.admit() {
+            Admission::Serve(conn) => conn,
+            Admission::Refuse => {
+                tracing::warn!(%client, "metrics connection refused: {METRICS_MAX_CONNECTIONS} scrapes are running");
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(&front_door::refused_response()),
+                    )
+                    .await;
+                });
+                continue;
+            }
+        };
+        let (metrics, tracked) = (metrics.clone(), conn.clone());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let metrics = metrics.clone();
+            let (metrics, conn) = (metrics.clone(), tracked.clone());
             async move {
-                Ok::<_, Infallible>(if req.uri().path() == "/metrics" {
+                conn.enter(Phase::Busy);
+                let response = if req.uri().path() == "/metrics" {
                     Response::builder()
                         .header(
                             http::header::CONTENT_TYPE,
@@ -236,9 +275,25 @@ pub async fn serve_metrics(
                         "no-route",
                         "metrics are served at /metrics",
                     )
-                })
+                };
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, conn)))
             }
         });
-        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(TrackedIo::new(stream, conn.clone()));
+        let served = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service);
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = served => if let Err(e) = result {
+                    tracing::debug!(error = %e, %client, "metrics connection ended with an error");
+                },
+                why = conn.closed(&limits) => {
+                    tracing::debug!(%client, why, "metrics connection closed by the host");
+                }
+            }
+            connections.remove(&conn);
+        });
     }
 }
