@@ -61,10 +61,10 @@ pub async fn messages(args: MessagesArgs) -> Result<(), ExitError> {
             args.data_dir.display()
         )));
     }
-    let db = embedded::EmbeddedDb::open(&args.data_dir).map_err(ExitError::runtime)?;
-    let stored = embedded::stored_messages(&db, &args.topic)
-        .await
-        .map_err(ExitError::runtime)?;
+    // Read-only: a host may be running on this directory (it holds the
+    // lock; this takes none and changes nothing).
+    let stored =
+        embedded::stored_messages(&args.data_dir, &args.topic).map_err(ExitError::runtime)?;
     for (seq, m) in stored {
         let line = serde_json::json!({
             "seq": seq,

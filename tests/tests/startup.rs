@@ -205,6 +205,28 @@ fn read_only_commands_work_while_the_host_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(host.get("/healthz").status(), 200);
+
+    // A directory without a database: one line saying so, no panic, and
+    // nothing created there.
+    let empty = tempfile::tempdir().unwrap();
+    let out: Output = Command::new(wasmshop_bin())
+        .args(["messages", "--topic", "products.deadletter", "--data-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--data-dir") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(empty.path()).unwrap().count(),
+        0,
+        "`wasmshop messages` created files in {}",
+        empty.path().display()
+    );
 }
 
 #[test]

@@ -191,6 +191,33 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Opens `wasmshop.db` in `data_dir` for an inspection command
+/// (`wasmshop messages`) while a host may hold it: read-only, never
+/// created, no schema and no pragma that changes the file, so it takes no
+/// lock beyond a reader's and changes nothing a running host relies on.
+/// The error names the file and what to pass instead.
+pub fn open_read_only(data_dir: &Path) -> Result<Connection, BackendError> {
+    let path = data_dir.join("wasmshop.db");
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .and_then(|conn| {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    })
+    .map_err(|e| {
+        BackendError::unavailable(
+            NAME,
+            format!(
+                "cannot open the embedded database {} read-only ({e}); pass the --data-dir the host runs with",
+                path.display()
+            ),
+        )
+    })?;
+    Ok(conn)
+}
+
 /// Reader connections: one per core, at least 2.
 fn reader_count() -> usize {
     std::thread::available_parallelism()

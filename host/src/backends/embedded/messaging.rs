@@ -567,14 +567,19 @@ async fn sample(
     }
 }
 
-/// Messages currently stored for `topic` (for inspection of dead letters).
-pub async fn stored_messages(
-    db: &EmbeddedDb,
+/// Messages currently stored for `topic` in the embedded database of
+/// `data_dir`, oldest first, as (sequence number, message), for
+/// inspection of dead letters. Opens the database read-only
+/// ([`super::db::open_read_only`]), so it works while a host runs on the
+/// same directory. Errors: no database there, or not one of this host
+/// (no `messages` table).
+pub fn stored_messages(
+    data_dir: &std::path::Path,
     topic: &str,
 ) -> Result<Vec<(i64, BrokerMessage)>, BackendError> {
-    let topic = topic.to_string();
-    db.call(move |s| {
-        let mut stmt = s.conn.prepare(
+    let conn = super::db::open_read_only(data_dir)?;
+    let read = || -> rusqlite::Result<Vec<(i64, BrokerMessage)>> {
+        let mut stmt = conn.prepare(
             "SELECT seq, content_type, metadata, data FROM messages WHERE topic = ?1 ORDER BY seq",
         )?;
         stmt.query_map(params![topic], |r| {
@@ -589,8 +594,16 @@ pub async fn stored_messages(
             ))
         })?
         .collect()
+    };
+    read().map_err(|e| {
+        BackendError::unavailable(
+            super::NAME,
+            format!(
+                "cannot read the stored messages from {} ({e}); pass the --data-dir of a host that ran with the embedded backend",
+                data_dir.join("wasmshop.db").display()
+            ),
+        )
     })
-    .await
 }
 
 #[cfg(test)]
