@@ -21,6 +21,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _, SpanProcessor};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,22 +43,48 @@ pub struct Queue<T> {
 /// A log record with its scope, as queued.
 pub type LogItem = (SdkLogRecord, InstrumentationScope);
 
-/// Asks a running export task to send what it holds.
-pub struct Flusher(Box<dyn FnOnce() -> Option<oneshot::Receiver<()>> + Send>);
+/// The flush of one signal: runs until its queue is sent or the deadline.
+type FlushFn = Box<
+    dyn FnOnce(tokio::time::Instant) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
+
+/// Asks a running export task to send what it holds, by a deadline.
+pub struct Flusher(FlushFn);
 
 impl Flusher {
-    /// Waits (at most `limit`) until the task exported what was queued.
-    pub async fn flush(self, limit: Duration) {
-        if let Some(done) = (self.0)() {
-            let _ = tokio::time::timeout(limit, done).await;
-        }
+    /// Waits until the task exported what was queued, or until
+    /// `deadline`: then what is still queued or in the batch being sent
+    /// is given up, counted in `wasmshop_telemetry_dropped_total` and
+    /// named in one warning.
+    pub async fn flush(self, deadline: tokio::time::Instant) {
+        (self.0)(deadline).await
     }
 }
 
-fn flusher<T: Send + 'static>(tx: mpsc::Sender<Msg<T>>) -> Flusher {
-    Flusher(Box::new(move || {
-        let (done, wait) = oneshot::channel();
-        tx.try_send(Msg::Flush(done)).ok().map(|_| wait)
+fn flusher<T: Send + 'static>(
+    tx: mpsc::Sender<Msg<T>>,
+    held: Arc<AtomicUsize>,
+    signal: Signal,
+) -> Flusher {
+    Flusher(Box::new(move |deadline| {
+        Box::pin(async move {
+            let (done, wait) = oneshot::channel();
+            let sent = tokio::time::timeout_at(deadline, tx.send(Msg::Flush(done))).await;
+            let finished = matches!(sent, Ok(Ok(())))
+                && matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(())));
+            if finished {
+                return;
+            }
+            let queued = tx.max_capacity() - tx.capacity();
+            let lost = (queued + held.load(Ordering::Relaxed)) as u64;
+            count_dropped(signal, lost);
+            tracing::warn!(
+                target: SELF_TARGET,
+                signal = signal.label(),
+                dropped = lost,
+                "telemetry shutdown deadline reached before the OTLP export finished; what was not sent is dropped. Check that the collector at OTEL_EXPORTER_OTLP_ENDPOINT answers"
+            );
+        })
     }))
 }
 
@@ -170,11 +198,19 @@ trait Sink<T> {
     fn send(&mut self, batch: Vec<T>) -> impl Future<Output = ()> + Send;
 }
 
+/// Items taken from the queue and not yet sent (the batch being built or
+/// exported), for the count of what a shutdown deadline gives up.
+async fn send_all<T>(sink: &mut impl Sink<T>, batch: &mut Vec<T>, held: &AtomicUsize) {
+    sink.send(std::mem::take(batch)).await;
+    held.store(0, Ordering::Relaxed);
+}
+
 async fn batch_loop<T: Send + 'static>(
     mut queue: Queue<T>,
     max_batch: usize,
     delay: Duration,
     mut sink: impl Sink<T>,
+    held: Arc<AtomicUsize>,
 ) {
     drop(queue.tx);
     let mut batch = Vec::new();
@@ -185,26 +221,27 @@ async fn batch_loop<T: Send + 'static>(
             msg = queue.rx.recv() => match msg {
                 Some(Msg::Item(item)) => {
                     batch.push(item);
+                    held.store(batch.len(), Ordering::Relaxed);
                     if batch.len() >= max_batch {
-                        sink.send(std::mem::take(&mut batch)).await;
+                        send_all(&mut sink, &mut batch, &held).await;
                     }
                 }
                 Some(Msg::Flush(done)) => {
                     if !batch.is_empty() {
-                        sink.send(std::mem::take(&mut batch)).await;
+                        send_all(&mut sink, &mut batch, &held).await;
                     }
                     let _ = done.send(());
                 }
                 None => {
                     if !batch.is_empty() {
-                        sink.send(batch).await;
+                        send_all(&mut sink, &mut batch, &held).await;
                     }
                     return;
                 }
             },
             _ = tick.tick() => {
                 if !batch.is_empty() {
-                    sink.send(std::mem::take(&mut batch)).await;
+                    send_all(&mut sink, &mut batch, &held).await;
                 }
             }
         }
@@ -291,17 +328,31 @@ impl Sink<LogItem> for LogSink {
 
 /// Starts the span export task; the flusher sends what is queued.
 pub fn run_spans(queue: Queue<SpanData>, config: &super::Config) -> Flusher {
-    let flush = flusher(queue.tx.clone());
+    let held = Arc::new(AtomicUsize::new(0));
+    let flush = flusher(queue.tx.clone(), held.clone(), Signal::Span);
     let sink = SpanSink(HashMap::new());
-    tokio::spawn(batch_loop(queue, config.max_batch, config.delay, sink));
+    tokio::spawn(batch_loop(
+        queue,
+        config.max_batch,
+        config.delay,
+        sink,
+        held,
+    ));
     flush
 }
 
 /// Starts the log record export task; the flusher sends what is queued.
 pub fn run_logs(queue: Queue<LogItem>, config: &super::Config) -> Flusher {
-    let flush = flusher(queue.tx.clone());
+    let held = Arc::new(AtomicUsize::new(0));
+    let flush = flusher(queue.tx.clone(), held.clone(), Signal::LogRecord);
     let sink = LogSink(HashMap::new());
-    tokio::spawn(batch_loop(queue, config.max_batch, config.delay, sink));
+    tokio::spawn(batch_loop(
+        queue,
+        config.max_batch,
+        config.delay,
+        sink,
+        held,
+    ));
     flush
 }
 
@@ -317,7 +368,7 @@ fn any_value_text(v: &opentelemetry::logs::AnyValue) -> String {
 /// resource; components are the `component` label, as on `/metrics`.
 pub fn meter_provider()
 -> Result<opentelemetry_sdk::metrics::SdkMeterProvider, opentelemetry_otlp::ExporterBuildError> {
-    let exporter = opentelemetry_otlp::MetricExporter::builder().build()?;
+    let exporter = CountingMetricExporter(opentelemetry_otlp::MetricExporter::builder().build()?);
     let reader =
         opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
             exporter,
@@ -329,4 +380,34 @@ pub fn meter_provider()
         .with_resource(resource(""))
         .with_reader(reader)
         .build())
+}
+
+/// The OTLP metric exporter, counting and warning about each failed
+/// export as the span and log exporters do (the SDK's periodic reader
+/// would only report it through its own, unwired, internal log).
+struct CountingMetricExporter(opentelemetry_otlp::MetricExporter);
+
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for CountingMetricExporter {
+    async fn export(
+        &self,
+        metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> OTelSdkResult {
+        let result = self.0.export(metrics).await;
+        if let Err(e) = &result {
+            count_failed(Signal::Metrics, 1, e);
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        self.0.temporality()
+    }
 }

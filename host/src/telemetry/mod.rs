@@ -18,6 +18,7 @@
 //! component that did the work: `service.name` is its Dapr app id
 //! ([`name_components`]).
 
+pub mod env;
 pub mod export;
 pub mod guest;
 pub mod kv;
@@ -133,16 +134,27 @@ pub struct Config {
     pub max_batch: usize,
     /// A protocol this build cannot speak (`http/json`), named for the error.
     pub unsupported_protocol: Option<String>,
+    /// `OTEL_*` values not used as given ([`env::check`]): [`install`]
+    /// warns about each and rewrites the process environment so the SDK
+    /// crates, which read it themselves, see the value used.
+    pub findings: Vec<env::Finding>,
 }
 
 impl Config {
     /// Reads the standard variables through `var` (`std::env::var` in the host).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Config {
+        let findings = env::check(&var);
+        // Read through the findings: an ignored value is unset.
+        let var = |k: &str| match findings.iter().find(|f| f.var == k) {
+            Some(f) => f.replacement.clone(),
+            None => var(k),
+        };
         let set = |k: &str| var(k).is_some_and(|v| !v.trim().is_empty());
-        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true");
+        let disabled =
+            var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let wanted = |exporter: &str, endpoint: &str| {
             !disabled
-                && var(exporter).is_none_or(|e| e.trim() != "none")
+                && var(exporter).is_none_or(|e| !e.trim().eq_ignore_ascii_case("none"))
                 && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(endpoint))
         };
         let number = |k: &str, default: usize| {
@@ -173,6 +185,7 @@ impl Config {
             delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000) as u64),
             max_batch: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
             unsupported_protocol,
+            findings,
         }
     }
 
@@ -232,6 +245,16 @@ pub fn install(json: bool) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::filter::filter_fn;
     let config = Config::from_env(|k| std::env::var(k).ok());
+    for f in &config.findings {
+        // SAFETY: called from `main` before the tokio runtime and the log
+        // writer thread start, so no other thread reads the environment.
+        unsafe {
+            match &f.replacement {
+                Some(v) => std::env::set_var(f.var, v),
+                None => std::env::remove_var(f.var),
+            }
+        }
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = writer::NonBlockingStderr::get();
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
@@ -291,6 +314,9 @@ pub fn install(json: bool) {
         .with(logs)
         .with(spans::ComponentLayer)
         .try_init();
+    for w in config.findings.iter().filter_map(|f| f.warning.as_ref()) {
+        tracing::warn!(target: SELF_TARGET, "{w}");
+    }
     let _ = INSTALLED.set(Installed {
         config,
         span_queue: Mutex::new(span_queue),
@@ -355,17 +381,36 @@ pub fn start() -> Export {
 }
 
 impl Export {
-    /// Sends what is queued (each signal given up to `limit`), stops the
-    /// metrics reader after a last collection, and writes the pending log
-    /// lines to stderr.
+    /// Sends what is queued and stops the metrics reader after a last
+    /// collection, all signals at once and all within `limit` together:
+    /// what is not sent by then is dropped, counted and warned about
+    /// (a collector that accepts and never answers cannot hold the exit
+    /// past it). Then the pending log lines get at most one more second
+    /// to reach stderr.
     pub async fn shutdown(self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waits = tokio::task::JoinSet::new();
         for f in self.flushers {
-            f.flush(limit).await;
+            waits.spawn(f.flush(deadline));
         }
         if let Some(provider) = self.meter_provider {
-            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A plain thread, not `spawn_blocking`: a stopping runtime
+            // waits for its blocking tasks, and this one may hang on the
+            // collector.
+            let _ = std::thread::Builder::new()
+                .name("wasmshop-metrics-shutdown".into())
+                .spawn(move || {
+                    let _ = tx.send(provider.shutdown_with_timeout(limit));
+                });
+            waits.spawn(async move {
+                if !matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(Ok(())))) {
+                    count_dropped(Signal::Metrics, 1);
+                }
+            });
         }
-        writer::NonBlockingStderr::flush(limit);
+        while waits.join_next().await.is_some() {}
+        writer::NonBlockingStderr::flush(Duration::from_secs(1));
     }
 }
 
@@ -401,6 +446,26 @@ mod tests {
             ("OTEL_SDK_DISABLED", "true"),
         ]);
         assert!(!disabled.any());
+    }
+
+    #[test]
+    fn an_ignored_value_is_read_as_unset() {
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "maybe"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "abc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ]);
+        assert!(c.traces && c.logs && c.metrics);
+        assert_eq!(c.span_queue, 2048);
+        assert_eq!(c.delay, Duration::from_millis(1000));
+        assert_eq!(c.findings.len(), 4);
+        let off = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "True"),
+        ]);
+        assert!(!off.any());
     }
 
     #[test]
