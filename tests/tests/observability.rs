@@ -480,3 +480,124 @@ fn across_the_two_processes_of_the_dapr_deployment_the_order_is_still_one_trace(
         "{all}"
     );
 }
+
+/// A port where a "collector" accepts connections and never answers (the
+/// accepted sockets are kept open until the test ends).
+fn hanging_collector() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.extend(conn.ok());
+        }
+    });
+    port
+}
+
+#[test]
+fn sigterm_exits_promptly_although_the_collector_never_answers() {
+    let port = hanging_collector();
+    let mut host = Host::builder()
+        .manifest(app_manifest_with_recorder())
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .start();
+    for _ in 0..300 {
+        let (status, body) = send(&host, reqwest::Method::GET, "/api/products", None, None);
+        assert_eq!(status, 200, "{body}");
+    }
+    let pid = host.pid();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = host.terminate();
+        let _ = tx.send(status);
+        host
+    });
+    // A liveness bound (a stuck exporter used to hold the exit for 20 s
+    // and more), well inside a 30 s termination grace period.
+    let Ok(status) = rx.recv_timeout(Duration::from_secs(15)) else {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let host = waiter.join().unwrap();
+        panic!(
+            "the host did not exit within 15 s of SIGTERM:\n{}",
+            host.logs()
+        );
+    };
+    let host = waiter.join().unwrap();
+    assert!(status.success(), "{status:?}\n{}", host.logs());
+    assert!(
+        host.logs().contains("telemetry shutdown deadline reached"),
+        "the lost telemetry is not reported:\n{}",
+        host.logs()
+    );
+}
+
+#[test]
+fn failed_metric_exports_are_counted_and_bad_otel_values_warned() {
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = Host::builder()
+        .manifest(app_manifest_with_recorder())
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://127.0.0.1:{dead}"),
+        )
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .env("OTEL_SDK_DISABLED", "maybe")
+        .env("OTEL_TRACES_EXPORTER", "zipkin")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "abc")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "NaN")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "garbage,,=x")
+        .arg("--metrics-listen")
+        .arg(&format!("127.0.0.1:{metrics}"))
+        .start();
+    let (status, _) = send(&host, reqwest::Method::GET, "/api/products", None, None);
+    assert_eq!(status, 200);
+
+    let needle = "wasmshop_telemetry_export_failures_total{signal=\"metrics\"} ";
+    let counted = wasmshop_tests::wait_for(Duration::from_secs(20), || {
+        let text = client()
+            .get(format!("http://127.0.0.1:{metrics}/metrics"))
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        let line = text.lines().find(|l| l.starts_with(needle))?.to_string();
+        (line != format!("{needle}0")).then_some(line)
+    });
+    assert!(counted.is_some(), "no metrics export failure counted");
+    let logs = host.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("OTLP export failed") && l.contains("metrics")),
+        "no warning about the failed metrics export:\n{logs}"
+    );
+
+    // One warning line per bad variable, naming it and its value.
+    for var in [
+        "OTEL_SDK_DISABLED=\"maybe\"",
+        "OTEL_TRACES_EXPORTER=\"zipkin\"",
+        "OTEL_BSP_MAX_QUEUE_SIZE=\"abc\"",
+        "OTEL_EXPORTER_OTLP_TIMEOUT=\"NaN\"",
+        "OTEL_RESOURCE_ATTRIBUTES=\"garbage,,=x\"",
+    ] {
+        let n = logs.lines().filter(|l| l.contains(var)).count();
+        assert_eq!(n, 1, "{var}: {n} lines in\n{logs}");
+    }
+}
