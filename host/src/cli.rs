@@ -188,6 +188,23 @@ pub struct UpArgs {
     #[arg(long, env = "WASMSHOP_BODY_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub body_buffer_mb: usize,
 
+    /// Seconds a client may accept no bytes of a response before its
+    /// connection is closed (more than 0, at most 3600).
+    #[arg(long, env = "WASMSHOP_SEND_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 30.0, value_parser = parse_hour)]
+    pub send_timeout_secs: f64,
+
+    /// Largest response body the host buffers for one response, in bytes
+    /// (0 to 1 GiB; 0 streams every response from its instance); a larger
+    /// one is streamed, holding its instance while the client reads.
+    #[arg(long, env = "WASMSHOP_MAX_RESPONSE_BUFFER_BYTES", allow_negative_numbers = true, default_value_t = 16 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1 << 30))]
+    pub max_response_buffer_bytes: usize,
+
+    /// MiB of response bodies the host buffers at once, across all
+    /// responses (0 to 65536); past it responses are streamed from their
+    /// instances.
+    #[arg(long, env = "WASMSHOP_RESPONSE_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    pub response_buffer_mb: usize,
+
     /// The backends' own flags (`--dapr-*`).
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -411,6 +428,9 @@ fn front_door_limits(args: &UpArgs) -> FrontDoorLimits {
         max_connections,
         max_body_bytes: args.max_request_body_bytes,
         body_budget_bytes: args.body_buffer_mb << 20,
+        send_timeout: Duration::from_secs_f64(args.send_timeout_secs),
+        max_response_buffer_bytes: args.max_response_buffer_bytes,
+        response_budget_bytes: args.response_buffer_mb << 20,
     }
 }
 

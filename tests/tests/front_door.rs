@@ -94,8 +94,9 @@ fn assert_still_serving(host: &Host) {
             .unwrap_or_else(|e| panic!("GET /api/products #{i} did not complete: {e}"));
         assert!(
             r.status().is_success(),
-            "GET /api/products #{i}: {}",
-            r.status()
+            "GET /api/products #{i}: {}; host log:\n{}",
+            r.status(),
+            host.logs()
         );
     }
     let r = c
@@ -201,8 +202,10 @@ fn a_chained_call_finding_no_free_instance_fails_at_once() {
 fn at_the_connection_cap_the_oldest_slow_connection_is_shed() {
     let host = Host::builder().arg("--max-connections").arg("20").start();
     let mut oldest = slow_body(&host);
-    std::thread::sleep(Duration::from_millis(100));
+    // Only a connection slow for longer than a second may be shed.
+    std::thread::sleep(Duration::from_millis(1500));
     let rest: Vec<TcpStream> = (0..30).map(|_| slow_body(&host)).collect();
+    std::thread::sleep(Duration::from_millis(1500));
     assert_still_serving(&host);
     assert!(
         closed_by_host(&mut oldest),
@@ -337,4 +340,145 @@ fn slow_heads_on_the_metrics_port_do_not_stop_a_scrape() {
         "the newest slow head is closed once its header-read time is up"
     );
     assert_eq!(host.get("/healthz").status(), 200);
+}
+
+/// Seeds `count` products in tenant `big`, each with a 2000-emoji
+/// description (8 KB of UTF-8), so one page of them is a large response.
+fn seed_big_products(host: &Host, count: usize) {
+    let description: String = std::iter::repeat_n('😀', 2000).collect();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let description = &description;
+            scope.spawn(move || {
+                let c = client();
+                for i in (t..count).step_by(4) {
+                    // The pool may be smaller than the seeding threads.
+                    let r = wasmshop_tests::wait_for(PATIENCE, || {
+                        let r = c
+                        .post(host.url("/api/products"))
+                        .header("x-tenant-id", "big")
+                        .json(&json!({"id": format!("big-{i}"), "name": "Big", "description": description, "price": 1, "stock": 1}))
+                        .send()
+                        .unwrap();
+                        (r.status() != 503).then_some(r)
+                    })
+                    .expect("the pool frees an instance");
+                    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+                }
+            });
+        }
+    });
+}
+
+/// Products in the big page: 700 of 8 KB make a 5.7 MB response, more
+/// than the kernel's socket buffers absorb for a client that reads
+/// nothing, so the host really waits on that client.
+const BIG_PAGE: usize = 700;
+
+/// A socket with a 4 KiB receive buffer that asks for the big page and
+/// then reads nothing.
+fn stalled_reader(host: &Host) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(addr(host).parse().unwrap()).await.unwrap()
+    });
+    let mut s = stream.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    write!(
+        s,
+        "GET /api/products?limit=1000 HTTP/1.1\r\nhost: x\r\nx-tenant-id: big\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn clients_that_never_read_a_big_response_do_not_hold_instances() {
+    let host = Host::builder()
+        .arg("--max-instances")
+        .arg("2")
+        .arg("--response-buffer-mb")
+        .arg("32")
+        .arg("--send-timeout-secs")
+        .arg("120")
+        .start();
+    seed_big_products(&host, BIG_PAGE);
+    let big = client()
+        .get(host.url("/api/products?limit=1000"))
+        .header("x-tenant-id", "big")
+        .send()
+        .unwrap();
+    assert_eq!(big.status(), 200);
+    let size = big.bytes().unwrap().len();
+    assert!(size > 5_000_000, "the page is large: {size} bytes");
+    let before = rss_kib(host.pid());
+    // Twice as many stalled readers as instances.
+    let stalled: Vec<TcpStream> = (0..4).map(|_| stalled_reader(&host)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_still_serving(&host);
+    // Their responses sit in the host's response buffer (32 MiB at most),
+    // not in instances: memory grows by about that, not without bound.
+    let grown_mib = rss_kib(host.pid()).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 32 + 100,
+        "the host grew by {grown_mib} MiB for 4 stalled readers"
+    );
+    drop(stalled);
+}
+
+#[test]
+fn a_stalled_reader_is_cut_off_after_the_send_timeout() {
+    let host = Host::builder().arg("--send-timeout-secs").arg("1").start();
+    seed_big_products(&host, BIG_PAGE);
+    let mut stalled = stalled_reader(&host);
+    std::thread::sleep(Duration::from_secs(3));
+    // Reading now finds the response broken off, not the whole page.
+    stalled.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    assert!(
+        got.len() < 5_000_000,
+        "the host closed the connection of a client that accepted nothing for longer than --send-timeout-secs ({} bytes sent)",
+        got.len()
+    );
+}
+
+#[test]
+fn at_the_connection_cap_complete_requests_get_a_response() {
+    let host = Host::builder().arg("--max-connections").arg("5").start();
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let addr = addr(&host);
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET /api/products HTTP/1.1\r\nhost: x\r\nx-tenant-id: cap\r\nconnection: close\r\n\r\n")
+                    .unwrap();
+                read_head(&mut s)
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let (status, head) = t
+            .join()
+            .unwrap()
+            .unwrap_or_else(|| panic!("client #{i} with a complete request got no response"));
+        assert!(
+            status == 200 || (status == 503 && head.contains("retry-after:")),
+            "client #{i}: {status} {head}"
+        );
+    }
 }

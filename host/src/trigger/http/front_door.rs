@@ -25,8 +25,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,7 +52,25 @@ pub struct FrontDoorLimits {
     pub max_body_bytes: usize,
     /// Bytes of request bodies buffered at once, across all requests.
     pub body_budget_bytes: usize,
+    /// How long a client may accept no bytes of a response before its
+    /// connection is closed.
+    pub send_timeout: Duration,
+    /// Largest response body the host buffers for one response; a larger
+    /// one is streamed from its instance.
+    pub max_response_buffer_bytes: usize,
+    /// Bytes of response bodies buffered at once, across all responses.
+    pub response_budget_bytes: usize,
 }
+
+/// How long a connection must have been reading a request head or body
+/// before the connection cap may shed it: one just accepted, whose head is
+/// arriving at a normal pace, is no slow client, and shedding it would
+/// reset a request that is about to be served.
+pub const SHED_AFTER: Duration = Duration::from_secs(1);
+
+/// Largest piece of a buffered response handed to hyper at once, so each
+/// piece the client accepts re-arms the send deadline.
+const SEND_PIECE: usize = 64 << 10;
 
 /// What a connection is doing, for its timeouts and for shedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +84,9 @@ pub enum Phase {
     Busy = 2,
     /// Between a response and the next request (keep-alive).
     Idle = 3,
+    /// Response bytes are waiting for the client to accept them (under
+    /// the send timeout).
+    Send = 4,
 }
 
 impl Phase {
@@ -73,7 +95,8 @@ impl Phase {
             0 => Phase::Head,
             1 => Phase::Body,
             2 => Phase::Busy,
-            _ => Phase::Idle,
+            3 => Phase::Idle,
+            _ => Phase::Send,
         }
     }
 }
@@ -89,6 +112,9 @@ pub struct Conn {
     shed: Notify,
     /// Woken when the phase changes, so the watchdog re-arms its timer.
     changed: Notify,
+    /// The response body is done; the connection turns idle once hyper
+    /// has flushed its last bytes to the socket.
+    flushing: AtomicBool,
 }
 
 impl Conn {
@@ -103,6 +129,13 @@ impl Conn {
         self.changed.notify_one();
     }
 
+    /// Restarts the current phase's clock without waking the watchdog
+    /// (it re-reads the clock when its timer fires): the client accepted
+    /// response bytes.
+    fn touch(&self) {
+        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
@@ -115,6 +148,7 @@ impl Conn {
         let limit = match self.phase() {
             Phase::Head => limits.header_read_timeout,
             Phase::Idle => limits.idle_timeout,
+            Phase::Send => limits.send_timeout,
             Phase::Body | Phase::Busy => return None,
         };
         let spent = Duration::from_millis(
@@ -132,6 +166,7 @@ impl Conn {
                 Some(left) if left.is_zero() => {
                     return match self.phase() {
                         Phase::Idle => "idle timeout",
+                        Phase::Send => "send timeout: the client accepted no response bytes",
                         _ => "header read timeout",
                     };
                 }
@@ -185,18 +220,25 @@ impl Connections {
         self.len() == 0
     }
 
-    /// Admits a new connection, shedding one at the cap: the oldest still
-    /// reading a head or a body (slow clients), else the oldest idle one.
+    /// Admits a new connection, shedding one at the cap: the oldest that
+    /// has been reading a head or a body for longer than [`SHED_AFTER`]
+    /// (slow clients), else the oldest idle one; with neither, the new
+    /// one is refused.
     pub fn admit(&self) -> Admission {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= self.max {
-            let oldest = |wanted: &[Phase]| {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let slow_since = now.saturating_sub(SHED_AFTER.as_millis() as u64);
+            let oldest = |wanted: &[Phase], before: u64| {
                 open.values()
                     .filter(|c| wanted.contains(&c.phase()))
-                    .min_by_key(|c| c.since_ms.load(Ordering::Relaxed))
-                    .map(|c| c.id)
+                    .map(|c| (c.since_ms.load(Ordering::Relaxed), c.id))
+                    .filter(|(since, _)| *since <= before)
+                    .min()
+                    .map(|(_, id)| id)
             };
-            let victim = oldest(&[Phase::Head, Phase::Body]).or_else(|| oldest(&[Phase::Idle]));
+            let victim = oldest(&[Phase::Head, Phase::Body], slow_since)
+                .or_else(|| oldest(&[Phase::Idle], now));
             match victim.and_then(|id| open.remove(&id)) {
                 Some(victim) => {
                     tracing::debug!(phase = ?victim.phase(), "connection cap reached: shedding the oldest slow or idle connection");
@@ -213,6 +255,7 @@ impl Connections {
             epoch: self.epoch,
             shed: Notify::new(),
             changed: Notify::new(),
+            flushing: AtomicBool::new(false),
         });
         open.insert(id, conn.clone());
         Admission::Serve(conn)
@@ -258,6 +301,15 @@ impl<T> TrackedIo<T> {
     }
 }
 
+impl<T> TrackedIo<T> {
+    /// The client accepted response bytes: its send deadline restarts.
+    fn sent(&self, result: &Poll<std::io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) && self.conn.phase() == Phase::Send {
+            self.conn.touch();
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -282,10 +334,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.sent(&result);
+        result
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        // hyper flushes after the end of each response: once that flush
+        // is through, the client has every byte and the connection idles.
+        if matches!(result, Poll::Ready(Ok(()))) && self.conn.flushing.swap(false, Ordering::AcqRel)
+        {
+            self.conn.enter(Phase::Idle);
+        }
+        result
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -295,15 +356,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.sent(&result);
+        result
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 }
 
-/// A response body that moves its connection to [`Phase::Idle`] once
-/// hyper is done with it (sent or abandoned).
+/// A response body that times its client: while hyper holds a piece of
+/// it that the client has not accepted, the connection is in
+/// [`Phase::Send`] (under the send timeout); when hyper asks for the next
+/// piece it is [`Phase::Busy`] (the instance may still be producing it).
+/// Once hyper is done with the body the connection stays in
+/// [`Phase::Send`] until the last bytes are flushed, then idles.
 pub struct TrackedBody {
     inner: HyperOutgoingBody,
     conn: Arc<Conn>,
@@ -318,7 +385,8 @@ impl TrackedBody {
 
 impl Drop for TrackedBody {
     fn drop(&mut self) {
-        self.conn.enter(Phase::Idle);
+        self.conn.flushing.store(true, Ordering::Release);
+        self.conn.enter(Phase::Send);
     }
 }
 
@@ -330,7 +398,15 @@ impl Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        if self.conn.phase() == Phase::Send {
+            // hyper asks for more: the client took what it had.
+            self.conn.enter(Phase::Busy);
+        }
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(Some(Ok(_)))) {
+            self.conn.enter(Phase::Send);
+        }
+        frame
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -537,12 +613,25 @@ pub async fn read_body(
 pub struct BodyReader {
     limits: FrontDoorLimits,
     budget: Arc<BodyBudget>,
+    conn: Option<Arc<Conn>>,
 }
 
 impl BodyReader {
     /// A reader under `limits`, drawing from `budget`.
     pub fn new(limits: FrontDoorLimits, budget: Arc<BodyBudget>) -> Self {
-        BodyReader { limits, budget }
+        BodyReader {
+            limits,
+            budget,
+            conn: None,
+        }
+    }
+
+    /// The same reader for a request on `conn`: once the body is read the
+    /// connection is running a request ([`Phase::Busy`]), which the
+    /// connection cap never sheds.
+    pub fn on(mut self, conn: Arc<Conn>) -> Self {
+        self.conn = Some(conn);
+        self
     }
 
     /// [`read_body`] under this reader's limits and budget.
@@ -550,7 +639,11 @@ impl BodyReader {
         &self,
         request: Request<Incoming>,
     ) -> Result<Request<BufferedBody>, http::Response<HyperOutgoingBody>> {
-        read_body(request, &self.limits, &self.budget).await
+        let read = read_body(request, &self.limits, &self.budget).await;
+        if let (Ok(_), Some(conn)) = (&read, &self.conn) {
+            conn.enter(Phase::Busy);
+        }
+        read
     }
 }
 
@@ -560,6 +653,139 @@ impl BufferedBody {
     pub fn bytes(&self) -> Bytes {
         self.data.clone().unwrap_or_default()
     }
+}
+
+/// The error type of a response body handed to hyper.
+type SendError = <HyperOutgoingBody as Body>::Error;
+
+/// A response body drained from its instance into host memory (drawn from
+/// the response [`BodyBudget`] until dropped), sent in pieces of at most
+/// [`SEND_PIECE`] bytes; when the buffer could not hold all of it, the
+/// rest is streamed from the instance after the buffered part.
+struct ReplayBody {
+    chunks: VecDeque<Bytes>,
+    /// The instance's body failed after the buffered bytes: passed on so
+    /// hyper breaks the response off, as it would have when streaming.
+    error: Option<SendError>,
+    trailers: Option<HeaderMap>,
+    rest: Option<HyperOutgoingBody>,
+    _reservation: Reservation,
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = SendError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(chunk) = self.chunks.front_mut() {
+            let piece = chunk.split_to(chunk.len().min(SEND_PIECE));
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Some(t) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+            && self.error.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(rest) => {
+                let hint = rest.size_hint();
+                let mut sum = SizeHint::new();
+                sum.set_lower(hint.lower() + buffered);
+                if let Some(upper) = hint.upper() {
+                    sum.set_upper(upper + buffered);
+                }
+                sum
+            }
+        }
+    }
+}
+
+/// Drains `response`'s body from the instance producing it into host
+/// memory, so the instance is released as soon as it has written its
+/// body, whatever the pace of the client; the client is then fed from
+/// the buffer under the send timeout. At most
+/// `limits.max_response_buffer_bytes` are buffered for one response, and
+/// all responses together take at most `limits.response_budget_bytes`
+/// from `budget`: past either, the buffered part is sent and the rest is
+/// streamed from the instance, which stays held while the client reads
+/// (still under the send timeout). Streaming rather than refusing keeps a
+/// busy host answering large responses; the send timeout bounds how long
+/// a stalled client holds that instance.
+pub async fn buffer_response(
+    response: http::Response<HyperOutgoingBody>,
+    limits: &FrontDoorLimits,
+    budget: &Arc<BodyBudget>,
+) -> http::Response<HyperOutgoingBody> {
+    let (parts, mut body) = response.into_parts();
+    let max = limits.max_response_buffer_bytes;
+    if body.is_end_stream() || body.size_hint().lower() > max as u64 {
+        return http::Response::from_parts(parts, body);
+    }
+    let mut replay = ReplayBody {
+        chunks: VecDeque::new(),
+        error: None,
+        trailers: None,
+        rest: None,
+        _reservation: Reservation {
+            budget: budget.clone(),
+            bytes: 0,
+        },
+    };
+    let mut len = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                replay.error = Some(e);
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(chunk) => {
+                    if len + chunk.len() > max
+                        || !budget.take(chunk.len(), &mut replay._reservation)
+                    {
+                        tracing::debug!(
+                            buffered = len,
+                            budget_used = budget.used(),
+                            "response streamed from its instance: past the per-response buffer or the response budget"
+                        );
+                        replay.chunks.push_back(chunk);
+                        replay.rest = Some(body);
+                        break;
+                    }
+                    len += chunk.len();
+                    replay.chunks.push_back(chunk);
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        replay.trailers = Some(t);
+                    }
+                }
+            },
+        }
+    }
+    http::Response::from_parts(parts, replay.boxed_unsync())
 }
 
 /// Asks the client to close the connection after this response (its

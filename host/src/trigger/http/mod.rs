@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::problem::{json, problem};
 use component::RouteContext;
 pub use front_door::FrontDoorLimits;
-use front_door::{Admission, BodyBudget, Connections, Phase, TrackedBody, TrackedIo};
+use front_door::{Admission, BodyBudget, BodyReader, Connections, Phase, TrackedBody, TrackedIo};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -45,6 +45,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Connections::new(limits.max_connections));
     let budget = BodyBudget::new(limits.body_budget_bytes);
+    let responses = BodyBudget::new(limits.response_budget_bytes);
     loop {
         let (stream, client) = tokio::select! {
             _ = shutdown.changed() => break,
@@ -62,29 +63,26 @@ pub async fn serve(
         let conn = match connections.admit() {
             Admission::Serve(conn) => conn,
             Admission::Refuse => {
-                tracing::warn!(%client, "connection refused: every connection is running a request (--max-connections)");
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        stream.write_all(&front_door::refused_response()),
-                    )
-                    .await;
-                });
+                tracing::warn!(%client, "connection refused: every connection is running a request or has just begun one (--max-connections)");
+                tokio::spawn(refuse(stream));
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let (app, tracked, budget) = (app.clone(), conn.clone(), budget.clone());
+        let (app, tracked) = (app.clone(), conn.clone());
+        let reader = BodyReader::new(limits, budget.clone()).on(conn.clone());
+        let responses = responses.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (app, conn, budget) = (app.clone(), tracked.clone(), budget.clone());
+            let (app, conn, reader) = (app.clone(), tracked.clone(), reader.clone());
+            let responses = responses.clone();
             async move {
                 conn.enter(Phase::Body);
-                let response = crate::problem::in_request_trace(req, |req| {
-                    route(&app, req, client, &limits, &budget)
-                })
-                .await;
+                let response =
+                    crate::problem::in_request_trace(req, |req| route(&app, req, client, &reader))
+                        .await;
+                // The instance is released once its body is drained; a
+                // slow client then reads from the host's buffer.
+                let response = front_door::buffer_response(response, &limits, &responses).await;
                 conn.enter(Phase::Busy);
                 Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, conn)))
             }
@@ -117,12 +115,27 @@ pub async fn serve(
     }
 }
 
+/// Answers a connection refused at the cap with a 503 and closes it,
+/// reading what the client already sent first: closing a socket with
+/// unread bytes resets it, and the reset can destroy the 503 before the
+/// client reads it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let linger = async {
+        stream.write_all(&front_door::refused_response()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+}
+
 async fn route(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: SocketAddr,
-    limits: &FrontDoorLimits,
-    budget: &Arc<BodyBudget>,
+    reader: &BodyReader,
 ) -> Response<HyperOutgoingBody> {
     let path = req.uri().path().to_string();
     let probe = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -146,8 +159,7 @@ async fn route(
     // A hook that reads a body (Dapr's deliveries) reads it with this
     // reader, under the public routes' limits and budget.
     let mut req = req;
-    req.extensions_mut()
-        .insert(front_door::BodyReader::new(*limits, budget.clone()));
+    req.extensions_mut().insert(reader.clone());
     for hook in app.backends().ingress() {
         req = match hook.intercept(req).await {
             Ok(response) => return response,
@@ -155,7 +167,7 @@ async fn route(
         };
     }
     let Some((route, component, matched)) = app.router().route(&path) else {
-        return unrouted(app, req, client, limits, budget).await;
+        return unrouted(app, req, client, reader).await;
     };
     let ctx = RouteContext {
         route: Some(route.as_str().to_string()),
@@ -166,7 +178,7 @@ async fn route(
     let component = component.clone();
     // The whole body first: a slow client then holds a socket, never an
     // instance.
-    let req = match front_door::read_body(req, limits, budget).await {
+    let req = match reader.read(req).await {
         Ok(req) => req,
         Err(refusal) => return refusal,
     };
@@ -179,8 +191,7 @@ async fn unrouted(
     app: &Arc<App>,
     req: Request<Incoming>,
     client: SocketAddr,
-    limits: &FrontDoorLimits,
-    budget: &Arc<BodyBudget>,
+    reader: &BodyReader,
 ) -> Response<HyperOutgoingBody> {
     let decision = app
         .backends()
@@ -189,7 +200,7 @@ async fn unrouted(
         .find_map(|hook| hook.unrouted(&req, app.as_ref()));
     let why = match decision {
         Some(Unrouted::Serve(component)) => {
-            let req = match front_door::read_body(req, limits, budget).await {
+            let req = match reader.read(req).await {
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };
@@ -244,15 +255,7 @@ pub async fn serve_metrics(
             Admission::Serve(conn) => conn,
             Admission::Refuse => {
                 tracing::warn!(%client, "metrics connection refused: {METRICS_MAX_CONNECTIONS} scrapes are running");
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        stream.write_all(&front_door::refused_response()),
-                    )
-                    .await;
-                });
+                tokio::spawn(refuse(stream));
                 continue;
             }
         };
