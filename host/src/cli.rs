@@ -33,8 +33,9 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the application described by a Spin manifest.
-    Up(UpArgs),
+    /// Run the application described by a Spin manifest (boxed: its
+    /// flags make it far larger than the other commands).
+    Up(Box<UpArgs>),
     /// Print the messages the embedded backend holds for a topic, e.g. the
     /// dead letters of `products` (`--topic products.deadletter`).
     Messages(MessagesArgs),

@@ -18,7 +18,7 @@ fn main() {
     let result = runtime.block_on(async {
         let export = wasmshop::telemetry::start();
         let result = match cli.command {
-            Command::Up(args) => up(args).await,
+            Command::Up(args) => up(*args).await,
             Command::Messages(args) => messages(args).await,
         };
         export.shutdown(std::time::Duration::from_secs(5)).await;
