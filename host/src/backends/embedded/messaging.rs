@@ -23,7 +23,7 @@ use crate::capabilities::messaging::{
     MessageReceiver, ReceiveOptions, event_type,
 };
 use async_trait::async_trait;
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,14 +102,15 @@ impl EmbeddedBroker {
             return Ok(false);
         }
         let retention = DeadLetterRetention::current();
+        // The writer runs this in its own savepoint of the next group
+        // commit (all of it or none) and answers after that commit's fsync.
         self.db
             .call(move |s| {
-                let tx = s.conn.unchecked_transaction()?;
-                enqueue(&tx, &to, &client, &topic, &message)?;
+                enqueue(&s.conn, &to, &client, &topic, &message)?;
                 if dead_letters {
-                    prune_dead_letters(&tx, &topic, retention)?;
+                    prune_dead_letters(&s.conn, &topic, retention)?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await?;
         Ok(true)
@@ -163,9 +164,11 @@ impl MessageReceiver for EmbeddedReceiver {
     }
 }
 
-/// Inserts a message and its deliveries; returns the message's sequence number.
+/// Inserts a message and its deliveries; returns the message's sequence
+/// number. Runs inside the caller's transaction (a group commit's
+/// savepoint), which makes the message and its deliveries one write.
 fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     to: &[String],
     client: &str,
     topic: &str,
@@ -197,9 +200,9 @@ fn enqueue(
 
 /// Removes the dead letters of `topic` past `retention` (the oldest first:
 /// beyond the newest `max_count`, or older than `max_age`), with any
-/// deliveries of them still waiting.
+/// deliveries of them still waiting. Runs inside the caller's transaction.
 fn prune_dead_letters(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     topic: &str,
     retention: DeadLetterRetention,
 ) -> rusqlite::Result<usize> {
@@ -409,17 +412,17 @@ impl Dispatcher {
     async fn complete(&self, seq: i64, subscriber: String) -> Result<(), BackendError> {
         self.db
             .call(move |s| {
-                let tx = s.conn.unchecked_transaction()?;
-                tx.execute(
+                // Both deletes in the call's savepoint: kept or undone together.
+                s.conn.execute(
                     "DELETE FROM deliveries WHERE seq = ?1 AND subscriber = ?2",
                     params![seq, subscriber],
                 )?;
-                tx.execute(
+                s.conn.execute(
                     "DELETE FROM messages WHERE seq = ?1
                      AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
                     params![seq],
                 )?;
-                tx.commit()
+                Ok(())
             })
             .await
     }
@@ -453,7 +456,9 @@ impl Dispatcher {
         let retention = DeadLetterRetention::current();
         self.db
             .call(move |s| {
-                let tx = s.conn.unchecked_transaction()?;
+                // One savepoint of a group commit: the delivery's removal and
+                // the dead letter are kept or undone together.
+                let tx = &s.conn;
                 tx.execute(
                     "DELETE FROM deliveries WHERE seq = ?1 AND subscriber = ?2",
                     params![d.seq, d.subscriber],
@@ -467,15 +472,15 @@ impl Dispatcher {
                         &error,
                     );
                     let to = wanting(&subscribers, &d.client, &topic, &message);
-                    enqueue(&tx, &to, &d.client, &topic, &message)?;
-                    prune_dead_letters(&tx, &topic, retention)?;
+                    enqueue(tx, &to, &d.client, &topic, &message)?;
+                    prune_dead_letters(tx, &topic, retention)?;
                     tx.execute(
                         "DELETE FROM messages WHERE seq = ?1
                          AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?1)",
                         params![d.seq],
                     )?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
     }
@@ -517,13 +522,14 @@ async fn sample(
     while !*shutdown.borrow() {
         let sampled = db
             .call(move |s| {
-                let tx = s.conn.unchecked_transaction()?;
+                // Pruned and counted in one savepoint of a group commit.
+                let tx = &s.conn;
                 let dead_topics: Vec<String> = tx
                     .prepare("SELECT DISTINCT topic FROM messages WHERE topic LIKE '%.deadletter'")?
                     .query_map([], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
                 for t in &dead_topics {
-                    prune_dead_letters(&tx, t, retention)?;
+                    prune_dead_letters(tx, t, retention)?;
                 }
                 let backlog: Vec<(String, String, u64, u64)> = tx
                     .prepare(
@@ -538,7 +544,6 @@ async fn sample(
                     )?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?;
-                tx.commit()?;
                 Ok((backlog, dead))
             })
             .await;
