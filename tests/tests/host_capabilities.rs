@@ -542,10 +542,19 @@ fn metrics_are_served_on_their_own_listener() {
 
 #[test]
 fn a_restart_loads_components_from_the_compile_cache() {
+    // Log lines reach stderr through the host's writer thread, a moment
+    // after they are made: wait for them before reading.
+    let loaded = |host: &Host, n: usize| {
+        wait_for(Duration::from_secs(20), || {
+            let logs = host.logs();
+            (logs.matches("component loaded").count() >= n).then_some(logs)
+        })
+        .unwrap_or_else(|| host.logs())
+    };
     let mut host = fixture_host().start();
-    assert!(host.logs().contains("Compiled"), "first start compiles");
+    assert!(loaded(&host, 2).contains("Compiled"), "first start compiles");
     host.restart();
-    let logs = host.logs();
+    let logs = loaded(&host, 4);
     let loads: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("component loaded"))
