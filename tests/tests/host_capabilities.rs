@@ -552,7 +552,10 @@ fn a_restart_loads_components_from_the_compile_cache() {
         .unwrap_or_else(|| host.logs())
     };
     let mut host = fixture_host().start();
-    assert!(loaded(&host, 2).contains("Compiled"), "first start compiles");
+    assert!(
+        loaded(&host, 2).contains("Compiled"),
+        "first start compiles"
+    );
     host.restart();
     let logs = loaded(&host, 4);
     let loads: Vec<&str> = logs
