@@ -113,12 +113,13 @@ impl AppChannel {
 
 /// Whether `req` carries the `APP_API_TOKEN` (constant-time compare).
 fn has_token<B>(req: &Request<B>, expected: &str) -> bool {
-    let given = req
-        .headers()
-        .get(TOKEN_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    constant_time_eq(given, expected.as_bytes())
+    let mut given = req.headers().get_all(TOKEN_HEADER).iter();
+    // Exactly one header: with two, a proxy and the app could each read
+    // a different one, so a request carrying more is refused.
+    match (given.next(), given.next()) {
+        (Some(token), None) => constant_time_eq(token.as_bytes(), expected.as_bytes()),
+        _ => false,
+    }
 }
 
 #[async_trait]
@@ -265,7 +266,7 @@ fn bad_token() -> HostResponse {
     problem(
         StatusCode::UNAUTHORIZED,
         "invalid-app-api-token",
-        "this request comes from, or claims to come from, the Dapr sidecar but lacks the APP_API_TOKEN in its dapr-api-token header; check that daprd and the host share APP_API_TOKEN",
+        "this request comes from, or claims to come from, the Dapr sidecar but lacks the APP_API_TOKEN in its dapr-api-token header (or carries more than one such header); check that daprd and the host share APP_API_TOKEN",
     )
 }
 
