@@ -8,7 +8,6 @@ use crate::manifest::AppManifest;
 use crate::metrics::Metrics;
 use crate::runtime_config::RuntimeConfig;
 use crate::trigger::http::{FrontDoorLimits, front_door};
-use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -133,8 +132,8 @@ pub struct UpArgs {
     #[arg(long, env = "WASMSHOP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Wall-clock limit of one request or delivery, in seconds (more than
-    /// 0, at most a day); a component still running then is stopped and
+    /// Wall-clock limit of one request or delivery, in seconds (at least
+    /// 0.001, at most a day); a component still running then is stopped and
     /// the client gets a 503.
     #[arg(long, env = "WASMSHOP_REQUEST_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 30.0, value_parser = parse_request_timeout)]
     pub request_timeout_secs: f64,
@@ -142,12 +141,12 @@ pub struct UpArgs {
     /// Linear memory one instance may use, in MiB (1 to 4096: a 32-bit
     /// WebAssembly memory holds at most 4 GiB); past it the request fails
     /// with a 500 and the host carries on.
-    #[arg(long, env = "WASMSHOP_MAX_MEMORY_MB", allow_negative_numbers = true, default_value_t = 128, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MEMORY_MB))]
+    #[arg(long, env = "WASMSHOP_MAX_MEMORY_MB", allow_negative_numbers = true, default_value_t = 128, value_parser = parse_memory_mb)]
     pub max_memory_mb: usize,
 
     /// Instances alive at once (concurrent requests plus deliveries), 1 to
     /// 10000; past it a request is answered 503 with Retry-After.
-    #[arg(long, env = "WASMSHOP_MAX_INSTANCES", allow_negative_numbers = true, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=MAX_INSTANCES))]
+    #[arg(long, env = "WASMSHOP_MAX_INSTANCES", allow_negative_numbers = true, default_value_t = 1000, value_parser = parse_instances)]
     pub max_instances: u32,
 
     /// On SIGTERM/SIGINT, how long in-flight requests and deliveries may
@@ -157,53 +156,53 @@ pub struct UpArgs {
 
     /// Seconds a client may take from connecting (or from the first byte
     /// of a request) to the end of the request's headers; then the
-    /// connection is closed (more than 0, at most 3600).
+    /// connection is closed (at least 0.001, at most 3600).
     #[arg(long, env = "WASMSHOP_HEADER_READ_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 10.0, value_parser = parse_hour)]
     pub header_read_timeout_secs: f64,
 
     /// Seconds a keep-alive connection may sit idle between requests;
     /// longer than the connection pools of the callers (Envoy in Azure
     /// Container Apps keeps idle connections up to an hour), so they close
-    /// first (more than 0, at most a day).
-    #[arg(long, env = "WASMSHOP_IDLE_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 3900.0, value_parser = parse_day)]
+    /// first (at least 1, at most a day).
+    #[arg(long, env = "WASMSHOP_IDLE_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 3900.0, value_parser = parse_idle)]
     pub idle_timeout_secs: f64,
 
     /// Seconds a client may take to send a request body once its headers
-    /// are in; then it gets a 408 (more than 0, at most 3600).
+    /// are in; then it gets a 408 (at least 0.001, at most 3600).
     #[arg(long, env = "WASMSHOP_BODY_READ_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 30.0, value_parser = parse_hour)]
     pub body_read_timeout_secs: f64,
 
     /// Open client connections at once [default: derived from the
     /// open-files limit, which the host raises to its hard limit at start];
     /// at the cap the oldest connection still sending a request is closed.
-    #[arg(long, env = "WASMSHOP_MAX_CONNECTIONS", allow_negative_numbers = true, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNECTIONS))]
+    #[arg(long, env = "WASMSHOP_MAX_CONNECTIONS", allow_negative_numbers = true, value_parser = parse_connections)]
     pub max_connections: Option<usize>,
 
     /// Largest request body in bytes (1 to 1 GiB); larger is a 413 before
     /// any component runs.
-    #[arg(long, env = "WASMSHOP_MAX_REQUEST_BODY_BYTES", allow_negative_numbers = true, default_value_t = 4 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
+    #[arg(long, env = "WASMSHOP_MAX_REQUEST_BODY_BYTES", allow_negative_numbers = true, default_value_t = 4 << 20, value_parser = parse_request_body_bytes)]
     pub max_request_body_bytes: usize,
 
     /// MiB of request bodies the host buffers at once, across all requests
     /// (1 to 65536); past it a request gets a 503 with Retry-After.
-    #[arg(long, env = "WASMSHOP_BODY_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    #[arg(long, env = "WASMSHOP_BODY_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = parse_buffer_mb)]
     pub body_buffer_mb: usize,
 
     /// Seconds a client may accept no bytes of a response before its
-    /// connection is closed (more than 0, at most 3600).
+    /// connection is closed (at least 0.001, at most 3600).
     #[arg(long, env = "WASMSHOP_SEND_TIMEOUT_SECS", allow_negative_numbers = true, default_value_t = 30.0, value_parser = parse_hour)]
     pub send_timeout_secs: f64,
 
     /// Largest response body the host buffers for one response, in bytes
     /// (0 to 1 GiB; 0 streams every response from its instance); a larger
     /// one is streamed, holding its instance while the client reads.
-    #[arg(long, env = "WASMSHOP_MAX_RESPONSE_BUFFER_BYTES", allow_negative_numbers = true, default_value_t = 16 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1 << 30))]
+    #[arg(long, env = "WASMSHOP_MAX_RESPONSE_BUFFER_BYTES", allow_negative_numbers = true, default_value_t = 16 << 20, value_parser = parse_response_buffer_bytes)]
     pub max_response_buffer_bytes: usize,
 
     /// MiB of response bodies the host buffers at once, across all
     /// responses (0 to 65536); past it responses are streamed from their
     /// instances.
-    #[arg(long, env = "WASMSHOP_RESPONSE_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    #[arg(long, env = "WASMSHOP_RESPONSE_BUFFER_MB", allow_negative_numbers = true, default_value_t = 256, value_parser = parse_response_buffer_mb)]
     pub response_buffer_mb: usize,
 
     /// The backends' own flags (`--dapr-*`).
@@ -220,42 +219,90 @@ const MAX_MEMORY_MB: u64 = 4096;
 /// Largest `--max-instances`: the pooling allocator reserves address space
 /// for two memories of up to 4 GiB (plus guard pages) per instance, and
 /// 10000 of them already take most of a 47-bit address space.
-const MAX_INSTANCES: i64 = 10_000;
+const MAX_INSTANCES: u64 = 10_000;
 /// Largest `--max-connections` (Linux's default `nr_open` is 2^20).
 const MAX_CONNECTIONS: u64 = 1 << 20;
 
 /// A number of seconds in `(0, max]` (or `[0, max]` when `zero_ok`), for
 /// a clap value parser: a bad value is one line and exit code 2 when the
 /// command line is read, never a panic when it is used.
-fn parse_secs(text: &str, zero_ok: bool, max: f64) -> Result<f64, String> {
+fn parse_secs(text: &str, min: f64, max: f64) -> Result<f64, String> {
     let secs: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds; give e.g. 30"))?;
-    let low_ok = if zero_ok { secs >= 0.0 } else { secs > 0.0 };
-    if !secs.is_finite() || !low_ok || secs > max {
-        let low = if zero_ok { "from 0" } else { "more than 0" };
+    if !secs.is_finite() || secs < min || secs > max {
         return Err(format!(
-            "{text} is out of range; give a number of seconds {low} and at most {max}"
+            "{text} is out of range; give a number of seconds from {min} to {max}"
         ));
     }
     Ok(secs)
 }
 
+/// The shortest time limit a flag takes (1 ms): shorter ones cannot be
+/// met by any request and are surely typos.
+const MIN_LIMIT_SECS: f64 = 0.001;
+
 fn parse_request_timeout(text: &str) -> Result<f64, String> {
-    parse_secs(text, false, 86_400.0)
+    parse_secs(text, MIN_LIMIT_SECS, 86_400.0)
 }
 
 fn parse_grace(text: &str) -> Result<f64, String> {
-    parse_secs(text, true, 3_600.0)
+    parse_secs(text, 0.0, 3_600.0)
 }
 
 fn parse_hour(text: &str) -> Result<f64, String> {
-    parse_secs(text, false, 3_600.0)
+    parse_secs(text, MIN_LIMIT_SECS, 3_600.0)
 }
 
-fn parse_day(text: &str) -> Result<f64, String> {
-    parse_secs(text, false, 86_400.0)
+/// The idle keep-alive timeout: at least a second, since a shorter one
+/// would race every caller's connection pool (`docs/operations.md`).
+fn parse_idle(text: &str) -> Result<f64, String> {
+    parse_secs(text, 1.0, 86_400.0)
+}
+
+/// A whole number in `min..=max`, for a clap value parser: a negative or
+/// too large value says "out of range" like the other flags, rather
+/// than the integer parser's "invalid digit".
+fn parse_count(text: &str, min: u64, max: u64) -> Result<usize, String> {
+    let n: i128 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number; give e.g. {min}"))?;
+    if n < i128::from(min) || n > i128::from(max) {
+        return Err(format!(
+            "{text} is out of range; give a whole number from {min} to {max}"
+        ));
+    }
+    Ok(n as usize)
+}
+
+fn parse_instances(text: &str) -> Result<u32, String> {
+    parse_count(text, 1, MAX_INSTANCES).map(|n| n as u32)
+}
+
+fn parse_connections(text: &str) -> Result<usize, String> {
+    parse_count(text, 1, MAX_CONNECTIONS)
+}
+
+fn parse_memory_mb(text: &str) -> Result<usize, String> {
+    parse_count(text, 1, MAX_MEMORY_MB)
+}
+
+fn parse_request_body_bytes(text: &str) -> Result<usize, String> {
+    parse_count(text, 1, 1 << 30)
+}
+
+fn parse_buffer_mb(text: &str) -> Result<usize, String> {
+    parse_count(text, 1, 65_536)
+}
+
+fn parse_response_buffer_bytes(text: &str) -> Result<usize, String> {
+    parse_count(text, 0, 1 << 30)
+}
+
+fn parse_response_buffer_mb(text: &str) -> Result<usize, String> {
+    parse_count(text, 0, 65_536)
 }
 
 /// Why `wasmshop` exits early, and the exit code it deserves.

@@ -85,6 +85,12 @@ fn every_bad_flag_or_environment_value_is_one_line_and_exit_2() {
         ("--max-request-body-bytes", "0"),
         ("--body-buffer-mb", "0"),
         ("--dapr-startup-timeout-secs", "1e30"),
+        ("--dapr-startup-timeout-secs", "-1"),
+        ("--max-connections", "-5"),
+        ("--request-timeout-secs", "0.0000001"),
+        ("--idle-timeout-secs", "1e-300"),
+        ("--send-timeout-secs", "0"),
+        ("--response-buffer-mb", "-1"),
     ];
     let mut cases: Vec<(String, Command)> = flags
         .iter()
@@ -127,6 +133,12 @@ fn every_bad_flag_or_environment_value_is_one_line_and_exit_2() {
             errors[0].to_ascii_lowercase().contains(&named),
             "{case}: the line names the flag\n{text}"
         );
+        if case.contains('-') && case.split(' ').nth(1).is_some_and(|v| v.starts_with('-')) {
+            assert!(
+                errors[0].contains("out of range"),
+                "{case}: a negative value is out of range, like the others\n{text}"
+            );
+        }
     }
 }
 

@@ -65,6 +65,7 @@ pub struct Flags {
     #[arg(
         long = "dapr-startup-timeout-secs",
         env = "WASMSHOP_DAPR_STARTUP_TIMEOUT_SECS",
+        allow_negative_numbers = true,
         default_value_t = 60.0,
         value_parser = parse_startup_timeout_secs
     )]
