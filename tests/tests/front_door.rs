@@ -482,3 +482,28 @@ fn at_the_connection_cap_complete_requests_get_a_response() {
         );
     }
 }
+
+#[test]
+fn a_refusal_by_the_front_door_is_logged_with_its_trace_id() {
+    let host = Host::builder()
+        .arg("--max-request-body-bytes")
+        .arg("10")
+        .start();
+    let r = client()
+        .post(host.url("/api/products"))
+        .header("x-tenant-id", "t")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let problem: Value = r.json().unwrap();
+    let trace_id = problem["traceId"].as_str().expect("a traceId").to_string();
+    let logged =
+        wasmshop_tests::wait_for(PATIENCE, || host.logs().contains(&trace_id).then_some(()));
+    assert!(
+        logged.is_some(),
+        "the refusal's traceId {trace_id} is in the host log:\n{}",
+        host.logs()
+    );
+}

@@ -71,6 +71,7 @@ where
             tracing::warn!(
                 component = component_id,
                 depth = ctx.depth,
+                trace_id = crate::problem::current_trace_id().unwrap_or_default(),
                 "request refused: {capacity}"
             );
             crate::metrics::record_instance_refused(component_id);

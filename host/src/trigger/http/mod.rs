@@ -178,11 +178,42 @@ async fn route(
     let component = component.clone();
     // The whole body first: a slow client then holds a socket, never an
     // instance.
+    let started = std::time::Instant::now();
     let req = match reader.read(req).await {
         Ok(req) => req,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refused(app, refusal, started),
     };
     component::serve(app, &component, req, ctx).await
+}
+
+/// The component label of requests the front door answered itself, in
+/// `wasmshop_http_requests_total`.
+pub const FRONT_DOOR: &str = "(front door)";
+
+/// A request the front door refused before any instance (body too large,
+/// too slow, unreadable, or past the body budget): one log line with the
+/// trace id its problem carries, and a count under [`FRONT_DOOR`].
+fn refused(
+    app: &App,
+    response: Response<HyperOutgoingBody>,
+    started: std::time::Instant,
+) -> Response<HyperOutgoingBody> {
+    let status = response.status();
+    let reason = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body larger than --max-request-body-bytes",
+        StatusCode::REQUEST_TIMEOUT => "body slower than --body-read-timeout-secs",
+        StatusCode::SERVICE_UNAVAILABLE => "body memory budget spent (--body-buffer-mb)",
+        _ => "body unreadable",
+    };
+    tracing::info!(
+        trace_id = crate::problem::current_trace_id().unwrap_or_default(),
+        status = status.as_u16(),
+        reason,
+        "request refused by the front door"
+    );
+    app.metrics()
+        .record_request(FRONT_DOOR, status.as_u16(), started.elapsed());
+    response
 }
 
 /// A request no public route covers: an internal endpoint if a backend
@@ -200,9 +231,10 @@ async fn unrouted(
         .find_map(|hook| hook.unrouted(&req, app.as_ref()));
     let why = match decision {
         Some(Unrouted::Serve(component)) => {
+            let started = std::time::Instant::now();
             let req = match reader.read(req).await {
                 Ok(req) => req,
-                Err(refusal) => return refusal,
+                Err(refusal) => return refused(app, refusal, started),
             };
             return component::serve_unrouted(app, &component, req, 0, Some(client)).await;
         }
