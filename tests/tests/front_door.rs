@@ -321,6 +321,8 @@ fn slow_heads_on_the_metrics_port_do_not_stop_a_scrape() {
             s
         })
         .collect();
+    // Heads slow for over a second may be shed for a scrape.
+    std::thread::sleep(Duration::from_millis(1200));
     let c = client();
     for i in 0..5 {
         let r = c
