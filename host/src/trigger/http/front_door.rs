@@ -862,6 +862,9 @@ mod tests {
         };
         a.enter(Phase::Busy);
         b.enter(Phase::Body);
+        // Only a body slow for longer than SHED_AFTER may be shed.
+        assert!(matches!(conns.admit(), Admission::Refuse));
+        std::thread::sleep(SHED_AFTER + Duration::from_millis(100));
         assert!(matches!(conns.admit(), Admission::Serve(_)));
         assert_eq!(conns.len(), 2, "b was shed for the new one");
         let conns = Connections::new(1);
