@@ -228,7 +228,8 @@ impl Connections {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= self.max {
             let now = self.epoch.elapsed().as_millis() as u64;
-            let slow_since = now.saturating_sub(SHED_AFTER.as_millis() as u64);
+            // None in the listener's first second: no connection is slow yet.
+            let slow_since = now.checked_sub(SHED_AFTER.as_millis() as u64);
             let oldest = |wanted: &[Phase], before: u64| {
                 open.values()
                     .filter(|c| wanted.contains(&c.phase()))
@@ -237,7 +238,8 @@ impl Connections {
                     .min()
                     .map(|(_, id)| id)
             };
-            let victim = oldest(&[Phase::Head, Phase::Body], slow_since)
+            let victim = slow_since
+                .and_then(|before| oldest(&[Phase::Head, Phase::Body], before))
                 .or_else(|| oldest(&[Phase::Idle], now));
             match victim.and_then(|id| open.remove(&id)) {
                 Some(victim) => {
