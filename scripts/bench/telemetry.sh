@@ -33,25 +33,6 @@ done
 root=$(pwd)
 source scripts/bench/processes.sh
 
-# start <name> <command...>: background, recorded in `pids` and <name>_pid
-# (never call it inside $(...): the PID would be lost).
-start() {
-  local name=$1; shift
-  "$@" >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=($!)
-  printf -v "${name}_pid" %s "$!"
-}
-url_of() {
-  local name=$1 pid_var="${1}_pid" url
-  for _ in $(seq 1200); do
-    url=$(sed -n 's/^Serving //p' "$work/$name.out" 2>/dev/null | head -1)
-    if [[ -n "$url" ]]; then echo "$url"; return; fi
-    kill -0 "${!pid_var}" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "$name did not start; its log:" >&2; tail -n 30 "$work/$name.log" >&2; exit 1
-}
-
 sed "s|= \"target/|= \"$root/target/|g" spin.toml >"$work/spin.toml"
 sed "s|= \"target/|= \"$root/target/|g" "${BASELINE_MANIFEST:-spin.toml}" >"$work/baseline.toml"
 

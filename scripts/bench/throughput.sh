@@ -56,29 +56,6 @@ root=$(pwd)
 # Records started processes in `pids` and ends them on exit; `work` is scratch.
 source scripts/bench/processes.sh
 
-# Starts "$@" in the background as <name>, records its PID in `pids` and
-# in <name>_pid. Call it directly, never in $(...): a PID recorded in a
-# subshell is lost and the process would outlive the script.
-start() {
-  local name=$1; shift
-  "$@" >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=($!)
-  printf -v "${name}_pid" %s "$!"
-}
-
-# Prints the URL from the `Serving` line of <name>, waiting up to 120 s
-# (a cold start compiles the components).
-url_of() {
-  local name=$1 pid_var="${1}_pid" url
-  for _ in $(seq 1200); do
-    url=$(sed -n 's/^Serving //p' "$work/$name.out" 2>/dev/null | head -1)
-    if [[ -n "$url" ]]; then echo "$url"; return; fi
-    kill -0 "${!pid_var}" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "$name did not start; its log:" >&2; tail -n 30 "$work/$name.log" >&2; exit 1
-}
-
 # The repository's app with absolute sources, plus the fixture at /fixture/.
 sed "s|= \"target/|= \"$root/target/|g" "${MANIFEST:-spin.toml}" >"$work/spin.toml"
 cat >>"$work/spin.toml" <<TOML
