@@ -197,6 +197,11 @@ impl RecordingSink {
     pub fn fail_with(&self, message: &str) {
         *self.fail.borrow_mut() = Some(message.to_owned());
     }
+
+    /// Makes later publishes succeed again (the broker is back).
+    pub fn recover(&self) {
+        *self.fail.borrow_mut() = None;
+    }
 }
 
 impl EventSink for RecordingSink {

@@ -21,7 +21,7 @@
 //!
 //! Binding-free modules ([`web`], [`problem`], [`tenant`], [`money`],
 //! [`etag`], [`ids`], [`index`], [`pages`], [`cursor`], [`paging`], [`rest`],
-//! [`clock`], [`trace`], most of [`kv`] and [`events`])
+//! [`clock`], [`trace`], [`outbox`], most of [`kv`] and [`events`])
 //! run in native unit tests; [`wasi_http`], [`client`], [`kv::WasiStore`]
 //! and [`events::MessagingSink`] are the thin glue over the bindings.
 
@@ -61,6 +61,7 @@ pub mod index;
 pub mod json;
 pub mod kv;
 pub mod money;
+pub mod outbox;
 pub mod pages;
 pub mod paging;
 pub mod problem;
