@@ -12,6 +12,7 @@
 
 mod indexing;
 
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use service_kit::cursor::{self, Scope};
@@ -20,6 +21,7 @@ use service_kit::events::{CloudEvent, EventSink};
 use service_kit::http::{Method, StatusCode};
 use service_kit::ids::{is_valid_id, new_id};
 use service_kit::kv::{Change, KvStore, Retry, get_json, get_many_json, update_json};
+use service_kit::outbox::{self, Pending, Stalled, event_pending};
 use service_kit::pages::{DEFAULT_PAGE_CAPACITY, Position, collect_page};
 use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
@@ -100,11 +102,35 @@ impl Document for Product {
     }
 }
 
-/// What [`Api::write_live`] returns: the step's result and whether
-/// settling returned expired stock.
+/// What [`Api::write_live`] returns: the step's result, whether
+/// settling returned expired stock, and the record as stored afterwards
+/// (its pending events packed against its own view).
 struct Written<R> {
     result: R,
     expired: bool,
+    record: Product,
+}
+
+/// What a request does when it finds events of an earlier change pending
+/// in a product and the broker still refuses them
+/// (docs/messaging.md, "Events of a saved change").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Touch {
+    /// A read: answered anyway (reads never fail because of the broker).
+    Read,
+    /// A public write: refused with 503 `event-pending` before it changes
+    /// anything, so a record never holds more than one change's events.
+    Write,
+    /// A reservation call from the order service: goes ahead; the
+    /// pending `StockChanged` is coalesced with its own (the newer one
+    /// carries the current stock) and published by the next touch.
+    Internal,
+}
+
+/// A newer `StockChanged` replaces an older pending one: it carries the
+/// current stock, which is all a subscriber of stock changes needs.
+fn supersedes(old: &CloudEvent, new: &CloudEvent) -> bool {
+    old.kind == STOCK_CHANGED && new.kind == STOCK_CHANGED
 }
 
 fn system_now_ms() -> u64 {
@@ -138,7 +164,8 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
 
     /// Answers one request; every failure is a problem response.
     pub fn handle(&self, req: &Request) -> Response {
-        self.route(req).unwrap_or_else(|p| p.to_response())
+        self.route(req)
+            .unwrap_or_else(|p| outbox::problem_response(&p))
     }
 
     fn route(&self, req: &Request) -> Result<Response, Problem> {
@@ -259,7 +286,10 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         now: u64,
     ) -> Result<Vec<Product>, Problem> {
         let mut out = Vec::with_capacity(products.len());
-        for p in products {
+        for mut p in products {
+            if !p.pending_events.is_empty() && self.emit(ctx, &p, Vec::new()).is_ok() {
+                p.pending_events.clear();
+            }
             if p.needs_settling(now) {
                 if let Some(p) = self.settle_stored(ctx, &p.id)? {
                     out.push(p);
@@ -274,7 +304,9 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// `GET /api/products/{id}` (and HEAD): 304 with the ETag when
     /// `If-None-Match` names the current one.
     fn get(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        let product = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        let product = self
+            .live(ctx, id, Touch::Read)?
+            .ok_or_else(|| not_found(ctx, id))?;
         Conditions::from_request(req).respond_read(product.version, &what(id), || {
             product_response(StatusCode::OK, &product)
         })
@@ -287,6 +319,11 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         let new = parse_new_product(&req.body)?;
         self.migrate_some(ctx)?;
         let id = new.id.clone().unwrap_or_else(new_id);
+        if new.id.is_some()
+            && let Some(first) = self.created_pending(ctx, &id, &new)?
+        {
+            return Ok(created_response(&first));
+        }
         let now = rfc3339_of_ms(self.now_ms());
         let product = new.into_product(id.clone(), &now);
         update_json(
@@ -295,6 +332,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             &self.settings.retry,
             |current: Option<Product>| match current {
                 Some(p) if !p.deleted => Err(exists(ctx, &id)),
+                Some(p) if !p.pending_events.is_empty() => Err(earlier_pending(ctx, &id)),
                 _ => Ok(Change::Write(product.clone(), ())),
             },
         )?;
@@ -323,9 +361,38 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                 product
             }
         };
-        self.publish(ctx, PRODUCT_CREATED, &product);
-        Ok(product_response(StatusCode::CREATED, &product)
-            .with_header("location", &format!("/api/products/{id}")))
+        let event = self.event(ctx, PRODUCT_CREATED, &product);
+        self.emit(ctx, &product, vec![event])
+            .map_err(|s| saved_not_published(ctx, &id, "created", &s))?;
+        Ok(created_response(&product))
+    }
+
+    /// A retry of a create (same id, same body) whose `ProductCreated` was
+    /// refused by the broker: the product as the first request created it,
+    /// once that event is published here. `None` when there is no such
+    /// product, or it is not the one this body creates, or its event was
+    /// already out (the create then goes on: 409 when it exists). 503 when
+    /// the event is still refused.
+    fn created_pending(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        new: &crate::domain::product::NewProduct,
+    ) -> Result<Option<Product>, Problem> {
+        if !is_valid_id(id) {
+            return Ok(None);
+        }
+        let (record, flushed) = self.touch(ctx, id, Touch::Write)?;
+        let Some(p) = record.filter(|p| !p.deleted && p.version == 1) else {
+            return Ok(None);
+        };
+        if !flushed.iter().any(|k| k == PRODUCT_CREATED) {
+            return Ok(None);
+        }
+        let same = new.clone().into_product(id.to_owned(), &p.created_at);
+        let same_view =
+            serde_json::to_value(same.view()).ok() == serde_json::to_value(p.view()).ok();
+        Ok(same_view.then_some(p))
     }
 
     /// `PUT /api/products/{id}`. A category change appends to the new
@@ -334,7 +401,9 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// decided on), then removes the old entry.
     fn update(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let conditions = Conditions::from_request(req);
-        let mut base = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        let mut base = self
+            .live(ctx, id, Touch::Write)?
+            .ok_or_else(|| not_found(ctx, id))?;
         conditions.check_write(base.version, &what(id))?;
         let patch = parse_patch(&req.body, id)?;
         const MOVE_ATTEMPTS: u32 = 5;
@@ -372,10 +441,13 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             let Some((product, previous)) = written.result else {
                 // Moved or re-indexed meanwhile: our entry is unused.
                 self.unindex(ctx, moving.as_deref(), new_slot, id);
-                base = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+                base = self
+                    .live(ctx, id, Touch::Write)?
+                    .ok_or_else(|| not_found(ctx, id))?;
                 continue;
             };
             let mut stock_changed = written.expired;
+            let mut events = Vec::new();
             if let Some(previous) = previous {
                 if previous.category != product.category {
                     self.unindex(ctx, Some(&previous.category), previous.slots.category, id);
@@ -386,12 +458,14 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                         );
                     }
                 }
-                self.publish(ctx, PRODUCT_UPDATED, &product);
+                events.push(self.event(ctx, PRODUCT_UPDATED, &product));
                 stock_changed |= previous.stock != product.stock;
             }
             if stock_changed {
-                self.publish(ctx, STOCK_CHANGED, &product);
+                events.push(self.event(ctx, STOCK_CHANGED, &product));
             }
+            self.emit(ctx, &written.record, events)
+                .map_err(|s| saved_not_published(ctx, id, "updated", &s))?;
             return Ok(product_response(StatusCode::OK, &product));
         }
         Err(Problem::unavailable(format!(
@@ -403,23 +477,40 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// (holds go with it), then the index entries are removed, best effort.
     fn delete(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let conditions = Conditions::from_request(req);
-        let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        if !is_valid_id(id) {
+            return Err(not_found(ctx, id));
+        }
+        // A retry of a delete whose ProductDeleted was refused: the
+        // tombstone keeps the event; publishing it finishes the delete.
+        let (record, flushed) = self.touch(ctx, id, Touch::Write)?;
+        if record.is_some_and(|p| p.deleted) {
+            return if flushed.iter().any(|k| k == PRODUCT_DELETED) {
+                Ok(Response::empty(StatusCode::NO_CONTENT))
+            } else {
+                Err(not_found(ctx, id))
+            };
+        }
+        let current = self
+            .live(ctx, id, Touch::Write)?
+            .ok_or_else(|| not_found(ctx, id))?;
         conditions.check_write(current.version, &what(id))?;
         let now = rfc3339_of_ms(self.now_ms());
-        let last = self
-            .write_live(ctx, id, &conditions, |current| {
-                Ok(Change::Write(current.tombstone(&now), current))
-            })?
-            .result;
+        let written = self.write_live(ctx, id, &conditions, |current| {
+            Ok(Change::Write(current.tombstone(&now), current))
+        })?;
+        let last = written.result;
         self.unindex(ctx, None, last.slots.all, id);
         self.unindex(ctx, Some(&last.category), last.slots.category, id);
-        self.publish(ctx, PRODUCT_DELETED, &last);
+        let event = self.event(ctx, PRODUCT_DELETED, &last);
+        self.emit(ctx, &written.record, vec![event])
+            .map_err(|s| saved_not_published(ctx, id, "deleted", &s))?;
         Ok(Response::empty(StatusCode::NO_CONTENT))
     }
 
     /// `POST /api/products/{id}/reservations`: hold units for an order.
     fn reserve(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        self.live(ctx, id, Touch::Internal)?
+            .ok_or_else(|| not_found(ctx, id))?;
         let request = parse_reservation(&req.body)?;
         let now = self.now_ms();
         let hold_ms = self.settings.hold_seconds.saturating_mul(1000);
@@ -434,9 +525,10 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             })
         })?;
         let order_id = &request.order_id;
+        let stock_event = |product: &Product| vec![self.event(ctx, STOCK_CHANGED, product)];
         match written.result {
             Ok(Reserved::New(product, r)) => {
-                self.publish(ctx, STOCK_CHANGED, &product);
+                self.emit_logged(ctx, &written.record, stock_event(&product));
                 Ok(
                     Response::json(StatusCode::CREATED, &r.view(id, order_id)).with_header(
                         "location",
@@ -444,11 +536,17 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                     ),
                 )
             }
-            Ok(Reserved::Repeat(r)) => Ok(Response::json(StatusCode::OK, &r.view(id, order_id))),
+            Ok(Reserved::Repeat(r)) => {
+                self.emit_logged(ctx, &written.record, Vec::new());
+                Ok(Response::json(StatusCode::OK, &r.view(id, order_id)))
+            }
             Err((refusal, product)) => {
-                if written.expired {
-                    self.publish(ctx, STOCK_CHANGED, &product);
-                }
+                let events = if written.expired {
+                    stock_event(&product)
+                } else {
+                    Vec::new()
+                };
+                self.emit_logged(ctx, &written.record, events);
                 Ok(refusal_response(&refusal, id, order_id, request.quantity))
             }
         }
@@ -471,9 +569,12 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             Ok((r, p)) => (Ok(r), p),
             Err((refusal, p)) => (Err(refusal), p),
         };
-        if written.expired {
-            self.publish(ctx, STOCK_CHANGED, &product);
-        }
+        let events = if written.expired {
+            vec![self.event(ctx, STOCK_CHANGED, &product)]
+        } else {
+            Vec::new()
+        };
+        self.emit_logged(ctx, &written.record, events);
         Ok(match result {
             Ok(r) => Response::json(StatusCode::OK, &r.view(id, order_id)),
             Err(refusal) => refusal_response(&refusal, id, order_id, 0),
@@ -505,10 +606,14 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             Ok(Written {
                 result: (product, moved),
                 expired,
+                record,
             }) => {
-                if moved || expired {
-                    self.publish(ctx, STOCK_CHANGED, &product);
-                }
+                let events = if moved || expired {
+                    vec![self.event(ctx, STOCK_CHANGED, &product)]
+                } else {
+                    Vec::new()
+                };
+                self.emit_logged(ctx, &record, events);
             }
             Err(p) if p.status == 404 => {}
             Err(p) => return Err(p),
@@ -520,11 +625,11 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// `StockChanged` event when expired holds returned stock) and
     /// re-indexed when it lacks its slots. Ids outside the id rule can
     /// never exist, so they are not looked up.
-    fn live(&self, ctx: &Ctx, id: &str) -> Result<Option<Product>, Problem> {
+    fn live(&self, ctx: &Ctx, id: &str, touch: Touch) -> Result<Option<Product>, Problem> {
         if !is_valid_id(id) {
             return Ok(None);
         }
-        let product: Option<Product> = get_json(self.store, &product_key(&ctx.tenant, id))?;
+        let (product, _) = self.touch(ctx, id, touch)?;
         let Some(mut product) = product.filter(|p| !p.deleted) else {
             return Ok(None);
         };
@@ -582,6 +687,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     ) -> Result<Written<R>, Problem> {
         let now = self.now_ms();
         let mut expired = false;
+        let record = RefCell::new(None);
         let result = update_live(
             self.store,
             &product_key(&ctx.tenant, id),
@@ -592,34 +698,198 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             |mut current: Product| {
                 let settled = current.settle(now);
                 expired = settled.stock_changed;
-                Ok(match step(current.clone())? {
-                    Change::Keep(r) if settled.changed => Change::Write(current, r),
+                let change = match step(current.clone())? {
+                    Change::Keep(r) if settled.changed => Change::Write(current.clone(), r),
                     other => other,
+                };
+                Ok(match change {
+                    Change::Write(mut next, r) => {
+                        // Pending events stay exact whatever the step changed.
+                        let mut pending = std::mem::take(&mut next.pending_events);
+                        outbox::rebase(&mut pending, &current.view(), &next.view());
+                        next.pending_events = pending;
+                        *record.borrow_mut() = Some(next.clone());
+                        Change::Write(next, r)
+                    }
+                    Change::Keep(r) => {
+                        *record.borrow_mut() = Some(current);
+                        Change::Keep(r)
+                    }
                 })
             },
         )?;
-        Ok(Written { result, expired })
+        let record = record
+            .into_inner()
+            .expect("a successful update ran its step at least once");
+        Ok(Written {
+            result,
+            expired,
+            record,
+        })
     }
 
-    /// Publishes an event with the product snapshot. The change is already
-    /// stored, so a broker failure is logged, not turned into an error the
-    /// client would retry.
-    fn publish(&self, ctx: &Ctx, kind: &str, product: &Product) {
-        let event = CloudEvent::new(
-            EVENT_SOURCE,
-            kind,
-            &ctx.tenant,
-            &ctx.traceparent,
-            &product.view(),
+    /// The event `kind` with the snapshot of `product` (its data).
+    fn event(&self, ctx: &Ctx, kind: &str, product: &Product) -> Pending {
+        Pending::new(
+            TOPIC,
+            CloudEvent::new(
+                EVENT_SOURCE,
+                kind,
+                &ctx.tenant,
+                &ctx.traceparent,
+                &product.view(),
+            )
+            .with_subject(&product.id),
         )
-        .with_subject(&product.id);
-        if let Err(e) = self.events.publish(TOPIC, &event) {
+    }
+
+    /// Publishes, best effort, the event `kind` of a change already
+    /// saved in `record` (as stored): when the broker refuses it, it is
+    /// kept in the product for the next request that touches it.
+    pub(crate) fn publish(&self, ctx: &Ctx, kind: &str, record: &Product) {
+        let event = self.event(ctx, kind, record);
+        self.emit_logged(ctx, record, vec![event]);
+    }
+
+    /// [`Api::emit`] for calls that do not fail on a refused event (reads,
+    /// reservation calls): the event is pending in the product, logged.
+    fn emit_logged(&self, ctx: &Ctx, record: &Product, new: Vec<Pending>) {
+        if record.pending_events.is_empty() && new.is_empty() {
+            return;
+        }
+        if let Err(s) = self.emit(ctx, record, new) {
             eprintln!(
-                "product: {kind} for product '{}' of tenant '{}' was saved but not published: {e}",
-                product.id, ctx.tenant
+                "product: {} of product '{}' of tenant '{}' was refused by the message broker ({}); it is kept with the product and published by the next request that touches it",
+                s.kind, record.id, ctx.tenant, s.error
             );
         }
     }
+
+    /// Publishes, in order, the events pending in `record` (the product as
+    /// stored) and then `new` (the events of the change just saved in it);
+    /// then records the outcome in the product with one compare-and-swap,
+    /// only when something changed: published pending events removed,
+    /// refused new ones added (docs/messaging.md, "Events of a saved
+    /// change"). `Ok` with the types of the pending events published;
+    /// `Err` says which event the broker refused (those after it were not
+    /// tried, and are kept too).
+    fn emit(&self, ctx: &Ctx, record: &Product, new: Vec<Pending>) -> Result<Vec<String>, Stalled> {
+        let earlier = outbox::unpack(&record.pending_events, &record.view());
+        let mut all = earlier.clone();
+        all.extend(new);
+        let outcome = outbox::publish_in_order(self.events, &all);
+        let published = match &outcome {
+            Ok(()) => all.len(),
+            Err(s) => s.published,
+        };
+        let sent: Vec<String> = all[..published]
+            .iter()
+            .map(|p| p.event.id.clone())
+            .collect();
+        let kept: Vec<Pending> = all[published.max(earlier.len())..].to_vec();
+        if published.min(earlier.len()) > 0 || !kept.is_empty() {
+            if let Err(p) = self.save_pending(ctx, &record.id, &sent, kept) {
+                eprintln!(
+                    "product: the outbox of product '{}' of tenant '{}' could not be updated ({}); an event refused by the broker may be lost, and a published one may be published again",
+                    record.id, ctx.tenant, p.detail
+                );
+            }
+        }
+        outcome.map(|()| earlier.into_iter().map(|p| p.event.kind).collect())
+    }
+
+    /// Removes the events `sent` from the product's pending list and adds
+    /// `kept`, with compare-and-swap (another writer's change is kept).
+    fn save_pending(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        sent: &[String],
+        kept: Vec<Pending>,
+    ) -> Result<(), Problem> {
+        update_json(
+            self.store,
+            &product_key(&ctx.tenant, id),
+            &self.settings.retry,
+            |current: Option<Product>| {
+                let Some(mut p) = current else {
+                    return Ok::<_, Problem>(Change::Keep(()));
+                };
+                let removed = outbox::remove_published(&mut p.pending_events, sent);
+                if kept.is_empty() {
+                    return Ok(if removed {
+                        Change::Write(p, ())
+                    } else {
+                        Change::Keep(())
+                    });
+                }
+                let pending = outbox::unpack(&p.pending_events, &p.view());
+                let merged = outbox::merge(pending, kept.clone(), supersedes);
+                p.pending_events = outbox::pack(&merged, &p.view());
+                Ok(Change::Write(p, ()))
+            },
+        )?;
+        Ok(())
+    }
+
+    /// The stored record of `id`, tombstone included, once the events
+    /// pending in it are published (then cleared), with the types of
+    /// those published. When the broker still refuses them: a
+    /// [`Touch::Write`] is refused (503 `event-pending`, nothing changed),
+    /// the others go on with the events still pending.
+    fn touch(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        touch: Touch,
+    ) -> Result<(Option<Product>, Vec<String>), Problem> {
+        let record: Option<Product> = get_json(self.store, &product_key(&ctx.tenant, id))?;
+        let Some(mut p) = record else {
+            return Ok((None, Vec::new()));
+        };
+        if p.pending_events.is_empty() {
+            return Ok((Some(p), Vec::new()));
+        }
+        match self.emit(ctx, &p, Vec::new()) {
+            Ok(flushed) => {
+                p.pending_events.clear();
+                Ok((Some(p), flushed))
+            }
+            Err(s) if touch == Touch::Write => Err(event_pending(format!(
+                "product '{id}' has a {} event of an earlier change that the message broker still refuses ({}); nothing was changed. The event is kept with the product: retry this request in a few seconds, once the broker accepts events again",
+                s.kind, s.error
+            ))),
+            Err(s) => {
+                eprintln!(
+                    "product: {} of product '{id}' of tenant '{}' is still refused by the message broker ({}); it stays pending",
+                    s.kind, ctx.tenant, s.error
+                );
+                Ok((Some(p), Vec::new()))
+            }
+        }
+    }
+}
+
+fn created_response(product: &Product) -> Response {
+    product_response(StatusCode::CREATED, product)
+        .with_header("location", &format!("/api/products/{}", product.id))
+}
+
+/// The 503 of a public write whose change is saved but whose event `s`
+/// the broker refused; `done` says what happened (`deleted`, ...).
+fn saved_not_published(ctx: &Ctx, id: &str, done: &str, s: &Stalled) -> Problem {
+    event_pending(format!(
+        "product '{id}' of tenant '{}' was {done}, but its {} event was refused by the message broker ({}); the event is kept with the product and is published by the next request that reads or writes it: retry this request or GET /api/products/{id}",
+        ctx.tenant, s.kind, s.error
+    ))
+}
+
+/// The 503 of a re-create over a tombstone whose events are still pending.
+fn earlier_pending(ctx: &Ctx, id: &str) -> Problem {
+    event_pending(format!(
+        "product '{id}' of tenant '{}' was deleted and its ProductDeleted event is not published yet; nothing was created. Retry in a few seconds, once the message broker accepts events again",
+        ctx.tenant
+    ))
 }
 
 fn product_response(status: StatusCode, product: &Product) -> Response {

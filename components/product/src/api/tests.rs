@@ -790,17 +790,226 @@ fn events_carry_tenant_trace_and_snapshot() {
     assert!(e.data.get().contains(r#""price":0.3"#));
 }
 
+fn stored(w: &World, id: &str) -> Product {
+    get_json(
+        &w.store,
+        &product_key(&service_kit::tenant::TenantId::default(), id),
+    )
+    .unwrap()
+    .unwrap()
+}
+
+fn pending_kinds(w: &World, id: &str) -> Vec<String> {
+    stored(w, id)
+        .pending_events
+        .iter()
+        .map(|e| e.kind.clone())
+        .collect()
+}
+
+fn assert_event_pending(s: u16, body: &Value, resp: &Response, says: &str) {
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["type"], "urn:wasmshop:problem:event-pending");
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains(says), "{detail}");
+}
+
 #[test]
-fn failed_publish_does_not_fail_the_saved_change() {
+fn a_refused_event_is_kept_in_the_product_503_and_the_next_get_publishes_it() {
     let w = World::new();
-    w.events.fail_with("broker down");
-    let (s, _, _) = w.call(
+    w.events.fail_with("stream full");
+    let (s, body, resp) = w.call(
         Method::POST,
         "/api/products",
         Some(json!({"id": "p1", "name": "x", "price": 1})),
     );
-    assert_eq!(s, 201);
+    assert_event_pending(
+        s,
+        &body,
+        &resp,
+        "was created, but its ProductCreated event was refused",
+    );
+    assert!(body["detail"].as_str().unwrap().contains("stream full"));
+    assert_eq!(pending_kinds(&w, "p1"), ["ProductCreated"]);
+    // A read answers even while the broker refuses.
     assert_eq!(w.call(Method::GET, "/api/products/p1", None).0, 200);
+    assert_eq!(pending_kinds(&w, "p1"), ["ProductCreated"]);
+    let kept = stored(&w, "p1").pending_events[0].id.clone();
+    w.events.recover();
+    let (s, got, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(s, 200);
+    let events = w.events.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].1.kind.as_str(), events[0].1.id.as_str()),
+        ("ProductCreated", kept.as_str())
+    );
+    let data: Value = events[0].1.data_as().unwrap();
+    assert_eq!(data, got);
+    assert!(stored(&w, "p1").pending_events.is_empty());
+    // Published once: another read publishes nothing.
+    w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(w.events.events().len(), 1);
+}
+
+#[test]
+fn a_write_while_the_broker_still_refuses_is_503_and_changes_nothing() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    w.events.fail_with("stream full");
+    let (s, body, resp) = w.call(Method::PUT, "/api/products/p1", Some(json!({"name": "y"})));
+    assert_event_pending(s, &body, &resp, "was updated, but its ProductUpdated event");
+    assert_eq!(stored(&w, "p1").name, "y");
+    let before = stored(&w, "p1");
+    let (s, body, resp) = w.call(Method::PUT, "/api/products/p1", Some(json!({"name": "z"})));
+    assert_event_pending(s, &body, &resp, "nothing was changed");
+    let (s, body, resp) = w.call(Method::DELETE, "/api/products/p1", None);
+    assert_event_pending(s, &body, &resp, "nothing was changed");
+    assert_eq!(stored(&w, "p1"), before);
+    // A reservation goes ahead; its StockChanged is kept too, after the
+    // update's event, and the data of each stays its own.
+    let (s, _, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations",
+        Some(json!({"orderId": "o1", "quantity": 2})),
+    );
+    assert_eq!(s, 201);
+    let (s, _, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations",
+        Some(json!({"orderId": "o2", "quantity": 1})),
+    );
+    assert_eq!(s, 201);
+    assert_eq!(pending_kinds(&w, "p1"), ["ProductUpdated", "StockChanged"]);
+    w.events.recover();
+    let (s, _, _) = w.call(Method::PUT, "/api/products/p1", Some(json!({"name": "z"})));
+    assert_eq!(s, 200);
+    let events = w.events.events();
+    let seen: Vec<(String, i64, String)> = events[1..]
+        .iter()
+        .map(|(_, e)| {
+            let d: Value = e.data_as().unwrap();
+            (
+                e.kind.clone(),
+                d["stock"].as_i64().unwrap(),
+                d["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ProductUpdated".to_owned(), 5, "y".to_owned()),
+            ("StockChanged".to_owned(), 2, "y".to_owned()),
+            ("ProductUpdated".to_owned(), 2, "z".to_owned()),
+        ]
+    );
+    assert!(stored(&w, "p1").pending_events.is_empty());
+}
+
+#[test]
+fn a_retried_delete_publishes_the_kept_event_and_answers_204() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1}));
+    w.events.fail_with("stream full");
+    let (s, body, resp) = w.call(Method::DELETE, "/api/products/p1", None);
+    assert_event_pending(s, &body, &resp, "was deleted, but its ProductDeleted event");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("GET /api/products/p1")
+    );
+    // Gone for readers; the tombstone keeps the event.
+    assert_eq!(w.call(Method::GET, "/api/products/p1", None).0, 404);
+    let (s, body, resp) = w.call(Method::DELETE, "/api/products/p1", None);
+    assert_event_pending(s, &body, &resp, "ProductDeleted");
+    assert_eq!(pending_kinds(&w, "p1"), ["ProductDeleted"]);
+    w.events.recover();
+    assert_eq!(w.call(Method::DELETE, "/api/products/p1", None).0, 204);
+    assert_eq!(w.event_types(), ["ProductCreated", "ProductDeleted"]);
+    assert_eq!(w.call(Method::DELETE, "/api/products/p1", None).0, 404);
+    assert_eq!(w.event_types(), ["ProductCreated", "ProductDeleted"]);
+}
+
+#[test]
+fn the_404_of_a_tombstone_publishes_its_kept_event() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1}));
+    w.events.fail_with("stream full");
+    assert_eq!(w.call(Method::DELETE, "/api/products/p1", None).0, 503);
+    w.events.recover();
+    assert_eq!(w.call(Method::GET, "/api/products/p1", None).0, 404);
+    assert_eq!(w.event_types(), ["ProductCreated", "ProductDeleted"]);
+    assert!(stored(&w, "p1").pending_events.is_empty());
+}
+
+#[test]
+fn a_retried_create_publishes_the_kept_event_and_answers_201_as_the_first() {
+    let w = World::new();
+    w.events.fail_with("stream full");
+    let body = json!({"id": "p1", "name": "x", "price": 1});
+    assert_eq!(
+        w.call(Method::POST, "/api/products", Some(body.clone())).0,
+        503
+    );
+    let first = stored(&w, "p1");
+    w.events.recover();
+    let (s, json, resp) = w.call(Method::POST, "/api/products", Some(body.clone()));
+    assert_eq!(s, 201, "{json}");
+    assert_eq!(resp.header("etag"), Some("\"1\""));
+    assert_eq!(resp.header("location"), Some("/api/products/p1"));
+    assert_eq!(json["createdAt"], first.created_at);
+    assert_eq!(w.event_types(), ["ProductCreated"]);
+    // Once out, the same POST is an ordinary conflict.
+    assert_eq!(w.call(Method::POST, "/api/products", Some(body)).0, 409);
+    // Another body on a product whose creation is pending: 409 too.
+    w.events.fail_with("stream full");
+    let q = json!({"id": "q1", "name": "x", "price": 1});
+    assert_eq!(w.call(Method::POST, "/api/products", Some(q)).0, 503);
+    w.events.recover();
+    let other = json!({"id": "q1", "name": "other", "price": 1});
+    assert_eq!(w.call(Method::POST, "/api/products", Some(other)).0, 409);
+}
+
+#[test]
+fn a_refused_stock_change_does_not_fail_a_reservation_call() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    w.events.fail_with("stream full");
+    let reserve = |o: &str| {
+        w.call(
+            Method::POST,
+            "/api/products/p1/reservations",
+            Some(json!({"orderId": o, "quantity": 1})),
+        )
+        .0
+    };
+    assert_eq!(reserve("o1"), 201);
+    assert_eq!(reserve("o2"), 201);
+    let (s, _, _) = w.call(
+        Method::POST,
+        "/api/products/p1/reservations/o1/confirm",
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        w.call(Method::DELETE, "/api/products/p1/reservations/o2", None)
+            .0,
+        204
+    );
+    // Only the newest StockChanged is kept: it carries the current stock.
+    assert_eq!(pending_kinds(&w, "p1"), ["StockChanged"]);
+    w.events.recover();
+    let (_, got, _) = w.call(Method::GET, "/api/products/p1", None);
+    let events = w.events.events();
+    assert_eq!(events.len(), 2);
+    let data: Value = events[1].1.data_as().unwrap();
+    assert_eq!(
+        (data["stock"].clone(), data["version"].clone()),
+        (json!(4), got["version"].clone())
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use service_kit::clock::format_rfc3339;
 use service_kit::money::Money;
+use service_kit::outbox::{self, StoredEvent};
 use service_kit::pages::Slot;
 
 use crate::domain::reservation::{
@@ -114,6 +115,14 @@ pub struct Product {
     /// written; [`Product::settle`] converts it to `recent`.
     #[serde(default, skip_serializing)]
     pub reservations: Option<BTreeMap<String, LegacyReservation>>,
+    /// Events of a saved change that the broker refused, packed against
+    /// this record's view ([`service_kit::outbox`]): at most one
+    /// `ProductCreated`/`Updated`/`Deleted` and one `StockChanged`,
+    /// published by the next request that touches the product
+    /// (docs/messaging.md, "Events of a saved change"). Kept by the
+    /// tombstone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_events: Vec<StoredEvent>,
 }
 
 /// The public JSON representation (API responses and event data).
@@ -198,6 +207,7 @@ impl NewProduct {
             holds: BTreeMap::new(),
             recent: BTreeMap::new(),
             reservations: None,
+            pending_events: Vec::new(),
         }
     }
 }
@@ -418,6 +428,21 @@ impl Product {
     /// outcomes, and returns the stock of holds expired at `now_ms`
     /// (recording them `expired`, with a new version when stock moved).
     pub fn settle(&mut self, now_ms: u64) -> Settled {
+        let before = (!self.pending_events.is_empty())
+            .then(|| serde_json::value::to_raw_value(&self.view()).ok())
+            .flatten();
+        let settled = self.settle_fields(now_ms);
+        if let Some(before) = before
+            && settled.changed
+        {
+            let mut pending = std::mem::take(&mut self.pending_events);
+            outbox::rebase(&mut pending, &before, &self.view());
+            self.pending_events = pending;
+        }
+        settled
+    }
+
+    fn settle_fields(&mut self, now_ms: u64) -> Settled {
         let mut settled = Settled::default();
         if self.incarnation.is_empty() {
             self.incarnation.clone_from(&self.created_at);
@@ -869,7 +894,35 @@ mod tests {
                 },
             );
         }
+        // A full pending list: one change's events (ProductUpdated and
+        // StockChanged) whose data differs from the record's view in what
+        // reservations may change meanwhile (stock, version, updatedAt).
+        let tenant = service_kit::tenant::TenantId::parse(&"t".repeat(64)).unwrap();
+        let mut then = p.clone();
+        then.stock = i64::from(i32::MIN);
+        then.version = u64::MAX - 1;
+        then.updated_at = "2024-12-31T23:59:59.999Z".into();
+        let events: Vec<outbox::Pending> = ["ProductUpdated", "StockChanged"]
+            .iter()
+            .map(|kind| {
+                outbox::Pending::new(
+                    "products",
+                    service_kit::events::CloudEvent::new(
+                        "wasmshop/product",
+                        kind,
+                        &tenant,
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                        &then.view(),
+                    )
+                    .with_subject(&p.id),
+                )
+            })
+            .collect();
+        p.pending_events = outbox::pack(&events, &p.view());
         let bytes = serde_json::to_vec(&p).unwrap().len();
         assert!(bytes < 64 * 1024, "worst-case record is {bytes} bytes");
+        let back: Product = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        let unpacked = outbox::unpack(&back.pending_events, &back.view());
+        assert_eq!(unpacked[1].event.to_json(), events[1].event.to_json());
     }
 }
