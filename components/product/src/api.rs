@@ -787,13 +787,13 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             .map(|p| p.event.id.clone())
             .collect();
         let kept: Vec<Pending> = all[published.max(earlier.len())..].to_vec();
-        if published.min(earlier.len()) > 0 || !kept.is_empty() {
-            if let Err(p) = self.save_pending(ctx, &record.id, &sent, kept) {
-                eprintln!(
-                    "product: the outbox of product '{}' of tenant '{}' could not be updated ({}); an event refused by the broker may be lost, and a published one may be published again",
-                    record.id, ctx.tenant, p.detail
-                );
-            }
+        if (published.min(earlier.len()) > 0 || !kept.is_empty())
+            && let Err(p) = self.save_pending(ctx, &record.id, &sent, kept)
+        {
+            eprintln!(
+                "product: the outbox of product '{}' of tenant '{}' could not be updated ({}); an event refused by the broker may be lost, and a published one may be published again",
+                record.id, ctx.tenant, p.detail
+            );
         }
         outcome.map(|()| earlier.into_iter().map(|p| p.event.kind).collect())
     }
