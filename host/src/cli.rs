@@ -343,6 +343,10 @@ pub fn init_logging(format: LogFormat) {
 /// Runs `wasmshop up` until SIGTERM/SIGINT.
 pub async fn up(args: UpArgs) -> Result<(), ExitError> {
     let started = Instant::now();
+    // Environment-only settings are checked before anything is loaded, so a
+    // bad value is one line and exit 2 like a bad flag.
+    crate::capabilities::messaging::delivery::DeadLetterRetention::from_env()
+        .map_err(ExitError::input)?;
     let manifest = AppManifest::load(&args.from).map_err(ExitError::input)?;
     crate::telemetry::name_components(&manifest);
     let runtime_config = match &args.runtime_config_file {

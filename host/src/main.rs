@@ -29,7 +29,7 @@ fn main() {
     // moment, and never keeps a stopped host from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     if let Err(error) = result {
-        eprintln!("Error: {}", error.message);
+        eprintln!("error: {}", error.message);
         std::process::exit(error.code);
     }
 }

@@ -9,8 +9,8 @@ use wasmshop_tests::daprd::{
     DaprCluster, MAX_BODY_BYTES, PUBSUB, STATE_STORE, Sidecar, SidecarOptions,
 };
 use wasmshop_tests::{
-    APP_API_TOKEN, Backend, Deployment, Host, HostBuilder, Value, client, json, start_next_to,
-    wait_for, wasm, wasmshop_bin,
+    APP_API_TOKEN, Backend, Deployment, Host, HostBuilder, Value, client, json, run_expecting_exit,
+    start_next_to, wait_for, wasm, wasmshop_bin,
 };
 
 /// The runtime config the deployment uses (infra/runtime-config/dapr.toml).
@@ -878,30 +878,6 @@ fn with_app_api_token_a_forged_delivery_is_refused_and_changes_nothing() {
     }
     let after: Value = order_host.get(&format!("/api/orders/{id}")).json().unwrap();
     assert_eq!(after["status"], created["status"]);
-}
-
-/// Runs `cmd` (a `wasmshop up` expected to refuse to start) to its exit;
-/// a host still running after 60 s is killed and the test fails, rather
-/// than waiting for ever.
-fn run_expecting_exit(cmd: &mut Command) -> std::process::Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the host started instead of refusing: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use wasmshop_tests::{Host, Value, client, wasm, wasmshop_bin};
+use wasmshop_tests::{Host, Value, client, run_expecting_exit, wasm, wasmshop_bin};
 
 /// A one-route HTTP server on a free local port that answers every
 /// request `200 pong`; returns the port.
@@ -81,30 +81,6 @@ fn templates_in_allowed_outbound_hosts_are_expanded_from_the_variables() {
     let (status, body) = outbound(&host, &format!("http://127.0.0.1:{other}/ping"));
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
-}
-
-/// Runs `cmd` (a `wasmshop up` expected to refuse to start) to its exit;
-/// a host still running after 60 s is killed and the test fails, rather
-/// than waiting for ever.
-fn run_expecting_exit(cmd: &mut Command) -> std::process::Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the host started instead of refusing: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// `wasmshop up` of `manifest` with `env`, expected to fail: its stderr.
