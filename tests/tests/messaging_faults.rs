@@ -238,13 +238,19 @@ fn redis_product_deleted_during_an_order_outage_still_cancels_the_order() {
         None,
     );
     assert_eq!(s, 204, "{b}");
+    // Once the stream holds max_len unread entries an update is saved
+    // but its event refused: 503 event-pending (see
+    // `redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_order_later`).
     for i in 0..300 {
         let (s, b) = tenant_call(
             reqwest::Method::PUT,
             products.url("/api/products/other"),
             Some(json!({"name": format!("other v{i}"), "price": 2.5})),
         );
-        assert_eq!(s, 200, "update {i}: {b}");
+        assert!(
+            s == 200 || (s == 503 && b["type"] == "urn:wasmshop:problem:event-pending"),
+            "update {i}: {s} {b}"
+        );
     }
     drop(products);
 
@@ -271,6 +277,162 @@ fn redis_product_deleted_during_an_order_outage_still_cancels_the_order() {
             .as_str()
             .unwrap_or_default()
             .contains("doomed"),
+        "{cancelled}"
+    );
+}
+
+/// A call as tenant `faults` that also returns the `Retry-After` header.
+fn tenant_call_with_retry_after(
+    method: reqwest::Method,
+    url: String,
+) -> (u16, Value, Option<String>) {
+    let r = client()
+        .request(method, url)
+        .header("X-Tenant-Id", "faults")
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, r.json().unwrap_or(Value::Null), retry_after)
+}
+
+/// The name the order shows for `product`.
+fn item_name(order: &Value, product: &str) -> String {
+    order["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["productId"] == product)
+        .map(|i| i["productName"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[test]
+fn redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_order_later() {
+    let backend = Backend::redis();
+    let max_len = 20;
+    let extra = format!("max_len = {max_len}");
+    let rc = backend.runtime_config(&["default"], &[("product-pubsub", extra.as_str())]);
+    let manifest =
+        with_absolute_paths(&std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap());
+    let both = || {
+        Host::builder()
+            .manifest(manifest.clone())
+            .runtime_config(rc.clone())
+            .start()
+    };
+    let mut app = both();
+    for id in ["held", "busy"] {
+        let (s, b) = tenant_call(
+            reqwest::Method::POST,
+            app.url("/api/products"),
+            Some(json!({"id": id, "name": id, "price": 2.5, "stock": 1000})),
+        );
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, order) = tenant_call(
+        reqwest::Method::POST,
+        app.url("/api/orders"),
+        Some(json!({"customerId": "alice", "items": [
+            {"productId": "held", "quantity": 1},
+            {"productId": "busy", "quantity": 1}
+        ]})),
+    );
+    assert_eq!(s, 201, "{order}");
+    let order_id = order["id"].as_str().unwrap().to_string();
+    let order_url = |app: &Host| app.url(&format!("/api/orders/{order_id}"));
+    assert_eq!(app.terminate().code(), Some(0));
+
+    // The order service is down. Updates of `busy` fill the stream until
+    // the broker refuses one: that update is saved, answered 503, and its
+    // event kept with the product.
+    let products = Host::builder()
+        .manifest(manifest.clone())
+        .component_ids(&["product"])
+        .runtime_config(rc.clone())
+        .start();
+    let mut refused_name = None;
+    for i in 0..max_len + 10 {
+        let name = format!("busy v{i}");
+        let (s, b) = tenant_call(
+            reqwest::Method::PUT,
+            products.url("/api/products/busy"),
+            Some(json!({"name": name})),
+        );
+        match s {
+            200 => continue,
+            503 => {
+                assert_eq!(b["type"], "urn:wasmshop:problem:event-pending", "{b}");
+                assert_eq!(b["detail"].as_str().map(|d| d.contains("ProductUpdated")), Some(true), "{b}");
+                refused_name = Some(name);
+                break;
+            }
+            other => panic!("update {i}: {other} {b}"),
+        }
+    }
+    let refused_name = refused_name.expect("an update is refused once max_len events are unread");
+    let (s, busy) = tenant_call(reqwest::Method::GET, products.url("/api/products/busy"), None);
+    assert_eq!((s, busy["name"].as_str()), (200, Some(refused_name.as_str())), "the change is saved");
+
+    // The delete of the product the order holds: saved, its ProductDeleted
+    // refused, the client told so.
+    let (s, b, retry_after) =
+        tenant_call_with_retry_after(reqwest::Method::DELETE, products.url("/api/products/held"));
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["type"], "urn:wasmshop:problem:event-pending");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("was deleted") && detail.contains("ProductDeleted") && detail.contains("retry"),
+        "{detail}"
+    );
+    assert!(retry_after.is_some_and(|r| r.parse::<u32>().is_ok_and(|n| n > 0)));
+    let (s, _) = tenant_call(reqwest::Method::GET, products.url("/api/products/held"), None);
+    assert_eq!(s, 404, "deleted for readers while its event is pending");
+    drop(products);
+
+    // The order service returns and drains the stream. A read of `busy`
+    // publishes its kept update: the order shows the name the 503'd update set.
+    let app = both();
+    wait_for(Duration::from_secs(60), || {
+        let (s, _) = tenant_call(reqwest::Method::GET, app.url("/api/products/busy"), None);
+        assert_eq!(s, 200);
+        let (_, o) = tenant_call(reqwest::Method::GET, order_url(&app), None);
+        (item_name(&o, "busy") == refused_name).then_some(())
+    })
+    .unwrap_or_else(|| {
+        let (_, o) = tenant_call(reqwest::Method::GET, order_url(&app), None);
+        panic!("the kept ProductUpdated reaches the order: {o}")
+    });
+
+    // The DELETE retried publishes the kept ProductDeleted: 204.
+    let deleted = wait_for(Duration::from_secs(30), || {
+        let (s, b) = tenant_call(reqwest::Method::DELETE, app.url("/api/products/held"), None);
+        match s {
+            204 => Some(()),
+            503 => None,
+            other => panic!("DELETE retried: {other} {b}"),
+        }
+    });
+    assert!(deleted.is_some(), "the DELETE retried completes");
+    let (s, _) = tenant_call(reqwest::Method::DELETE, app.url("/api/products/held"), None);
+    assert_eq!(s, 404, "published once: a further DELETE finds nothing");
+
+    let cancelled = wait_for(Duration::from_secs(60), || {
+        let (_, o) = tenant_call(reqwest::Method::GET, order_url(&app), None);
+        (o["status"] == "Cancelled").then_some(o)
+    })
+    .unwrap_or_else(|| {
+        let (_, o) = tenant_call(reqwest::Method::GET, order_url(&app), None);
+        panic!("the order is cancelled once the kept ProductDeleted is out: {o}")
+    });
+    assert!(
+        cancelled["cancellationReason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("held"),
         "{cancelled}"
     );
 }

@@ -22,7 +22,7 @@ use crate::create::{Drive, Failure};
 use crate::domain::{Order, Status};
 use crate::migration::Phase;
 use crate::products::Transport;
-use crate::service::{Ctx, OrderService, check_write, not_found, what};
+use crate::service::{Ctx, OrderService, check_write, not_found, saved_not_published, what};
 use crate::store::{OrderDoc, all_index, customer_index, order_key, product_index, status_index};
 use crate::validation::{ListQuery, idempotency_key, parse_new_order, parse_status_change};
 
@@ -119,7 +119,8 @@ impl ListIndex {
 impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// Answers one request; every failure is a problem response.
     pub fn handle(&self, req: &Request) -> Response {
-        self.route(req).unwrap_or_else(|p| p.to_response())
+        self.route(req)
+            .unwrap_or_else(|p| service_kit::outbox::problem_response(&p))
     }
 
     fn route(&self, req: &Request) -> Result<Response, Problem> {
@@ -236,6 +237,20 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     /// current one.
     fn get(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let order = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        let order = match self.flush(ctx, &order) {
+            Ok(()) => Order {
+                pending_events: Vec::new(),
+                ..order
+            },
+            Err(s) => {
+                // Reads never fail because of the broker.
+                eprintln!(
+                    "order: {} of order '{id}' of tenant '{}' is still refused by the message broker ({}); it stays pending",
+                    s.kind, ctx.tenant, s.error
+                );
+                order
+            }
+        };
         Conditions::from_request(req).respond_read(order.version, &what(id), || {
             order_response(StatusCode::OK, &order)
         })
@@ -279,6 +294,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     fn update(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let conditions = Conditions::from_request(req);
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        self.flush_before_write(ctx, &current)?;
         check_write(&conditions, &current)?;
         let change = parse_status_change(&req.body, id)?;
         let now = now_rfc3339();
@@ -286,14 +302,19 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             o.transition(change.status, change.cancellation_reason.as_deref(), &now)
                 .map_err(|bad| Problem::conflict("invalid-transition", bad.to_string()))
         })?;
-        if changed {
-            self.publish_transition(ctx, &order);
-        }
+        let published = if changed {
+            self.publish_transition(ctx, &order)
+        } else {
+            Ok(())
+        };
         let order = if order.status == Status::Cancelled && order.stock_held {
             self.release_stock(ctx, &order, None)?
         } else {
             order
         };
+        published.map_err(|s| {
+            saved_not_published(ctx, id, &format!("changed to {}", order.status), &s)
+        })?;
         Ok(order_response(StatusCode::OK, &order))
     }
 
@@ -303,6 +324,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
     fn delete(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
         let conditions = Conditions::from_request(req);
         let current = self.live(ctx, id)?.ok_or_else(|| not_found(ctx, id))?;
+        self.flush_before_write(ctx, &current)?;
         check_write(&conditions, &current)?;
         let now = now_rfc3339();
         let (order, cancelled_here) = self.change_status(ctx, current, &conditions, |o| {
@@ -314,12 +336,19 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 None
             })
         })?;
-        if cancelled_here {
-            self.publish_transition(ctx, &order);
-        }
+        let published = if cancelled_here {
+            self.publish_transition(ctx, &order)
+        } else {
+            Ok(())
+        };
         if order.status == Status::Cancelled && order.stock_held {
             self.release_stock(ctx, &order, None)?;
         }
+        // The cancellation is saved; the delete waits until its events are
+        // out (a deleted order could not keep them): a retry finishes it.
+        published.map_err(|s| {
+            saved_not_published(ctx, id, "cancelled (the delete is not done yet)", &s)
+        })?;
         // The cancellation above already checked the preconditions and
         // moved the version on.
         let conditions = if cancelled_here {

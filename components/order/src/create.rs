@@ -385,6 +385,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             stock_held: true,
             slots: None,
             idempotency: draft.idempotency.clone(),
+            pending_events: Vec::new(),
         };
         if claim == Claim::Late {
             match self.claim_late(ctx, id, &draft) {

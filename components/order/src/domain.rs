@@ -265,6 +265,13 @@ pub struct Order {
     /// The `Idempotency-Key` it was created with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<Idempotency>,
+    /// Events of a saved change that the broker refused, packed against
+    /// this order's view ([`service_kit::outbox`]): at most one change's
+    /// (`OrderStatusChanged` + `OrderCancelled`, or `OrderCreated`),
+    /// published by the next request that touches the order
+    /// (docs/messaging.md, "Events of a saved change").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_events: Vec<service_kit::outbox::StoredEvent>,
 }
 
 /// Why a status change was refused (409).
@@ -489,6 +496,7 @@ pub(crate) mod tests {
             stock_held: true,
             slots: None,
             idempotency: None,
+            pending_events: Vec::new(),
         }
     }
 
@@ -637,8 +645,30 @@ pub(crate) mod tests {
                 open_slot: Some(slot),
             })
             .collect();
-        let json = serde_json::to_vec(&crate::store::OrderDoc::Live(o)).unwrap();
+        // A full pending list: a cancellation's two events (their data is
+        // the order's view; the longest tenant id and subject).
+        let tenant = service_kit::tenant::TenantId::parse(&"t".repeat(64)).unwrap();
+        let events: Vec<service_kit::outbox::Pending> = ["OrderStatusChanged", "OrderCancelled"]
+            .iter()
+            .map(|kind| {
+                service_kit::outbox::Pending::new(
+                    "orders",
+                    service_kit::events::CloudEvent::new(
+                        "wasmshop/order",
+                        kind,
+                        &tenant,
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                        &o.view(),
+                    )
+                    .with_subject(&o.id),
+                )
+            })
+            .collect();
+        o.pending_events = service_kit::outbox::pack(&events, &o.view());
+        let json = serde_json::to_vec(&crate::store::OrderDoc::Live(o.clone())).unwrap();
         assert!(json.len() < 64 * 1024, "{} bytes", json.len());
+        let back = service_kit::outbox::unpack(&o.pending_events, &o.view());
+        assert_eq!(back[1].event.to_json(), events[1].event.to_json());
     }
 
     #[test]

@@ -174,9 +174,10 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     .and_then(OrderDoc::live)
                     .ok_or_else(|| not_found(ctx, &id))?;
                 check_write(conditions, &stored)?;
-                let Some(mut next) = decide(&stored)? else {
+                let Some(next) = decide(&stored)? else {
                     return Ok(Change::Keep((stored, Vec::new(), false)));
                 };
+                let mut next = crate::service::carry_pending(&stored, next);
                 if next.status != target.status || stored.slots.is_none() {
                     // Decided otherwise on the newer order, or it lost its
                     // entries meanwhile (never written back that way):

@@ -181,6 +181,14 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         if !order.contains(&data.id) {
             return Ok(false);
         }
+        // Its earlier events go out first; while the broker refuses them
+        // the reaction fails, and the redelivery tries again.
+        self.flush(ctx, &order).map_err(|s| {
+            Problem::unavailable(format!(
+                "order '{}' has a {} event pending that the message broker refuses ({}); the reaction is retried on redelivery",
+                order.id, s.kind, s.error
+            ))
+        })?;
         if let Some(slot) = slot
             && order.slots.is_some()
             && !order
@@ -207,10 +215,10 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             &self.settings.retry,
             |doc: Option<OrderDoc>| {
                 Ok::<_, Problem>(
-                    match doc
-                        .and_then(OrderDoc::live)
-                        .and_then(|o| o.rename_product(&data.id, &data.name, data.version, &now))
-                    {
+                    match doc.and_then(OrderDoc::live).and_then(|o| {
+                        o.rename_product(&data.id, &data.name, data.version, &now)
+                            .map(|next| crate::service::carry_pending(&o, next))
+                    }) {
                         Some(next) => Change::Write(OrderDoc::Live(next), true),
                         None => Change::Keep(false),
                     },
@@ -250,7 +258,16 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             )
         })?;
         if cancelled {
-            self.publish_transition(ctx, &order);
+            // A refused event fails the reaction before the stock is
+            // returned: the order keeps its open-product entries while it
+            // holds stock, so the redelivery finds it, publishes the event
+            // kept in it, then returns the stock.
+            self.publish_transition(ctx, &order).map_err(|s| {
+                Problem::unavailable(format!(
+                    "order '{}' was cancelled, but its {} event was refused by the message broker ({}); it is kept with the order and published on redelivery",
+                    order.id, s.kind, s.error
+                ))
+            })?;
         }
         if order.status == Status::Cancelled && order.stock_held {
             self.release_stock(ctx, &order, Some(&data.id))?;

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use service_kit::clock::parse_rfc3339;
 use service_kit::events::{CloudEvent, EventSink};
 use service_kit::kv::{Change, KvStore, Retry, get_json, update_json};
+use service_kit::outbox::{self, Pending, Stalled, event_pending};
 use service_kit::pages::DEFAULT_PAGE_CAPACITY;
 use service_kit::problem::Problem;
 use service_kit::rest::Conditions;
@@ -231,34 +232,147 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
         Ok(released)
     }
 
-    /// Publishes an event with the order snapshot. The change is already
-    /// stored, so a broker failure is logged rather than failing a request
-    /// the client would then retry.
-    pub(crate) fn publish(&self, ctx: &Ctx, kind: &str, order: &Order) {
-        let event = CloudEvent::new(
-            EVENT_SOURCE,
-            kind,
-            &ctx.tenant,
-            &ctx.traceparent,
-            &order.view(),
+    /// The event `kind` with the snapshot of `order` (its data).
+    fn event(&self, ctx: &Ctx, kind: &str, order: &Order) -> Pending {
+        Pending::new(
+            TOPIC,
+            CloudEvent::new(
+                EVENT_SOURCE,
+                kind,
+                &ctx.tenant,
+                &ctx.traceparent,
+                &order.view(),
+            )
+            .with_subject(&order.id),
         )
-        .with_subject(&order.id);
-        if let Err(e) = self.events.publish(TOPIC, &event) {
+    }
+
+    /// Publishes, best effort, the event `kind` of a change already saved
+    /// in `order` (as stored): a refused event is kept in the order for
+    /// the next request that touches it, and logged.
+    pub(crate) fn publish(&self, ctx: &Ctx, kind: &str, order: &Order) {
+        let event = self.event(ctx, kind, order);
+        if let Err(s) = self.emit(ctx, order, vec![event]) {
             eprintln!(
-                "order: {kind} for order '{}' of tenant '{}' was saved but not published: {e}",
-                order.id, ctx.tenant
+                "order: {} of order '{}' of tenant '{}' was refused by the message broker ({}); it is kept with the order and published by the next request that touches it",
+                s.kind, order.id, ctx.tenant, s.error
             );
         }
     }
 
-    /// Publishes what a status change means: always `OrderStatusChanged`,
-    /// plus `OrderCancelled` for a cancellation.
-    pub(crate) fn publish_transition(&self, ctx: &Ctx, order: &Order) {
-        self.publish(ctx, ORDER_STATUS_CHANGED, order);
+    /// Publishes what a status change saved in `order` means: always
+    /// `OrderStatusChanged`, plus `OrderCancelled` for a cancellation.
+    /// `Err` when the broker refused one (both are then kept in the order).
+    pub(crate) fn publish_transition(&self, ctx: &Ctx, order: &Order) -> Result<(), Stalled> {
+        let mut events = vec![self.event(ctx, ORDER_STATUS_CHANGED, order)];
         if order.status == Status::Cancelled {
-            self.publish(ctx, ORDER_CANCELLED, order);
+            events.push(self.event(ctx, ORDER_CANCELLED, order));
         }
+        self.emit(ctx, order, events).map(|_| ())
     }
+
+    /// Publishes the events pending in `order` (as stored), if any, and
+    /// clears them; `Err` when the broker still refuses them.
+    pub(crate) fn flush(&self, ctx: &Ctx, order: &Order) -> Result<(), Stalled> {
+        if order.pending_events.is_empty() {
+            return Ok(());
+        }
+        self.emit(ctx, order, Vec::new()).map(|_| ())
+    }
+
+    /// [`OrderService::flush`] for a write: 503 `event-pending` (nothing
+    /// changed) while the broker refuses the order's earlier events.
+    pub(crate) fn flush_before_write(&self, ctx: &Ctx, order: &Order) -> Result<(), Problem> {
+        self.flush(ctx, order).map_err(|s| {
+            event_pending(format!(
+                "order '{}' has a {} event of an earlier change that the message broker still refuses ({}); nothing was changed. The event is kept with the order: retry this request in a few seconds, once the broker accepts events again",
+                order.id, s.kind, s.error
+            ))
+        })
+    }
+
+    /// Publishes, in order, the events pending in `record` (the order as
+    /// stored) and then `new` (the events of the change just saved in
+    /// it); then records the outcome in the order with one
+    /// compare-and-swap, only when something changed: published pending
+    /// events removed, refused new ones added (docs/messaging.md, "Events
+    /// of a saved change"). `Err` names the event the broker refused.
+    fn emit(&self, ctx: &Ctx, record: &Order, new: Vec<Pending>) -> Result<(), Stalled> {
+        let earlier = outbox::unpack(&record.pending_events, &record.view());
+        let mut all = earlier.clone();
+        all.extend(new);
+        let outcome = outbox::publish_in_order(self.events, &all);
+        let published = match &outcome {
+            Ok(()) => all.len(),
+            Err(s) => s.published,
+        };
+        let sent: Vec<String> = all[..published]
+            .iter()
+            .map(|p| p.event.id.clone())
+            .collect();
+        let kept: Vec<Pending> = all[published.max(earlier.len())..].to_vec();
+        if (published.min(earlier.len()) > 0 || !kept.is_empty())
+            && let Err(p) = self.save_pending(ctx, &record.id, &sent, kept)
+        {
+            eprintln!(
+                "order: the outbox of order '{}' of tenant '{}' could not be updated ({}); an event refused by the broker may be lost, and a published one may be published again",
+                record.id, ctx.tenant, p.detail
+            );
+        }
+        outcome
+    }
+
+    /// Removes the events `sent` from the order's pending list and adds
+    /// `kept`, with compare-and-swap (another writer's change is kept).
+    fn save_pending(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        sent: &[String],
+        kept: Vec<Pending>,
+    ) -> Result<(), Problem> {
+        update_json(
+            self.store,
+            &order_key(&ctx.tenant, id),
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                let Some(mut o) = doc.and_then(OrderDoc::live) else {
+                    return Ok::<_, Problem>(Change::Keep(()));
+                };
+                let removed = outbox::remove_published(&mut o.pending_events, sent);
+                if kept.is_empty() {
+                    return Ok(if removed {
+                        Change::Write(OrderDoc::Live(o), ())
+                    } else {
+                        Change::Keep(())
+                    });
+                }
+                let pending = outbox::unpack(&o.pending_events, &o.view());
+                let merged = outbox::merge(pending, kept.clone(), |_, _| false);
+                o.pending_events = outbox::pack(&merged, &o.view());
+                Ok(Change::Write(OrderDoc::Live(o), ()))
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// The 503 of a public write whose change is saved but whose event `s`
+/// the broker refused; `done` says what happened (`cancelled`, ...).
+pub(crate) fn saved_not_published(ctx: &Ctx, id: &str, done: &str, s: &Stalled) -> Problem {
+    event_pending(format!(
+        "order '{id}' of tenant '{}' was {done}, but its {} event was refused by the message broker ({}); the event is kept with the order and is published by the next request that reads or writes it: retry this request or GET /api/orders/{id}",
+        ctx.tenant, s.kind, s.error
+    ))
+}
+
+/// `next`, derived from `stored` by a write, with the events pending in
+/// `stored` re-packed against `next`'s view.
+pub(crate) fn carry_pending(stored: &Order, mut next: Order) -> Order {
+    let mut pending = std::mem::take(&mut next.pending_events);
+    outbox::rebase(&mut pending, &stored.view(), &next.view());
+    next.pending_events = pending;
+    next
 }
 
 /// 404 for an order the tenant does not have.

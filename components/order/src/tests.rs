@@ -1881,3 +1881,124 @@ fn offsets_past_32_bits_are_an_empty_page() {
     assert_eq!((s, body), (200, json!([])));
     assert_eq!(r.header("link"), None);
 }
+
+fn pending_kinds(w: &World, id: &str) -> Vec<String> {
+    match w.doc("t", id) {
+        Some(OrderDoc::Live(o)) => o.pending_events.iter().map(|e| e.kind.clone()).collect(),
+        other => panic!("not a live order: {other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_cancel_event_is_kept_in_the_order_503_and_the_next_get_publishes_it() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.0, 10);
+    let id = w.place("t", &[("a", 2)]);
+    w.events.fail_with("stream full");
+    let (s, body, r) = w.put("t", &id, json!({"status": "Cancelled"}));
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["type"], "urn:wasmshop:problem:event-pending");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("OrderStatusChanged"),
+        "{body}"
+    );
+    // The change is saved and its stock returned; both events are kept.
+    assert_eq!(w.peer.stock("t", "a"), 10);
+    assert_eq!(
+        pending_kinds(&w, &id),
+        ["OrderStatusChanged", "OrderCancelled"]
+    );
+    let kept: Vec<String> = match w.doc("t", &id) {
+        Some(OrderDoc::Live(o)) => o.pending_events.iter().map(|e| e.id.clone()).collect(),
+        _ => unreachable!(),
+    };
+    // A read answers while the broker refuses; a write is refused.
+    assert_eq!(w.order("t", &id)["status"], "Cancelled");
+    let (s, body, _) = w.delete("t", &id);
+    assert_eq!(
+        (s, body["type"].as_str()),
+        (503, Some("urn:wasmshop:problem:event-pending"))
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was changed"),
+        "{body}"
+    );
+    w.events.recover();
+    let got = w.order("t", &id);
+    let events = w.events.events();
+    let after_create: Vec<(String, String)> = events[1..]
+        .iter()
+        .map(|(_, e)| (e.kind.clone(), e.id.clone()))
+        .collect();
+    assert_eq!(
+        after_create,
+        [
+            ("OrderStatusChanged".to_owned(), kept[0].clone()),
+            ("OrderCancelled".to_owned(), kept[1].clone()),
+        ]
+    );
+    let data: Value = events[2].1.data_as().unwrap();
+    assert_eq!(data, got);
+    assert!(pending_kinds(&w, &id).is_empty());
+}
+
+#[test]
+fn a_retried_delete_publishes_the_kept_cancellation_and_answers_204() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.0, 10);
+    let id = w.place("t", &[("a", 1)]);
+    w.events.fail_with("stream full");
+    let (s, body, _) = w.delete("t", &id);
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("delete is not done yet"),
+        "{body}"
+    );
+    assert_eq!(w.order("t", &id)["status"], "Cancelled");
+    w.events.recover();
+    assert_eq!(w.delete("t", &id).0, 204);
+    assert_eq!(w.get("t", &format!("/api/orders/{id}")).0, 404);
+    let kinds: Vec<String> = w.order_events().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        ["OrderCreated", "OrderStatusChanged", "OrderCancelled"]
+    );
+}
+
+#[test]
+fn a_reaction_whose_event_is_refused_fails_so_the_broker_redelivers_it() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.0, 10);
+    let id = w.place("t", &[("a", 1)]);
+    let deleted = w.peer.remove("t", "a");
+    w.events.fail_with("stream full");
+    let err = w.service().on_product_event(&deleted).unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(
+        pending_kinds(&w, &id),
+        ["OrderStatusChanged", "OrderCancelled"]
+    );
+    // Redelivered while the broker still refuses: fails again, nothing lost.
+    assert!(w.service().on_product_event(&deleted).is_err());
+    w.events.recover();
+    assert_eq!(
+        w.service().on_product_event(&deleted),
+        Ok(Outcome::Applied(0))
+    );
+    assert!(pending_kinds(&w, &id).is_empty());
+    let kinds: Vec<String> = w.order_events().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        ["OrderCreated", "OrderStatusChanged", "OrderCancelled"]
+    );
+}
