@@ -275,6 +275,14 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 return Ok(r);
             }
         };
+        let id = &placed.order.id;
+        if placed.replayed {
+            // A retry with the key: the order's events go out first.
+            self.flush(ctx, &placed.order)
+                .map_err(|s| saved_not_published(ctx, id, "placed", &s))?;
+        } else if let Some((_, s)) = self.refused.take().filter(|(o, _)| o == id) {
+            return Err(saved_not_published(ctx, id, "placed", &s));
+        }
         let status = if placed.replayed {
             StatusCode::OK
         } else {

@@ -4,6 +4,7 @@
 //! event sink and transport to the product service, so everything runs
 //! natively in unit tests.
 
+use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
 use service_kit::clock::parse_rfc3339;
@@ -79,6 +80,9 @@ pub struct OrderService<'a, S, E, T> {
     pub(crate) events: &'a E,
     pub(crate) products: Products<'a, T>,
     pub(crate) settings: Settings,
+    /// The last event [`OrderService::publish`] saw refused, by order id:
+    /// the create request that placed the order answers 503 from it.
+    pub(crate) refused: RefCell<Option<(String, Stalled)>>,
 }
 
 impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
@@ -99,6 +103,7 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
             events,
             products: Products::new(transport, settings.calls),
             settings,
+            refused: RefCell::new(None),
         }
     }
 
@@ -257,6 +262,7 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
                 "order: {} of order '{}' of tenant '{}' was refused by the message broker ({}); it is kept with the order and published by the next request that touches it",
                 s.kind, order.id, ctx.tenant, s.error
             );
+            *self.refused.borrow_mut() = Some((order.id.clone(), s));
         }
     }
 

@@ -2002,3 +2002,31 @@ fn a_reaction_whose_event_is_refused_fails_so_the_broker_redelivers_it() {
         ["OrderCreated", "OrderStatusChanged", "OrderCancelled"]
     );
 }
+
+#[test]
+fn a_create_whose_order_created_is_refused_is_503_and_a_keyed_retry_publishes_it() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.0, 10);
+    w.events.fail_with("stream full");
+    let (s, body, r) = w.post_keyed("t", "k1", order_body(&[("a", 1)]));
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("was placed") && detail.contains("OrderCreated"),
+        "{detail}"
+    );
+    // Placed (its stock confirmed), the event kept with it.
+    assert_eq!(w.peer.stock("t", "a"), 9);
+    let (s, again, _) = w.post_keyed("t", "k1", order_body(&[("a", 1)]));
+    assert_eq!(s, 503, "still refused: {again}");
+    w.events.recover();
+    let (s, replay, r) = w.post_keyed("t", "k1", order_body(&[("a", 1)]));
+    assert_eq!(s, 200, "{replay}");
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    let id = replay["id"].as_str().unwrap();
+    assert!(pending_kinds(&w, id).is_empty());
+    let kinds: Vec<String> = w.order_events().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["OrderCreated"]);
+    assert_eq!(w.peer.stock("t", "a"), 9, "ordered once");
+}
