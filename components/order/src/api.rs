@@ -372,6 +372,14 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             &what(id),
             || not_found(ctx, id),
             |current: Order| {
+                // A deleted order could not keep its events: events kept
+                // meanwhile (a concurrent request's) go out first.
+                if let Some(e) = current.pending_events.first() {
+                    return Err(service_kit::outbox::event_pending(format!(
+                        "order '{id}' has a {} event kept since a moment ago that the message broker refused; it was not deleted. Retry in a few seconds",
+                        e.kind
+                    )));
+                }
                 Ok(Change::Write(
                     OrderDoc::Deleted {
                         deleted_at: now.clone(),
