@@ -376,7 +376,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 // meanwhile (a concurrent request's) go out first.
                 if let Some(e) = current.pending_events.first() {
                     return Err(service_kit::outbox::event_pending(format!(
-                        "order '{id}' has a {} event kept since a moment ago that the message broker refused; it was not deleted. Retry in a few seconds",
+                        "order '{id}' has a {} event that the message broker refused, kept by a request that ran meanwhile; the order was not deleted. Retry in a few seconds",
                         e.kind
                     )));
                 }
