@@ -1,9 +1,9 @@
 //! Logs, traces and metrics out of the host (`docs/observability.md`).
 //!
-//! - Logs: `tracing` events formatted as JSON (or text on a terminal) and
-//!   written to stderr by one thread through a bounded queue
-//!   ([`writer`]); the access log is one of them (target
-//!   [`ACCESS_TARGET`]).
+//! - Logs: `tracing` events formatted as JSON ([`json`]; text on a
+//!   terminal) and written to stderr by one thread through a bounded
+//!   queue ([`writer`]); the access log is one line per request (target
+//!   [`ACCESS_TARGET`]), in JSON written straight to the queue.
 //! - Traces: `tracing` spans become OpenTelemetry spans
 //!   (`tracing-opentelemetry`) whether or not they are exported, so every
 //!   request has W3C trace and span ids for its log lines and outgoing
@@ -21,6 +21,7 @@
 pub mod env;
 pub mod export;
 pub mod guest;
+pub mod json;
 pub mod kv;
 pub mod messaging;
 pub mod spans;
@@ -205,6 +206,11 @@ struct Installed {
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
+/// Whether log records are exported (an OTLP logs endpoint is set).
+pub fn logs_exported() -> bool {
+    INSTALLED.get().is_some_and(|i| i.config.logs)
+}
+
 /// Whether spans are exported (an OTLP traces endpoint is set).
 pub fn traces_exported() -> bool {
     INSTALLED.get().is_some_and(|i| i.config.traces)
@@ -256,12 +262,18 @@ pub fn install(json: bool) {
         }
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = writer::NonBlockingStderr::get();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
-    let fmt = if json {
-        fmt.json().flatten_event(true).boxed()
+    // The per-layer filters below say what they pass at most, so the
+    // subscriber's level hint is `RUST_LOG`'s and the `log` crate (set to
+    // it by `try_init`) skips disabled records (wasmtime's trace! calls)
+    // before they reach `tracing`.
+    let hint = filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    let (json_lines, text) = if json {
+        (Some(json::JsonLayer::install()), None)
     } else {
-        fmt.boxed()
+        let text = tracing_subscriber::fmt::layer().with_writer(writer::NonBlockingStderr::get());
+        (None, Some(text))
     };
 
     // Spans always become OpenTelemetry spans (ids for the logs and the
@@ -282,7 +294,10 @@ pub fn install(json: bool) {
         .with_level(false)
         .with_tracked_inactivity(false)
         // Events stay log records (below), not span events.
-        .with_filter(filter_fn(|meta| meta.is_span()));
+        .with_filter(
+            filter_fn(move |meta| meta.is_span() && *meta.level() <= hint)
+                .with_max_level_hint(hint),
+        );
 
     let (logs, log_queue) = if config.logs {
         let (processor, queue) = export::log_queue(config.log_queue);
@@ -291,15 +306,19 @@ pub fn install(json: bool) {
             .build();
         let bridge =
             opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&provider)
-                .with_filter(filter_fn(|meta| {
-                    let t = meta.target();
-                    !(t.starts_with(SELF_TARGET)
-                        || t.starts_with("opentelemetry")
-                        || t.starts_with("hyper")
-                        || t.starts_with("h2")
-                        || t.starts_with("tonic")
-                        || t.starts_with("tower"))
-                }));
+                .with_filter(
+                    filter_fn(move |meta| {
+                        let t = meta.target();
+                        *meta.level() <= hint
+                            && !(t.starts_with(SELF_TARGET)
+                                || t.starts_with("opentelemetry")
+                                || t.starts_with("hyper")
+                                || t.starts_with("h2")
+                                || t.starts_with("tonic")
+                                || t.starts_with("tower"))
+                    })
+                    .with_max_level_hint(hint),
+                );
         // The provider lives as long as its processor's queue.
         std::mem::forget(provider);
         (Some(bridge), Some(queue))
@@ -309,7 +328,8 @@ pub fn install(json: bool) {
 
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(fmt)
+        .with(json_lines)
+        .with(text)
         .with(spans)
         .with(logs)
         .with(spans::ComponentLayer)

@@ -171,16 +171,36 @@ pub fn request<B>(
 impl Access {
     /// Records `status` on the server span and writes the request's
     /// access line (target [`super::ACCESS_TARGET`]; `duration_ms` to the
-    /// response head).
+    /// response head), unless `RUST_LOG` turns it off. In JSON it is one
+    /// record handed to the log writer ([`super::json::write_access`]);
+    /// the `tracing` event is made only for the text format and for the
+    /// OTLP log export.
     pub fn finish(&self, span: &Span, status: u16, took: std::time::Duration) {
         record_status(span, status);
+        if !tracing::enabled!(target: super::ACCESS_TARGET, tracing::Level::INFO) {
+            return;
+        }
+        let duration_ms = took.as_secs_f64() * 1000.0;
+        let written = super::json::write_access(&super::json::AccessLine {
+            method: &self.method,
+            route: &self.route,
+            status,
+            duration_ms,
+            component: &self.component,
+            tenant: &self.tenant,
+            trace_id: &self.trace_id,
+            span_id: &self.span_id,
+        });
+        if written && !super::logs_exported() {
+            return;
+        }
         span.in_scope(|| {
             tracing::info!(
                 target: super::ACCESS_TARGET,
                 method = %self.method,
                 route = %self.route,
                 status,
-                duration_ms = took.as_secs_f64() * 1000.0,
+                duration_ms,
                 component = %self.component,
                 tenant = %self.tenant,
                 trace_id = %self.trace_id,
