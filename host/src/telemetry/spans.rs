@@ -116,8 +116,18 @@ pub struct Access {
     route: String,
     component: String,
     tenant: String,
-    trace_id: String,
-    span_id: String,
+    /// The server span's `traceparent`: `00-<trace id>-<span id>-<flags>`.
+    traceparent: String,
+}
+
+impl Access {
+    fn trace_id(&self) -> &str {
+        self.traceparent.get(3..35).unwrap_or_default()
+    }
+
+    fn span_id(&self) -> &str {
+        self.traceparent.get(36..52).unwrap_or_default()
+    }
 }
 
 /// The server span of `request` to `component`: a child of the request's
@@ -156,14 +166,12 @@ pub fn request<B>(
     if let Ok(v) = http::HeaderValue::from_str(&tp) {
         request.headers_mut().insert(TRACEPARENT, v);
     }
-    let mut parts = tp.split('-').skip(1);
     let access = Access {
         method,
         route: route.unwrap_or("(unrouted)").to_string(),
         component: component.to_string(),
         tenant,
-        trace_id: parts.next().unwrap_or_default().to_string(),
-        span_id: parts.next().unwrap_or_default().to_string(),
+        traceparent: tp,
     };
     (span, access)
 }
@@ -188,8 +196,8 @@ impl Access {
             duration_ms,
             component: &self.component,
             tenant: &self.tenant,
-            trace_id: &self.trace_id,
-            span_id: &self.span_id,
+            trace_id: self.trace_id(),
+            span_id: self.span_id(),
         });
         if written && !super::logs_exported() {
             return;
@@ -203,8 +211,8 @@ impl Access {
                 duration_ms,
                 component = %self.component,
                 tenant = %self.tenant,
-                trace_id = %self.trace_id,
-                span_id = %self.span_id,
+                trace_id = self.trace_id(),
+                span_id = self.span_id(),
                 "access"
             );
         });
@@ -384,18 +392,18 @@ struct SpanComponent(Arc<str>);
 /// ([`current_component`]).
 pub struct ComponentLayer;
 
-struct ComponentVisitor(Option<String>);
+struct ComponentVisitor(Option<Arc<str>>);
 
 impl tracing::field::Visit for ComponentVisitor {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "component" {
-            self.0 = Some(value.to_string());
+            self.0 = Some(Arc::from(value));
         }
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         if field.name() == "component" {
-            self.0 = Some(format!("{value:?}").trim_matches('"').to_string());
+            self.0 = Some(Arc::from(format!("{value:?}").trim_matches('"')));
         }
     }
 }
@@ -414,7 +422,7 @@ where
         let mut visitor = ComponentVisitor(None);
         attrs.record(&mut visitor);
         let component = match visitor.0 {
-            Some(c) => Some(Arc::from(c.as_str())),
+            Some(c) => Some(c),
             None => span
                 .parent()
                 .and_then(|p| p.extensions().get::<SpanComponent>().map(|c| c.0.clone())),
