@@ -253,14 +253,21 @@ impl Visit for Fields<'_> {
 /// One access line, its fields in the order the `tracing` event had.
 #[derive(Serialize)]
 pub(crate) struct AccessLine<'a> {
+    /// The request method (`GET`).
     pub method: &'a str,
+    /// The route template (`/api/products/:id`), `(unrouted)` outside one.
     pub route: &'a str,
+    /// The response status.
     pub status: u16,
     /// Milliseconds to the response head.
     pub duration_ms: f64,
+    /// The component id that handled the request.
     pub component: &'a str,
+    /// The `X-Tenant-Id` (`default`, `(invalid)`).
     pub tenant: &'a str,
+    /// The server span's trace id (32 hex digits).
     pub trace_id: &'a str,
+    /// The server span's id (16 hex digits).
     pub span_id: &'a str,
 }
 
