@@ -3,7 +3,7 @@
 
 use crate::app::{App, AppOptions};
 use crate::backends::BackendArgs;
-use crate::engine::EngineLimits;
+use crate::engine::{EngineLimits, Profiler};
 use crate::manifest::AppManifest;
 use crate::metrics::Metrics;
 use crate::runtime_config::RuntimeConfig;
@@ -148,6 +148,12 @@ pub struct UpArgs {
     /// 10000; past it a request is answered 503 with Retry-After.
     #[arg(long, env = "WASMSHOP_MAX_INSTANCES", allow_negative_numbers = true, default_value_t = 1000, value_parser = parse_instances)]
     pub max_instances: u32,
+
+    /// Lets `perf` name the components' compiled functions: `perfmap`
+    /// writes /tmp/perf-<pid>.map (one line per function, at each start);
+    /// `none` costs nothing. For profiling only.
+    #[arg(long, env = "WASMSHOP_PROFILER", value_enum, default_value_t = Profiler::None)]
+    pub profiler: Profiler,
 
     /// On SIGTERM/SIGINT, how long in-flight requests and deliveries may
     /// still run, in seconds (0 to 3600).
@@ -369,6 +375,7 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
         limits: EngineLimits {
             max_memory_bytes: args.max_memory_mb << 20,
             max_instances: args.max_instances,
+            profiler: args.profiler,
         },
         request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
         backend_args: args.backends.clone(),

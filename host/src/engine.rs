@@ -10,18 +10,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+};
 
 /// How often the epoch advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Limits every instance runs under.
+/// Limits every instance runs under, and the profiling agent.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineLimits {
     /// Linear memory one instance may use.
     pub max_memory_bytes: usize,
     /// Instances alive at once (requests + deliveries in flight).
     pub max_instances: u32,
+    /// Which profiler can name the components' compiled functions.
+    pub profiler: Profiler,
+}
+
+/// Makes `perf` able to name the functions of the components' compiled
+/// code (wasmtime's profiling agents; without one, `perf report` shows
+/// guest time as anonymous `[JIT]` addresses). Profiling only: see
+/// docs/operations.md, "Profiling".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profiler {
+    /// No agent: nothing is written, nothing costs.
+    #[default]
+    None,
+    /// `/tmp/perf-<pid>.map`, read by `perf report` directly. (wasmtime's
+    /// jitdump and VTune agents need its `profiling` feature, which this
+    /// build leaves out.)
+    Perfmap,
 }
 
 /// Builds the engine all components share.
@@ -43,7 +62,11 @@ pub fn build_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .profiler(match limits.profiler {
+            Profiler::None => ProfilingStrategy::None,
+            Profiler::Perfmap => ProfilingStrategy::PerfMap,
+        });
     Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e}"))
 }
 
