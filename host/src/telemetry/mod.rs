@@ -330,9 +330,12 @@ pub fn install(json: bool) {
         .with(filter)
         .with(json_lines)
         .with(text)
+        // Below the per-layer filtered layers: a plain layer above them
+        // would make the subscriber's level hint "anything" (TRACE), and
+        // `try_init` gives the `log` crate that level.
+        .with(spans::ComponentLayer)
         .with(spans)
         .with(logs)
-        .with(spans::ComponentLayer)
         .try_init();
     for w in config.findings.iter().filter_map(|f| f.warning.as_ref()) {
         tracing::warn!(target: SELF_TARGET, "{w}");
