@@ -366,7 +366,11 @@ fn redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_orde
             200 => continue,
             503 => {
                 assert_eq!(b["type"], "urn:wasmshop:problem:event-pending", "{b}");
-                assert_eq!(b["detail"].as_str().map(|d| d.contains("ProductUpdated")), Some(true), "{b}");
+                assert_eq!(
+                    b["detail"].as_str().map(|d| d.contains("ProductUpdated")),
+                    Some(true),
+                    "{b}"
+                );
                 refused_name = Some(name);
                 break;
             }
@@ -374,8 +378,16 @@ fn redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_orde
         }
     }
     let refused_name = refused_name.expect("an update is refused once max_len events are unread");
-    let (s, busy) = tenant_call(reqwest::Method::GET, products.url("/api/products/busy"), None);
-    assert_eq!((s, busy["name"].as_str()), (200, Some(refused_name.as_str())), "the change is saved");
+    let (s, busy) = tenant_call(
+        reqwest::Method::GET,
+        products.url("/api/products/busy"),
+        None,
+    );
+    assert_eq!(
+        (s, busy["name"].as_str()),
+        (200, Some(refused_name.as_str())),
+        "the change is saved"
+    );
 
     // The delete of the product the order holds: saved, its ProductDeleted
     // refused, the client told so.
@@ -385,11 +397,17 @@ fn redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_orde
     assert_eq!(b["type"], "urn:wasmshop:problem:event-pending");
     let detail = b["detail"].as_str().unwrap();
     assert!(
-        detail.contains("was deleted") && detail.contains("ProductDeleted") && detail.contains("retry"),
+        detail.contains("was deleted")
+            && detail.contains("ProductDeleted")
+            && detail.contains("retry"),
         "{detail}"
     );
     assert!(retry_after.is_some_and(|r| r.parse::<u32>().is_ok_and(|n| n > 0)));
-    let (s, _) = tenant_call(reqwest::Method::GET, products.url("/api/products/held"), None);
+    let (s, _) = tenant_call(
+        reqwest::Method::GET,
+        products.url("/api/products/held"),
+        None,
+    );
     assert_eq!(s, 404, "deleted for readers while its event is pending");
     drop(products);
 
