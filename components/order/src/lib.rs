@@ -25,6 +25,7 @@ use service_kit::bindings::wasi::http::types::{IncomingRequest, ResponseOutparam
 use service_kit::bindings::wasi::messaging::types::{Error as MessagingError, Message};
 use service_kit::events::{MessagingSink, PUBSUB_CLIENT};
 use service_kit::kv::{DEFAULT_STORE, WasiStore};
+use service_kit::pages::MAX_PAGE_CAPACITY;
 use service_kit::problem::Problem;
 
 use crate::products::WasiTransport;
@@ -90,9 +91,9 @@ fn settings() -> Settings {
     let name = "index_page_capacity";
     match service_kit::bindings::wasi::config::store::get(name) {
         Ok(Some(v)) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=1024).contains(&n) => settings.page_capacity = n,
+            Ok(n) if (1..=MAX_PAGE_CAPACITY).contains(&n) => settings.page_capacity = n,
             _ => eprintln!(
-                "order: variable {name} = '{v}' is not a whole number from 1 to 1024; using {}",
+                "order: variable {name} = '{v}' is not a whole number from 1 to {MAX_PAGE_CAPACITY}; using {}; fix it in [component.order.variables] of spin.toml",
                 settings.page_capacity
             ),
         },

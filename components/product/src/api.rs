@@ -62,7 +62,8 @@ pub struct Settings {
     /// (default 100, never above [`MAX_HOLDS_CEILING`]); beyond, reserve
     /// answers 503 with `Retry-After`.
     pub max_holds: usize,
-    /// `index_page_capacity`: entries per index page (default 128).
+    /// `index_page_capacity`: entries per index page (default 32, at most
+    /// [`service_kit::pages::MAX_PAGE_CAPACITY`]).
     pub page_capacity: usize,
     /// Legacy index entries one list or create request migrates
     /// (default 200).

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `reservation_hold_seconds` | how long an unconfirmed hold lasts | 120 |
 //! | `reservation_max_holds` | most unconfirmed holds per product (at most 100) | 100 |
-//! | `index_page_capacity` | entries per index page | 128 |
+//! | `index_page_capacity` | entries per index page (at most 512) | 32 |
 
 #![warn(missing_docs)]
 
@@ -57,7 +57,8 @@ fn settings() -> api::Settings {
         hold_seconds: variable("reservation_hold_seconds", defaults.hold_seconds, 1),
         max_holds: variable("reservation_max_holds", defaults.max_holds, 1)
             .min(domain::product::MAX_HOLDS_CEILING),
-        page_capacity: variable("index_page_capacity", defaults.page_capacity, 1),
+        page_capacity: variable("index_page_capacity", defaults.page_capacity, 1)
+            .min(service_kit::pages::MAX_PAGE_CAPACITY),
         ..defaults
     }
 }

@@ -377,5 +377,20 @@ fn a_page_at_production_capacity_stays_small() {
             .collect(),
     };
     let bytes = serde_json::to_vec(&page).unwrap().len();
-    assert!(bytes < 16 * 1024, "{bytes} bytes, well under 64 KiB");
+    assert!(bytes < 4 * 1024, "{bytes} bytes, well under 64 KiB");
+}
+
+#[test]
+fn a_page_at_the_largest_accepted_capacity_stays_under_64_kib() {
+    let page = PageDoc {
+        e: (0..MAX_PAGE_CAPACITY)
+            .map(|i| Entry {
+                id: format!("{i:0>64}"),
+                created_at: "2025-01-01T00:00:00.000Z".into(),
+                removed: true,
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&page).unwrap().len();
+    assert!(bytes < 64 * 1024, "{bytes} bytes");
 }
