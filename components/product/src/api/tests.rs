@@ -1072,8 +1072,17 @@ fn category_moves_follow_in_lists() {
             Some(json!({"category": to})),
         );
         assert_eq!(s, 200);
-        assert_eq!(w.ids("/api/products?category=a"), a);
-        assert_eq!(w.ids("/api/products?category=b"), b);
+        // A product that moves into a category is appended to a random
+        // shard of that category's index: when it meets an item appended
+        // earlier in the same shard (1 time in 8), it is listed after it
+        // even though it was created before (docs/storage-layout.md,
+        // "Scan"). Membership is exact; order among moved items is not.
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(w.ids("/api/products?category=a")), a);
+        assert_eq!(sorted(w.ids("/api/products?category=b")), b);
         assert_eq!(w.ids("/api/products"), ["p1", "p2"]);
     }
 }
