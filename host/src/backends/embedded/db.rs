@@ -13,13 +13,20 @@
 //!   (WAL lets them read while the writer writes); they only ever see
 //!   committed transactions, which in WAL mode with `synchronous=FULL` are
 //!   on disk before any reader can see them.
+//! - **short reads run where they are asked** ([`EmbeddedDb::read_here`]):
+//!   a point read or a small `get_many` runs on the calling thread, on that
+//!   thread's own read-only connection, instead of being handed to a
+//!   reader thread and back (two thread wake-ups per read; see
+//!   docs/embedded-store.md, "Connections and threads").
 
 use super::NAME;
 use crate::capabilities::BackendError;
 use crate::capabilities::keyvalue::{CasVersion, add_to_stored};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -49,6 +56,23 @@ pub struct EmbeddedDb {
     writer: mpsc::Sender<WriterJob>,
     readers: mpsc::Sender<ReadJob>,
     path: PathBuf,
+    /// Which of a thread's own connections ([`HERE`]) belong to this
+    /// database: unique per open, so a database opened again (a restart in
+    /// a test) never reads through a connection of the earlier one.
+    id: u64,
+}
+
+/// The next [`EmbeddedDb::id`].
+static NEXT_DB_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Read-only connections one thread keeps, one per database it read from
+/// (a host opens one; tests open many): past this many the oldest closes.
+const CONNECTIONS_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// This thread's read-only connections for [`EmbeddedDb::read_here`],
+    /// by [`EmbeddedDb::id`], opened on first use.
+    static HERE: RefCell<Vec<(u64, Connection)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The writer's connection and version counter, as the writer thread
@@ -344,6 +368,7 @@ impl EmbeddedDb {
             writer,
             readers: read_tx,
             path,
+            id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
         }))
     }
 
@@ -400,6 +425,48 @@ impl EmbeddedDb {
             }))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?.map_err(|e| self.failed(e))
+    }
+
+    /// Runs `f` at once on this thread's own read-only connection (opened
+    /// on first use, kept for the thread's life): for reads short enough
+    /// to run where the request runs (a point read, a small `get_many`),
+    /// it saves the hand-off to a reader thread and back that
+    /// [`Self::read`] costs. Same guarantees as [`Self::read`] (committed
+    /// transactions only). It blocks the calling thread for the read, so
+    /// reads that may be long (key listings, large batches) use
+    /// [`Self::read`]. A panicking `f` is answered with an error, and its
+    /// connection is closed.
+    pub(super) fn read_here<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, BackendError> {
+        HERE.with(|cell| {
+            let mut conns = cell.borrow_mut();
+            let at = match conns.iter().position(|(id, _)| *id == self.id) {
+                Some(at) => at,
+                None => {
+                    let conn = open_reader(&self.path).map_err(|e| self.failed(e))?;
+                    if conns.len() >= CONNECTIONS_PER_THREAD {
+                        conns.remove(0);
+                    }
+                    conns.push((self.id, conn));
+                    conns.len() - 1
+                }
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| f(&conns[at].1))) {
+                Ok(result) => result.map_err(|e| self.failed(e)),
+                Err(_) => {
+                    conns.remove(at);
+                    tracing::error!(
+                        "a read of the embedded database panicked; it was answered with an error"
+                    );
+                    Err(BackendError::rejected(
+                        NAME,
+                        "a read of the embedded database failed unexpectedly (logged); retry the request",
+                    ))
+                }
+            }
+        })
     }
 
     /// Queues a key-value write for the next group commit; answers once
@@ -877,6 +944,50 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 200);
+    }
+
+    #[tokio::test]
+    async fn reads_on_the_calling_thread_see_each_database_s_own_committed_writes() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = EmbeddedDb::open(dir_a.path()).unwrap();
+        let b = EmbeddedDb::open(dir_b.path()).unwrap();
+        let ns: Arc<str> = Arc::from("c/default");
+        let value = |db: &EmbeddedDb| {
+            db.read_here(|c| {
+                c.query_row("SELECT value FROM kv WHERE key = 'k'", [], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .optional()
+            })
+            .unwrap()
+        };
+        let set = |v: &[u8]| WriteOp::Set(vec![("k".into(), v.to_vec())]);
+        assert_eq!(value(&a), None);
+        a.write(ns.clone(), set(b"1")).await.unwrap();
+        // The connection opened by the first read sees the later commit.
+        assert_eq!(value(&a), Some(b"1".to_vec()));
+        assert_eq!(value(&b), None, "another database, another connection");
+        b.write(ns.clone(), set(b"2")).await.unwrap();
+        assert_eq!(
+            (value(&a), value(&b)),
+            (Some(b"1".to_vec()), Some(b"2".to_vec()))
+        );
+        // A database opened again on the same file gets a fresh connection.
+        drop(a);
+        let again = EmbeddedDb::open(dir_a.path()).unwrap();
+        assert_eq!(value(&again), Some(b"1".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_read_on_the_calling_thread_is_an_error_and_the_next_read_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let panicked = db.read_here(|_| -> rusqlite::Result<()> { panic!("a bug in a read") });
+        assert!(panicked.is_err());
+        let n: i64 = db
+            .read_here(|c| c.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[tokio::test]

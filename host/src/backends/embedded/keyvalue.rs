@@ -16,6 +16,12 @@ use std::sync::Arc;
 /// Keys returned per `list-keys` page.
 const PAGE: usize = 1000;
 
+/// The most keys a `get_many` reads on the calling thread
+/// ([`EmbeddedDb::read_here`]); larger batches go to the reader threads,
+/// so one request never holds a runtime thread for long. A list page
+/// reads 8 index pages, then its candidates in batches of 16.
+const SHORT_GET_MANY: usize = 32;
+
 /// The embedded key-value backend.
 pub struct EmbeddedKeyValue {
     db: Arc<EmbeddedDb>,
@@ -59,6 +65,15 @@ impl EmbeddedStore {
         self.db.read(move |c| f(c, &ns)).await.map_err(StoreError)
     }
 
+    /// Runs a short read on this thread's own connection with this
+    /// store's namespace ([`EmbeddedDb::read_here`]).
+    fn read_here<R>(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        self.db.read_here(|c| f(c, &self.ns)).map_err(StoreError)
+    }
+
     /// Queues a write for the next group commit; answers after its commit.
     async fn write(&self, op: WriteOp) -> Result<Applied, StoreError> {
         self.db.write(self.ns.clone(), op).await.map_err(StoreError)
@@ -84,13 +99,11 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_string();
-        self.read(move |c, ns| {
+        self.read_here(|c, ns| {
             c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
                 .query_row(params![ns, key], |r| r.get(0))
                 .optional()
         })
-        .await
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -123,9 +136,12 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let keys = keys.to_vec();
-        self.read(move |c, ns| {
-            // One read transaction, so the values are of one moment.
+        // One read transaction, so the values are of one moment.
+        fn read_all(
+            c: &Connection,
+            ns: &str,
+            keys: &[String],
+        ) -> rusqlite::Result<Vec<Option<Vec<u8>>>> {
             let tx = c.unchecked_transaction()?;
             let values = {
                 let mut stmt =
@@ -136,8 +152,12 @@ impl KeyValueStore for EmbeddedStore {
             };
             tx.finish()?;
             values
-        })
-        .await
+        }
+        if keys.len() <= SHORT_GET_MANY {
+            return self.read_here(|c, ns| read_all(c, ns, keys));
+        }
+        let keys = keys.to_vec();
+        self.read(move |c, ns| read_all(c, ns, &keys)).await
     }
 
     async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
@@ -160,14 +180,11 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
-        let key = key.to_string();
-        let row: Option<(Vec<u8>, i64)> = self
-            .read(move |c, ns| {
-                c.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?
-                    .query_row(params![ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .await?;
+        let row: Option<(Vec<u8>, i64)> = self.read_here(|c, ns| {
+            c.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?
+                .query_row(params![ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })?;
         Ok(match row {
             None => (None, CasVersion::Absent),
             Some((v, version)) => (Some(v), CasVersion::Version(version.to_string())),
