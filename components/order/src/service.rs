@@ -305,27 +305,16 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
     /// of a saved change"). `Err` names the event the broker refused.
     fn emit(&self, ctx: &Ctx, record: &Order, new: Vec<Pending>) -> Result<(), Stalled> {
         let earlier = outbox::unpack(&record.pending_events, &record.view());
-        let mut all = earlier.clone();
-        all.extend(new);
-        let outcome = outbox::publish_in_order(self.events, &all);
-        let published = match &outcome {
-            Ok(()) => all.len(),
-            Err(s) => s.published,
-        };
-        let sent: Vec<String> = all[..published]
-            .iter()
-            .map(|p| p.event.id.clone())
-            .collect();
-        let kept: Vec<Pending> = all[published.max(earlier.len())..].to_vec();
-        if (published.min(earlier.len()) > 0 || !kept.is_empty())
-            && let Err(p) = self.save_pending(ctx, &record.id, &sent, kept)
-        {
+        let emitted = outbox::emit(self.events, earlier, new, |sent, kept| {
+            self.save_pending(ctx, &record.id, sent, kept)
+        });
+        if let Some(p) = emitted.save_failed {
             eprintln!(
                 "order: the outbox of order '{}' of tenant '{}' could not be updated ({}); an event refused by the broker may be lost, and a published one may be published again",
                 record.id, ctx.tenant, p.detail
             );
         }
-        outcome
+        emitted.outcome
     }
 
     /// Removes the events `sent` from the order's pending list and adds

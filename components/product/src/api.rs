@@ -776,27 +776,17 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
     /// tried, and are kept too).
     fn emit(&self, ctx: &Ctx, record: &Product, new: Vec<Pending>) -> Result<Vec<String>, Stalled> {
         let earlier = outbox::unpack(&record.pending_events, &record.view());
-        let mut all = earlier.clone();
-        all.extend(new);
-        let outcome = outbox::publish_in_order(self.events, &all);
-        let published = match &outcome {
-            Ok(()) => all.len(),
-            Err(s) => s.published,
-        };
-        let sent: Vec<String> = all[..published]
-            .iter()
-            .map(|p| p.event.id.clone())
-            .collect();
-        let kept: Vec<Pending> = all[published.max(earlier.len())..].to_vec();
-        if (published.min(earlier.len()) > 0 || !kept.is_empty())
-            && let Err(p) = self.save_pending(ctx, &record.id, &sent, kept)
-        {
+        let emitted = outbox::emit(self.events, earlier, new, |sent, kept| {
+            self.save_pending(ctx, &record.id, sent, kept)
+        });
+        if let Some(p) = emitted.save_failed {
             eprintln!(
                 "product: the outbox of product '{}' of tenant '{}' could not be updated ({}); an event refused by the broker may be lost, and a published one may be published again",
                 record.id, ctx.tenant, p.detail
             );
         }
-        outcome.map(|()| earlier.into_iter().map(|p| p.event.kind).collect())
+        let kinds = emitted.published_earlier.into_iter().map(|p| p.event.kind);
+        emitted.outcome.map(|()| kinds.collect())
     }
 
     /// Removes the events `sent` from the product's pending list and adds

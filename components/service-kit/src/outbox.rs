@@ -330,6 +330,56 @@ pub fn publish_in_order(sink: &impl EventSink, events: &[Pending]) -> Result<(),
     Ok(())
 }
 
+/// What [`emit`] did.
+pub struct Emitted<P> {
+    /// `Ok` when every event went out; else which one the broker refused
+    /// (those after it were not tried, and are kept too).
+    pub outcome: Result<(), Stalled>,
+    /// The earlier pending events that were published, in order.
+    pub published_earlier: Vec<Pending>,
+    /// The error of `save`, when the record could not be updated: the
+    /// caller logs it naming the record (a refused event may then be
+    /// lost, a published one published again).
+    pub save_failed: Option<P>,
+}
+
+/// Publishes, in order, `earlier` (the events pending in a record) and
+/// then `new` (those of the change just saved in it); then, only when
+/// something changed, calls `save(sent, kept)` to record the outcome in
+/// the record with one compare-and-swap: the ids of the published
+/// earlier events to remove, and the refused new ones to add
+/// (docs/messaging.md, "Events of a saved change").
+pub fn emit<P>(
+    sink: &impl EventSink,
+    earlier: Vec<Pending>,
+    new: Vec<Pending>,
+    save: impl FnOnce(&[String], Vec<Pending>) -> Result<(), P>,
+) -> Emitted<P> {
+    let mut all = earlier.clone();
+    all.extend(new);
+    let outcome = publish_in_order(sink, &all);
+    let published = match &outcome {
+        Ok(()) => all.len(),
+        Err(s) => s.published,
+    };
+    let sent: Vec<String> = all[..published]
+        .iter()
+        .map(|p| p.event.id.clone())
+        .collect();
+    let kept: Vec<Pending> = all[published.max(earlier.len())..].to_vec();
+    let save_failed = if published.min(earlier.len()) > 0 || !kept.is_empty() {
+        save(&sent, kept).err()
+    } else {
+        None
+    };
+    let published_earlier = earlier.into_iter().take(published).collect();
+    Emitted {
+        outcome,
+        published_earlier,
+        save_failed,
+    }
+}
+
 /// Removes the events with these ids (published) from a stored list.
 /// Returns whether anything was removed.
 pub fn remove_published(stored: &mut Vec<StoredEvent>, ids: &[String]) -> bool {
