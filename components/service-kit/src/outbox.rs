@@ -94,15 +94,55 @@ pub struct StoredEvent {
     /// CloudEvent `traceparent` (of the request that made the change).
     pub traceparent: String,
     /// `data` in full, when it or the record's view is not a JSON object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "via_value::option"
+    )]
     pub data: Option<Box<RawValue>>,
     /// Members of `data` whose value differs from (or is missing in) the
     /// record's view, as raw JSON.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "via_value::map"
+    )]
     pub changed: BTreeMap<String, Box<RawValue>>,
     /// Members of the record's view that `data` does not have.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+}
+
+/// Reads the raw JSON members of a [`StoredEvent`] through
+/// `serde_json::Value`. A record stored as an internally tagged enum (the
+/// order document, `#[serde(tag = "state")]`) is buffered by serde before
+/// it is decoded, and a `RawValue` cannot be read from that buffer: read
+/// directly, such a document would fail to load as soon as one of its
+/// pending events carried a changed member. Through `Value`, the members
+/// come back as the same JSON values (objects nested in them with their
+/// members in sorted order, which JSON does not distinguish).
+mod via_value {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+    use serde_json::value::{RawValue, to_raw_value};
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+        Option::<Value>::deserialize(d)?
+            .map(|v| to_raw_value(&v).map_err(D::Error::custom))
+            .transpose()
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Box<RawValue>>, D::Error> {
+        BTreeMap::<String, Value>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, to_raw_value(&v).map_err(D::Error::custom)?)))
+            .collect()
+    }
 }
 
 impl PartialEq for StoredEvent {
@@ -416,6 +456,29 @@ mod tests {
     use crate::events::RecordingSink;
     use crate::tenant::TenantId;
     use serde_json::{Value, json};
+
+    #[test]
+    fn pending_events_read_back_inside_an_internally_tagged_document() {
+        // The order document is `#[serde(tag = "state")]`: serde buffers it
+        // before decoding, which a plain RawValue field cannot be read from.
+        #[derive(Serialize, Deserialize)]
+        #[serde(tag = "state")]
+        enum Doc {
+            Live { pending: Vec<StoredEvent> },
+        }
+        let view = json!({"id": "o1", "status": "Cancelled", "version": 3});
+        let older = json!({"id": "o1", "status": "Confirmed", "version": 2, "extra": {"b": 1, "a": [1.5, "x"]}});
+        let stored = pack(&[event("OrderStatusChanged", &older)], &view);
+        assert!(
+            !stored[0].changed.is_empty(),
+            "the event differs from the view"
+        );
+        let text = serde_json::to_string(&Doc::Live { pending: stored }).unwrap();
+        let Doc::Live { pending } = serde_json::from_str(&text).unwrap();
+        let back = unpack(&pending, &view);
+        let data: Value = serde_json::to_value(&back[0].event).unwrap()["data"].clone();
+        assert_eq!(data, older);
+    }
 
     fn event(kind: &str, data: &Value) -> Pending {
         Pending::new(
