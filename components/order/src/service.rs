@@ -343,7 +343,12 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
                     });
                 }
                 let pending = outbox::unpack(&o.pending_events, &o.view());
-                let merged = outbox::merge(pending, kept.clone(), |_, _| false);
+                // A newer status change replaces an older pending one (it
+                // carries the order's whole view): concurrent transitions
+                // then keep at most one of each type pending.
+                let merged = outbox::merge(pending, kept.clone(), |old, new| {
+                    old.kind == ORDER_STATUS_CHANGED && new.kind == ORDER_STATUS_CHANGED
+                });
                 o.pending_events = outbox::pack(&merged, &o.view());
                 Ok(Change::Write(OrderDoc::Live(o), ()))
             },

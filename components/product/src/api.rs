@@ -128,10 +128,20 @@ enum Touch {
     Internal,
 }
 
-/// A newer `StockChanged` replaces an older pending one: it carries the
-/// current stock, which is all a subscriber of stock changes needs.
+/// Which pending events a newer one of the same product replaces: each
+/// event carries the product's whole view, so the newest says all a
+/// subscriber needs. A newer `StockChanged` replaces an older one; a newer
+/// `ProductUpdated` an older one; a `ProductDeleted` both. So a product
+/// keeps at most one pending event of each type (four), even when
+/// concurrent writers each add theirs before any of them sees the others'
+/// (docs/messaging.md, "Events of a saved change").
 fn supersedes(old: &CloudEvent, new: &CloudEvent) -> bool {
-    old.kind == STOCK_CHANGED && new.kind == STOCK_CHANGED
+    match new.kind.as_str() {
+        STOCK_CHANGED => old.kind == STOCK_CHANGED,
+        PRODUCT_UPDATED => old.kind == PRODUCT_UPDATED,
+        PRODUCT_DELETED => old.kind == PRODUCT_UPDATED || old.kind == STOCK_CHANGED,
+        _ => false,
+    }
 }
 
 fn system_now_ms() -> u64 {

@@ -33,10 +33,12 @@ use crate::web::Response;
 pub const EVENT_PENDING: &str = "event-pending";
 /// `Retry-After` (seconds) sent with an [`EVENT_PENDING`] problem.
 pub const RETRY_AFTER_SECS: u32 = 5;
-/// Most events a record keeps pending. The services keep at most one
-/// change's events (two) by design: a write refuses to go ahead while its
-/// record's events cannot be published; this is the safety net if that is
-/// ever wrong (the oldest beyond it are dropped, with a log line).
+/// Most events a record keeps pending. A write refuses to go ahead while
+/// its record's events cannot be published, but writers that loaded the
+/// record before another's events were kept each add their own; the
+/// services' `supersedes` rules then keep one event per type (four at
+/// most). This is the safety net if that is ever wrong (the oldest beyond
+/// it are dropped, with an error line).
 pub const MAX_PENDING: usize = 4;
 
 /// An event to publish on a topic.

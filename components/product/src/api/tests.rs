@@ -1562,3 +1562,39 @@ fn a_product_left_without_slots_is_reindexed_on_its_next_read() {
     assert_eq!(w.call(Method::GET, "/api/products/p3", None).0, 200);
     assert_eq!(w.ids("/api/products").len(), 3);
 }
+
+#[test]
+fn concurrent_writers_keep_at_most_one_pending_event_per_type_the_newest() {
+    // Each writer loaded the product before the others' events were kept,
+    // so each adds its own: 3 updates with stock changes, then a delete.
+    let tenant = service_kit::tenant::TenantId::default();
+    let event = |kind: &str, n: i64| {
+        outbox::Pending::new(
+            TOPIC,
+            CloudEvent::new(EVENT_SOURCE, kind, &tenant, "tp", &json!({"n": n})).with_subject("p1"),
+        )
+    };
+    let mut pending = Vec::new();
+    for n in 1..=3 {
+        let change = vec![event(PRODUCT_UPDATED, n), event(STOCK_CHANGED, n)];
+        pending = outbox::merge(pending, change, supersedes);
+    }
+    let kinds = |p: &[outbox::Pending]| -> Vec<(String, i64)> {
+        p.iter()
+            .map(|e| {
+                let data = serde_json::to_value(&e.event).unwrap()["data"]["n"].clone();
+                (e.event.kind.clone(), data.as_i64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&pending),
+        [
+            (PRODUCT_UPDATED.to_owned(), 3),
+            (STOCK_CHANGED.to_owned(), 3)
+        ],
+        "the newest of each type, nothing dropped for room"
+    );
+    let pending = outbox::merge(pending, vec![event(PRODUCT_DELETED, 4)], supersedes);
+    assert_eq!(kinds(&pending), [(PRODUCT_DELETED.to_owned(), 4)]);
+}
