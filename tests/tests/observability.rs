@@ -604,3 +604,48 @@ fn failed_metric_exports_are_counted_and_bad_otel_values_warned() {
         assert_eq!(n, 1, "{var}: {n} lines in\n{logs}");
     }
 }
+
+#[test]
+fn each_request_gets_its_own_server_span_id_with_export_off() {
+    // The default set-up: JSON logs, no OTLP endpoint. Every request's
+    // server span is a child of the caller's span, with an id of its own
+    // (W3C Trace Context: each hop names itself), request after request.
+    let host = Host::builder()
+        .manifest(app_manifest_with_recorder())
+        .log_format("json")
+        .start();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let tp = format!("00-{trace}-{CALLER_SPAN}-01");
+    for i in 0..6 {
+        let (status, _) = send(
+            &host,
+            reqwest::Method::GET,
+            &format!("/api/products/missing-{i}"),
+            Some(&tp),
+            None,
+        );
+        assert_eq!(status, 404);
+    }
+    let span_ids = || -> Vec<String> {
+        host.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "wasmshop::access" && v["trace_id"] == trace)
+            .filter_map(|v| v["span_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while span_ids().len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids = span_ids();
+    assert_eq!(ids.len(), 6, "{}", host.logs());
+    for id in &ids {
+        assert_ne!(
+            id, CALLER_SPAN,
+            "a server span took its caller's id: {ids:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 6, "{ids:?}");
+}

@@ -211,6 +211,14 @@ pub fn logs_exported() -> bool {
     INSTALLED.get().is_some_and(|i| i.config.logs)
 }
 
+/// Whether `RUST_LOG` lets the access log through (target
+/// [`ACCESS_TARGET`] at INFO), decided once at [`install`]; true before.
+pub fn access_log_on() -> bool {
+    ACCESS_LOG_ON.load(Ordering::Relaxed)
+}
+
+static ACCESS_LOG_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Whether spans are exported (an OTLP traces endpoint is set).
 pub fn traces_exported() -> bool {
     INSTALLED.get().is_some_and(|i| i.config.traces)
@@ -262,6 +270,20 @@ pub fn install(json: bool) {
         }
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Whether the access log is on, asked of a subscriber holding only the
+    // `RUST_LOG` filter, once. Asking the process's subscriber per request
+    // (`tracing::enabled!`) is wrong with per-layer filters: the query
+    // leaves its per-layer verdicts in a thread-local that the next span
+    // made on that thread then reads, so the OpenTelemetry layer skipped
+    // the next request's server span, whose span id fell back to the
+    // caller's.
+    let probe = tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    let access_on = tracing::subscriber::with_default(
+        probe,
+        || tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO),
+    );
+    ACCESS_LOG_ON.store(access_on, Ordering::Relaxed);
     // The per-layer filters below say what they pass at most, so the
     // subscriber's level hint is `RUST_LOG`'s and the `log` crate (set to
     // it by `try_init`) skips disabled records (wasmtime's trace! calls)

@@ -185,7 +185,7 @@ impl Access {
     /// OTLP log export.
     pub fn finish(&self, span: &Span, status: u16, took: std::time::Duration) {
         record_status(span, status);
-        if !tracing::enabled!(target: super::ACCESS_TARGET, tracing::Level::INFO) {
+        if !super::access_log_on() {
             return;
         }
         let duration_ms = took.as_secs_f64() * 1000.0;
