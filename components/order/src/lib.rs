@@ -93,7 +93,7 @@ fn settings() -> Settings {
         Ok(Some(v)) => match v.trim().parse::<usize>() {
             Ok(n) if (1..=MAX_PAGE_CAPACITY).contains(&n) => settings.page_capacity = n,
             _ => eprintln!(
-                "order: variable {name} = '{v}' is not a whole number from 1 to {MAX_PAGE_CAPACITY}; using {}; fix it in [component.order.variables] of spin.toml",
+                "order: variable {name} = '{v}' is not a whole number from 1 to {MAX_PAGE_CAPACITY}; using {}. Fix it in [variables] of spin.toml or the SPIN_VARIABLE_INDEX_PAGE_CAPACITY environment variable",
                 settings.page_capacity
             ),
         },

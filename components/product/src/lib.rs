@@ -54,19 +54,28 @@ impl incoming_handler::Guest for Component {
 fn settings() -> api::Settings {
     let defaults = api::Settings::default();
     api::Settings {
-        hold_seconds: variable("reservation_hold_seconds", defaults.hold_seconds, 1),
-        max_holds: variable("reservation_max_holds", defaults.max_holds, 1)
+        hold_seconds: variable(
+            "reservation_hold_seconds",
+            defaults.hold_seconds,
+            1,
+            u64::MAX,
+        ),
+        max_holds: variable("reservation_max_holds", defaults.max_holds, 1, usize::MAX)
             .min(domain::product::MAX_HOLDS_CEILING),
-        page_capacity: variable("index_page_capacity", defaults.page_capacity, 1)
-            .min(service_kit::pages::MAX_PAGE_CAPACITY),
+        page_capacity: variable(
+            "index_page_capacity",
+            defaults.page_capacity,
+            1,
+            service_kit::pages::MAX_PAGE_CAPACITY,
+        ),
         ..defaults
     }
 }
 
-/// A whole-number component variable of at least `min`, read through
+/// A whole-number component variable from `min` to `max`, read through
 /// `wasi:config/store`.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn variable<T>(name: &str, default: T, min: T) -> T
+fn variable<T>(name: &str, default: T, min: T, max: T) -> T
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -74,10 +83,11 @@ where
     match store::get(name) {
         Ok(None) => default,
         Ok(Some(text)) => match text.trim().parse::<T>() {
-            Ok(v) if v >= min => v,
+            Ok(v) if v >= min && v <= max => v,
             _ => {
                 eprintln!(
-                    "product: variable '{name}' is '{text}', not a whole number of at least {min}; using {default}. Fix it in [component.product.variables] of spin.toml"
+                    "product: variable '{name}' is '{text}', not a whole number from {min} to {max}; using {default}. Fix it in [variables] of spin.toml or the SPIN_VARIABLE_{} environment variable",
+                    name.to_ascii_uppercase()
                 );
                 default
             }
