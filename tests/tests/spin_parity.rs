@@ -116,7 +116,7 @@ fn a_template_that_cannot_resolve_to_a_host_refuses_to_start_with_one_clear_line
     );
     let line = stderr
         .lines()
-        .find(|l| l.contains("Error"))
+        .find(|l| l.starts_with("error:"))
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
         line.contains("[component.alpha] key 'allowed_outbound_hosts'"),
