@@ -1,10 +1,17 @@
-//! A small OTLP/HTTP receiver (`http/protobuf`): accepts
-//! `POST /v1/traces`, `/v1/logs` and `/v1/metrics`, decodes them with the
-//! real OTLP protobuf types (`opentelemetry-proto`) and keeps what came,
-//! flattened for assertions. Point a host at it with
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` = [`Receiver::endpoint`].
+//! A small OTLP receiver speaking both OTLP transports on one port:
+//! `http/protobuf` (`POST /v1/traces`, `/v1/logs`, `/v1/metrics` over
+//! HTTP/1.1) and `grpc` (the `Export` methods of the OTLP collector
+//! services over HTTP/2 without TLS, as the OTLP specification's gRPC
+//! transport and the gRPC HTTP/2 protocol describe: a request body of
+//! length-prefixed messages, a reply of one empty message and a
+//! `grpc-status: 0` trailer). It decodes the requests with the real OTLP
+//! protobuf types (`opentelemetry-proto`) and keeps what came, flattened
+//! for assertions. Point a host at it with `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! = [`Receiver::endpoint`] (and `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for
+//! gRPC).
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -119,27 +126,38 @@ impl Receiver {
                         let state = state.clone();
                         async move {
                             let path = req.uri().path().to_string();
+                            let grpc = req
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .is_some_and(|t| t.starts_with("application/grpc"));
                             let body = req
                                 .into_body()
                                 .collect()
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            let ok = store(&state, &path, body);
-                            let status = if ok { 200 } else { 400 };
-                            Ok::<_, std::convert::Infallible>(
+                            Ok::<_, std::convert::Infallible>(if grpc {
+                                grpc_export(&state, &path, body)
+                            } else {
+                                let ok = store(&state, &path, &path, body);
                                 http::Response::builder()
-                                    .status(status)
+                                    .status(if ok { 200 } else { 400 })
                                     .header("content-type", "application/x-protobuf")
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            )
+                                    .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                                    .unwrap()
+                            })
                         }
                     });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                // HTTP/1.1 for http/protobuf, HTTP/2 with prior knowledge
+                // (h2c) for gRPC, told apart by the connection preface.
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
             }
         });
         Receiver {
@@ -187,10 +205,54 @@ impl Receiver {
     }
 }
 
-fn store(state: &Mutex<Received>, path: &str, body: Bytes) -> bool {
+/// Answers one gRPC `Export` call: the OTLP collector service's method
+/// path names the signal; the body is one length-prefixed message (a
+/// compressed-flag byte, a 4-byte big-endian length, the message). The
+/// reply is one empty `Export*ServiceResponse` and `grpc-status: 0`, or
+/// `grpc-status: 3` (INVALID_ARGUMENT) for what cannot be decoded.
+fn grpc_export(
+    state: &Mutex<Received>,
+    path: &str,
+    body: Bytes,
+) -> http::Response<BoxBody<Bytes, std::convert::Infallible>> {
+    let signal = match path {
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => Some("/v1/traces"),
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export" => Some("/v1/logs"),
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export" => Some("/v1/metrics"),
+        _ => None,
+    };
+    let recorded = format!("grpc:{path}");
+    let message = (body.len() >= 5 && body[0] == 0)
+        .then(|| u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize)
+        .filter(|n| body.len() == 5 + n)
+        .map(|_| body.slice(5..));
+    let ok = match (signal, message) {
+        (Some(signal), Some(message)) => store(state, &recorded, signal, message),
+        _ => {
+            state.lock().unwrap().requests.push(recorded);
+            false
+        }
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", if ok { "0" } else { "3" }.parse().unwrap());
+    // One empty message: not compressed, length 0.
+    let reply = Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+        .map_err(|e| match e {})
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed();
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(reply)
+        .unwrap()
+}
+
+/// Records the request as `recorded` and keeps what `body`, an OTLP
+/// export of `signal` (`/v1/traces`, `/v1/logs`, `/v1/metrics`), holds.
+fn store(state: &Mutex<Received>, recorded: &str, signal: &str, body: Bytes) -> bool {
     let mut r = state.lock().unwrap();
-    r.requests.push(path.to_string());
-    match path {
+    r.requests.push(recorded.to_string());
+    match signal {
         "/v1/traces" => {
             let Ok(req) = ExportTraceServiceRequest::decode(body) else {
                 return false;

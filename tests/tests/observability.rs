@@ -649,3 +649,54 @@ fn each_request_gets_its_own_server_span_id_with_export_off() {
     let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 6, "{ids:?}");
 }
+
+#[test]
+fn the_grpc_protocol_delivers_spans_and_logs_as_the_managed_agent_takes_them() {
+    // Azure Container Apps' managed OpenTelemetry agent takes OTLP over
+    // gRPC only (docs/observability.md).
+    let otlp = Receiver::start();
+    let host = Host::builder()
+        .manifest(app_manifest_with_recorder())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
+        .start();
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let tp = format!("00-{trace}-{CALLER_SPAN}-01");
+    let (status, product) = send(
+        &host,
+        reqwest::Method::POST,
+        "/api/products",
+        Some(&tp),
+        Some(json!({"name": "Over gRPC", "price": 1.0, "stock": 1})),
+    );
+    assert_eq!(status, 201, "{product}");
+    let spans = otlp.wait_for_spans(Duration::from_secs(20), |spans| {
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace && s.kind == SERVER && s.parent == CALLER_SPAN)
+    });
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace && s.kind == SERVER && s.parent == CALLER_SPAN),
+        "no server span over gRPC; requests: {:?}\n{}",
+        otlp.requests(),
+        host.logs()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !otlp.logs().iter().any(|l| l.trace_id == trace) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        otlp.logs().iter().any(|l| l.trace_id == trace),
+        "no log record of the request over gRPC; requests: {:?}",
+        otlp.requests()
+    );
+    let requests = otlp.requests();
+    assert!(
+        requests.iter().all(|r| r.starts_with("grpc:")),
+        "everything went over gRPC: {requests:?}"
+    );
+}
