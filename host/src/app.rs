@@ -313,8 +313,9 @@ impl App {
         let id: Arc<str> = Arc::from(component.spec.id.as_str());
         let mut wasi = WasiCtxBuilder::new();
         // Each line the guest prints is a log line naming it (docs/observability.md).
-        wasi.stdout(crate::telemetry::guest::output(&id, "stdout"))
-            .stderr(crate::telemetry::guest::output(&id, "stderr"));
+        let tp = context.traceparent.as_deref();
+        wasi.stdout(crate::telemetry::guest::output(&id, "stdout", tp))
+            .stderr(crate::telemetry::guest::output(&id, "stderr", tp));
         for (k, v) in &component.spec.environment {
             wasi.env(k, v);
         }

@@ -17,11 +17,29 @@ pub const GUEST_TARGET: &str = "wasmshop::guest";
 const MAX_LINE: usize = 16 * 1024;
 
 /// `component`'s `stream` (`stdout` or `stderr`), for
-/// `WasiCtxBuilder::stdout` / `stderr`.
-pub fn output(component: &Arc<str>, stream: &'static str) -> GuestOutput {
+/// `WasiCtxBuilder::stdout` / `stderr`, of an instance that continues
+/// `traceparent` (the request's or delivery's span). Its lines carry that
+/// span's `trace_id` and `span_id` as fields: wasmtime writes guest
+/// output outside the request's `tracing` span, so the ids cannot come
+/// from there.
+pub fn output(
+    component: &Arc<str>,
+    stream: &'static str,
+    traceparent: Option<&str>,
+) -> GuestOutput {
+    let ids = traceparent.and_then(|tp| {
+        let mut parts = tp.split('-').skip(1);
+        match (parts.next(), parts.next()) {
+            (Some(t), Some(s)) if t.len() == 32 && s.len() == 16 => {
+                Some((Arc::from(t), Arc::from(s)))
+            }
+            _ => None,
+        }
+    });
     GuestOutput {
         component: component.clone(),
         stream,
+        ids,
     }
 }
 
@@ -29,6 +47,8 @@ pub fn output(component: &Arc<str>, stream: &'static str) -> GuestOutput {
 pub struct GuestOutput {
     component: Arc<str>,
     stream: &'static str,
+    /// The trace id and span id of the instance's span.
+    ids: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl IsTerminal for GuestOutput {
@@ -42,6 +62,7 @@ impl StdoutStream for GuestOutput {
         Box::new(LineWriter {
             component: self.component.clone(),
             stream: self.stream,
+            ids: self.ids.clone(),
             pending: Vec::new(),
         })
     }
@@ -50,6 +71,7 @@ impl StdoutStream for GuestOutput {
 struct LineWriter {
     component: Arc<str>,
     stream: &'static str,
+    ids: Option<(Arc<str>, Arc<str>)>,
     pending: Vec<u8>,
 }
 
@@ -57,10 +79,12 @@ impl LineWriter {
     fn emit(&self, line: &[u8]) {
         let line = String::from_utf8_lossy(line);
         let line = line.trim_end_matches(['\r', '\n']);
+        let trace_id = self.ids.as_ref().map(|(t, _)| &**t);
+        let span_id = self.ids.as_ref().map(|(_, s)| &**s);
         if self.stream == "stderr" {
-            tracing::warn!(target: GUEST_TARGET, component = %self.component, stream = self.stream, "{line}");
+            tracing::warn!(target: GUEST_TARGET, component = %self.component, stream = self.stream, trace_id, span_id, "{line}");
         } else {
-            tracing::info!(target: GUEST_TARGET, component = %self.component, stream = self.stream, "{line}");
+            tracing::info!(target: GUEST_TARGET, component = %self.component, stream = self.stream, trace_id, span_id, "{line}");
         }
     }
 }
@@ -135,7 +159,8 @@ mod tests {
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
         let component: Arc<str> = Arc::from("order");
-        let mut out = Pin::from(output(&component, "stderr").async_stream());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut out = Pin::from(output(&component, "stderr", Some(tp)).async_stream());
         out.write_all(b"first line\nsecond ").await.unwrap();
         out.write_all(b"line\nunfinished").await.unwrap();
         drop(out);
@@ -153,6 +178,8 @@ mod tests {
             assert_eq!(l["component"], "order");
             assert_eq!(l["stream"], "stderr");
             assert_eq!(l["target"], GUEST_TARGET);
+            assert_eq!(l["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(l["span_id"], "00f067aa0ba902b7");
         }
     }
 }
