@@ -9,7 +9,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 use wasmshop_tests::otlp::{Receiver, Span};
-use wasmshop_tests::{Backend, Deployment, Host, Value, app_manifest_with_recorder, client, json};
+use wasmshop_tests::{
+    Backend, Deployment, Host, Value, app_manifest_with_recorder, client, json, wait_for,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -55,6 +57,24 @@ fn send(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// The JSON access lines of `trace` in `host`'s log, once there are at
+/// least `count` (lines reach the log a moment after the response), or
+/// what there is after 10 s.
+fn access_lines(host: &Host, trace: &str, count: usize) -> Vec<Value> {
+    let lines = || -> Vec<Value> {
+        host.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "wasmshop::access" && v["trace_id"] == trace)
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), || {
+        let found = lines();
+        (found.len() >= count).then_some(found)
+    })
+    .unwrap_or_else(lines)
 }
 
 /// Where a request goes: one host, or the deployment's host of the path.
@@ -315,18 +335,7 @@ fn every_request_writes_one_access_line_and_its_log_lines_carry_the_trace_id() {
     );
     assert_eq!(status, 404);
 
-    let access_lines = || -> Vec<Value> {
-        host.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "wasmshop::access" && v["trace_id"] == trace)
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while access_lines().len() < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let lines = access_lines();
+    let lines = access_lines(&host, trace, 2);
     assert_eq!(lines.len(), 2, "{}", host.logs());
     let created = lines.iter().find(|l| l["method"] == "POST").unwrap();
     assert_eq!(created["route"], "/api/products");
@@ -626,19 +635,10 @@ fn each_request_gets_its_own_server_span_id_with_export_off() {
         );
         assert_eq!(status, 404);
     }
-    let span_ids = || -> Vec<String> {
-        host.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "wasmshop::access" && v["trace_id"] == trace)
-            .filter_map(|v| v["span_id"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while span_ids().len() < 6 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let ids = span_ids();
+    let ids: Vec<String> = access_lines(&host, trace, 6)
+        .iter()
+        .filter_map(|v| v["span_id"].as_str().map(str::to_owned))
+        .collect();
     assert_eq!(ids.len(), 6, "{}", host.logs());
     for id in &ids {
         assert_ne!(
