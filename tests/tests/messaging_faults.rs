@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use wasmshop_tests::{
-    Backend, Deployment, Host, app_manifest_with_recorder, client, wait_for, wasm,
+    Backend, Deployment, Host, HostBuilder, app_manifest_with_recorder, client, wait_for, wasm,
     with_absolute_paths, workspace_root,
 };
 
@@ -194,20 +194,50 @@ fn tenant_call(method: reqwest::Method, url: String, body: Option<Value>) -> (u1
     (status, r.json().unwrap_or(Value::Null))
 }
 
-#[test]
-fn redis_product_deleted_during_an_order_outage_still_cancels_the_order() {
-    let backend = Backend::redis();
-    let rc = backend.runtime_config(&["default"], &[("product-pubsub", "max_len = 100")]);
-    let manifest =
-        with_absolute_paths(&std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap());
-    let both = || {
+/// The repository's `spin.toml` on a fresh redis-server whose
+/// `product-pubsub` streams hold at most `max_len` unacknowledged entries.
+struct RedisApp {
+    _backend: Backend,
+    manifest: String,
+    runtime_config: String,
+}
+
+impl RedisApp {
+    fn new(max_len: usize) -> RedisApp {
+        let backend = Backend::redis();
+        let extra = format!("max_len = {max_len}");
+        let runtime_config =
+            backend.runtime_config(&["default"], &[("product-pubsub", extra.as_str())]);
+        let manifest = with_absolute_paths(
+            &std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap(),
+        );
+        RedisApp {
+            _backend: backend,
+            manifest,
+            runtime_config,
+        }
+    }
+
+    /// A host running both services.
+    fn start(&self) -> Host {
+        self.builder().start()
+    }
+
+    /// A host running only `components` (the others are down).
+    fn start_only(&self, components: &[&str]) -> Host {
+        self.builder().component_ids(components).start()
+    }
+
+    fn builder(&self) -> HostBuilder {
         Host::builder()
-            .manifest(manifest.clone())
-            .runtime_config(rc.clone())
-            .start()
-    };
-    let mut app = both();
-    for id in ["doomed", "other"] {
+            .manifest(self.manifest.clone())
+            .runtime_config(self.runtime_config.clone())
+    }
+}
+
+/// Creates products `ids` (stock 1,000 each) in the test tenant.
+fn create_products(app: &Host, ids: &[&str]) {
+    for id in ids {
         let (s, b) = tenant_call(
             reqwest::Method::POST,
             app.url("/api/products"),
@@ -215,6 +245,14 @@ fn redis_product_deleted_during_an_order_outage_still_cancels_the_order() {
         );
         assert_eq!(s, 201, "{b}");
     }
+}
+
+#[test]
+fn redis_product_deleted_during_an_order_outage_still_cancels_the_order() {
+    let redis = RedisApp::new(100);
+    let both = || redis.start();
+    let mut app = both();
+    create_products(&app, &["doomed", "other"]);
     let (s, order) = tenant_call(
         reqwest::Method::POST,
         app.url("/api/orders"),
@@ -227,11 +265,7 @@ fn redis_product_deleted_during_an_order_outage_still_cancels_the_order() {
 
     // The order service is down; the product service deletes the product
     // the order holds, then 300 updates.
-    let products = Host::builder()
-        .manifest(manifest.clone())
-        .component_ids(&["product"])
-        .runtime_config(rc.clone())
-        .start();
+    let products = redis.start_only(&["product"]);
     let (s, b) = tenant_call(
         reqwest::Method::DELETE,
         products.url("/api/products/doomed"),
@@ -312,27 +346,11 @@ fn item_name(order: &Value, product: &str) -> String {
 
 #[test]
 fn redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_order_later() {
-    let backend = Backend::redis();
     let max_len = 20;
-    let extra = format!("max_len = {max_len}");
-    let rc = backend.runtime_config(&["default"], &[("product-pubsub", extra.as_str())]);
-    let manifest =
-        with_absolute_paths(&std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap());
-    let both = || {
-        Host::builder()
-            .manifest(manifest.clone())
-            .runtime_config(rc.clone())
-            .start()
-    };
+    let redis = RedisApp::new(max_len);
+    let both = || redis.start();
     let mut app = both();
-    for id in ["held", "busy"] {
-        let (s, b) = tenant_call(
-            reqwest::Method::POST,
-            app.url("/api/products"),
-            Some(json!({"id": id, "name": id, "price": 2.5, "stock": 1000})),
-        );
-        assert_eq!(s, 201, "{b}");
-    }
+    create_products(&app, &["held", "busy"]);
     let (s, order) = tenant_call(
         reqwest::Method::POST,
         app.url("/api/orders"),
@@ -349,11 +367,7 @@ fn redis_a_refused_product_deleted_is_kept_with_the_product_and_cancels_the_orde
     // The order service is down. Updates of `busy` fill the stream until
     // the broker refuses one: that update is saved, answered 503, and its
     // event kept with the product.
-    let products = Host::builder()
-        .manifest(manifest.clone())
-        .component_ids(&["product"])
-        .runtime_config(rc.clone())
-        .start();
+    let products = redis.start_only(&["product"]);
     let mut refused_name = None;
     for i in 0..max_len + 10 {
         let name = format!("busy v{i}");
