@@ -20,6 +20,7 @@
 //!   docs/embedded-store.md, "Connections and threads").
 
 use super::NAME;
+use super::cache::{Known, ReadCache, cache_key};
 use crate::capabilities::BackendError;
 use crate::capabilities::keyvalue::{CasVersion, add_to_stored};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -60,7 +61,13 @@ pub struct EmbeddedDb {
     /// database: unique per open, so a database opened again (a restart in
     /// a test) never reads through a connection of the earlier one.
     id: u64,
+    /// Hot key-value entries, kept exact by the writer thread (`cache.rs`).
+    cache: Arc<ReadCache>,
 }
+
+/// The read cache's budget when none is given: 32 MiB
+/// (docs/embedded-store.md, "Read cache").
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// The next [`EmbeddedDb::id`].
 static NEXT_DB_ID: AtomicU64 = AtomicU64::new(1);
@@ -78,7 +85,9 @@ thread_local! {
 /// The writer's connection and version counter, as the writer thread
 /// hands them to work queued with [`EmbeddedDb::call`]. That work runs
 /// inside a batch's open transaction, in a savepoint of its own: it must
-/// not begin, commit or roll back a transaction itself.
+/// not begin, commit or roll back a transaction itself, nor write the `kv`
+/// table (the read cache learns of key-value writes from [`WriteOp`]s
+/// only).
 pub struct DbState {
     pub(super) conn: Connection,
     /// Next CAS version; global so a deleted-and-recreated key never
@@ -89,6 +98,8 @@ pub struct DbState {
     /// batch): lets a test see that work queued together shared one
     /// commit.
     pub(super) commits: u64,
+    /// The read cache the writer keeps exact around each commit.
+    pub(super) cache: Arc<ReadCache>,
 }
 
 /// A read run on one of the reader threads.
@@ -260,6 +271,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<DbState> {
         conn,
         next_version: max + 1,
         commits: 0,
+        cache: Arc::new(ReadCache::new(0)),
     })
 }
 
@@ -319,8 +331,14 @@ fn stopped() -> BackendError {
 
 impl EmbeddedDb {
     /// Opens (creating if needed) `wasmshop.db` in `data_dir` and starts
-    /// its writer thread and reader threads.
+    /// its writer thread and reader threads, with a read cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, BackendError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open`] with a read cache of `cache_bytes` (0: none).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Arc<Self>, BackendError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             BackendError::unavailable(NAME, format!(
                 "cannot create the data directory {} ({e}); pass a writable one with --data-dir",
@@ -337,7 +355,9 @@ impl EmbeddedDb {
                 ),
             )
         };
-        let state = open_writer(&path).map_err(cannot_open)?;
+        let mut state = open_writer(&path).map_err(cannot_open)?;
+        let cache = Arc::new(ReadCache::new(cache_bytes));
+        state.cache = cache.clone();
         let readers = (0..reader_count())
             .map(|_| open_reader(&path))
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -369,12 +389,18 @@ impl EmbeddedDb {
             readers: read_tx,
             path,
             id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
+            cache,
         }))
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The read cache of key-value entries (`cache.rs`).
+    pub(super) fn cache(&self) -> &ReadCache {
+        &self.cache
     }
 
     fn failed(&self, e: rusqlite::Error) -> BackendError {
@@ -605,12 +631,21 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
         return vec![Err(failed("starting a transaction", &e)); steps.len()];
     }
     let mut results = Vec::with_capacity(steps.len());
+    // The final state of every key the batch wrote, for the read cache.
+    let mut written: Vec<(String, Known)> = Vec::new();
     for step in steps.iter_mut() {
         let result: Result<Applied, String> = match step {
-            Step::Write(ns, op) => in_savepoint(&state.conn, |conn| {
-                apply(conn, &mut state.next_version, ns, op)
-            })
-            .map_err(|e| e.to_string()),
+            Step::Write(ns, op) => {
+                let mut effects = Vec::new();
+                let applied = in_savepoint(&state.conn, |conn| {
+                    apply(conn, &mut state.next_version, ns, op, &mut effects)
+                })
+                .map_err(|e| e.to_string());
+                if applied.is_ok() {
+                    written.append(&mut effects);
+                }
+                applied
+            }
             Step::Call(call) => run_call(state, &mut **call),
         };
         if state.conn.is_autocommit() {
@@ -630,10 +665,13 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
         }
         results.push(result.map_err(|e| failed("writing", &e)));
     }
+    let cache = state.cache.clone();
+    let pending = cache.begin_commit(&written);
     if let Err(e) = state.conn.execute_batch("COMMIT") {
         rollback_open_transaction(&state.conn);
         return vec![Err(failed("committing", &e)); steps.len()];
     }
+    pending.committed(written);
     state.commits += 1;
     results
 }
@@ -683,14 +721,14 @@ fn in_savepoint<R>(
     }
 }
 
-/// Writes a value with a fresh version.
+/// Writes a value with a fresh version; returns that version.
 fn upsert(
     conn: &Connection,
     next_version: &mut i64,
     ns: &str,
     key: &str,
     value: &[u8],
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<i64> {
     let version = *next_version;
     *next_version += 1;
     conn.prepare_cached(
@@ -698,20 +736,23 @@ fn upsert(
          ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
     )?
     .execute(params![ns, key, value, version])?;
-    Ok(())
+    Ok(version)
 }
 
-/// Applies one write inside the batch's transaction.
+/// Applies one write inside the batch's transaction, adding to `written`
+/// the state it leaves each key in (for the read cache).
 fn apply(
     conn: &Connection,
     next_version: &mut i64,
     ns: &str,
     op: &WriteOp,
+    written: &mut Vec<(String, Known)>,
 ) -> rusqlite::Result<Applied> {
     match op {
         WriteOp::Set(entries) => {
             for (k, v) in entries {
-                upsert(conn, next_version, ns, k, v)?;
+                let version = upsert(conn, next_version, ns, k, v)?;
+                written.push((cache_key(ns, k), Some((Arc::from(&v[..]), version))));
             }
             Ok(Applied::Done)
         }
@@ -719,6 +760,7 @@ fn apply(
             let mut stmt = conn.prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?;
             for k in keys {
                 stmt.execute(params![ns, k])?;
+                written.push((cache_key(ns, k), None));
             }
             Ok(Applied::Done)
         }
@@ -729,7 +771,12 @@ fn apply(
                 .optional()?;
             match add_to_stored(NAME, key, current.as_deref(), *delta) {
                 Ok(next) => {
-                    upsert(conn, next_version, ns, key, next.to_string().as_bytes())?;
+                    let text = next.to_string();
+                    let version = upsert(conn, next_version, ns, key, text.as_bytes())?;
+                    written.push((
+                        cache_key(ns, key),
+                        Some((Arc::from(text.as_bytes()), version)),
+                    ));
                     Ok(Applied::Incremented(next))
                 }
                 Err(e) => Ok(Applied::Refused(e)),
@@ -752,7 +799,8 @@ fn apply(
             if !matches {
                 return Ok(Applied::CasFailed);
             }
-            upsert(conn, next_version, ns, key, value)?;
+            let version = upsert(conn, next_version, ns, key, value)?;
+            written.push((cache_key(ns, key), Some((Arc::from(&value[..]), version))));
             Ok(Applied::Done)
         }
     }

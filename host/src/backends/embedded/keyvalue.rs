@@ -1,8 +1,11 @@
 //! Key-value on the embedded database: one row per key, namespaced by
 //! component and store label, with a version column for compare-and-swap.
-//! Reads run on the reader pool, writes go to the writer thread's next
-//! group commit (`db.rs`); an answered write is on disk.
+//! Point reads and `get_many` are served from the read cache when it
+//! knows the key (`cache.rs`), else from SQLite (filling the cache); writes
+//! go to the writer thread's next group commit (`db.rs`); an answered
+//! write is on disk.
 
+use super::cache::{Known, cache_key};
 use super::db::{Applied, WriteOp};
 use super::{EmbeddedDb, NAME};
 use crate::capabilities::BackendError;
@@ -74,6 +77,64 @@ impl EmbeddedStore {
         self.db.read_here(|c| f(c, &self.ns)).map_err(StoreError)
     }
 
+    /// The value and version of each key, of one moment: from the read
+    /// cache where it knows the key, the rest read from SQLite in one read
+    /// transaction (on this thread for up to [`SHORT_GET_MANY`] keys) and
+    /// kept in the cache when no commit raced the read (`cache.rs`).
+    async fn read_known(&self, keys: &[String]) -> Result<Vec<Known>, StoreError> {
+        let cache = self.db.cache();
+        let cache_keys: Vec<String> = keys.iter().map(|k| cache_key(&self.ns, k)).collect();
+        let (found, ticket) = cache.lookup(&cache_keys);
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        let wanted: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+        let read = self.read_rows(wanted).await?;
+        let fills: Vec<(String, Known)> = missing
+            .iter()
+            .zip(&read)
+            .map(|(&i, known)| (cache_keys[i].clone(), known.clone()))
+            .collect();
+        if cache.fill(ticket, fills) {
+            let mut read = read.into_iter();
+            return Ok(found
+                .into_iter()
+                .map(|hit| hit.unwrap_or_else(|| read.next().flatten()))
+                .collect());
+        }
+        // A commit started or ended between the cache's answer and the
+        // read: the hits may be older than the read. Read them all again,
+        // in one transaction.
+        self.read_rows(keys.to_vec()).await
+    }
+
+    /// The value and version of each key, read from SQLite in one read
+    /// transaction.
+    async fn read_rows(&self, keys: Vec<String>) -> Result<Vec<Known>, StoreError> {
+        fn read_all(c: &Connection, ns: &str, keys: &[String]) -> rusqlite::Result<Vec<Known>> {
+            let tx = c.unchecked_transaction()?;
+            let rows = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?;
+                keys.iter()
+                    .map(|k| {
+                        stmt.query_row(params![ns, k], |r| {
+                            Ok((Arc::from(r.get_ref(0)?.as_blob()?), r.get(1)?))
+                        })
+                        .optional()
+                    })
+                    .collect()
+            };
+            tx.finish()?;
+            rows
+        }
+        if keys.len() <= SHORT_GET_MANY {
+            return self.read_here(|c, ns| read_all(c, ns, &keys));
+        }
+        self.read(move |c, ns| read_all(c, ns, &keys)).await
+    }
+
     /// Queues a write for the next group commit; answers after its commit.
     async fn write(&self, op: WriteOp) -> Result<Applied, StoreError> {
         self.db.write(self.ns.clone(), op).await.map_err(StoreError)
@@ -99,11 +160,8 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_here(|c, ns| {
-            c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
-                .query_row(params![ns, key], |r| r.get(0))
-                .optional()
-        })
+        let known = self.read_known(&[key.to_string()]).await?;
+        Ok(known.into_iter().next().flatten().map(|(v, _)| v.to_vec()))
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -136,28 +194,11 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        // One read transaction, so the values are of one moment.
-        fn read_all(
-            c: &Connection,
-            ns: &str,
-            keys: &[String],
-        ) -> rusqlite::Result<Vec<Option<Vec<u8>>>> {
-            let tx = c.unchecked_transaction()?;
-            let values = {
-                let mut stmt =
-                    tx.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?;
-                keys.iter()
-                    .map(|k| stmt.query_row(params![ns, k], |r| r.get(0)).optional())
-                    .collect()
-            };
-            tx.finish()?;
-            values
-        }
-        if keys.len() <= SHORT_GET_MANY {
-            return self.read_here(|c, ns| read_all(c, ns, keys));
-        }
-        let keys = keys.to_vec();
-        self.read(move |c, ns| read_all(c, ns, &keys)).await
+        let known = self.read_known(keys).await?;
+        Ok(known
+            .into_iter()
+            .map(|k| k.map(|(v, _)| v.to_vec()))
+            .collect())
     }
 
     async fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
@@ -180,14 +221,10 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
-        let row: Option<(Vec<u8>, i64)> = self.read_here(|c, ns| {
-            c.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?
-                .query_row(params![ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })?;
-        Ok(match row {
+        let known = self.read_known(&[key.to_string()]).await?;
+        Ok(match known.into_iter().next().flatten() {
             None => (None, CasVersion::Absent),
-            Some((v, version)) => (Some(v), CasVersion::Version(version.to_string())),
+            Some((v, version)) => (Some(v.to_vec()), CasVersion::Version(version.to_string())),
         })
     }
 
@@ -251,6 +288,65 @@ mod tests {
         let (rest, end) = s.list_keys(cursor.as_deref()).await.unwrap();
         assert_eq!(rest.len(), 5);
         assert_eq!(end, None);
+    }
+
+    /// Readers racing a writer through the read cache: a read never
+    /// returns a value older than the last write acknowledged before it
+    /// began, and the two keys of one `set_many` are always read equal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cached_reads_never_go_back_and_a_batch_is_seen_whole() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let (_dir, kv) = backend();
+        let s = kv.open("c", "default").unwrap();
+        let pair = |n: i64| {
+            vec![
+                ("a".to_string(), n.to_string().into_bytes()),
+                ("b".to_string(), n.to_string().into_bytes()),
+            ]
+        };
+        s.set_many(&pair(0)).await.unwrap();
+        let acked = Arc::new(AtomicI64::new(0));
+        let number = |v: &[u8]| std::str::from_utf8(v).unwrap().parse::<i64>().unwrap();
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (s, acked) = (s.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let keys = ["a".to_string(), "b".to_string()];
+                    let mut reads = 0;
+                    while acked.load(Ordering::SeqCst) < 300 {
+                        let floor = acked.load(Ordering::SeqCst);
+                        let a = number(&s.get("a").await.unwrap().unwrap());
+                        assert!(a >= floor, "read {a} after {floor} was acknowledged");
+                        let (v, _) = s.read_versioned("b").await.unwrap();
+                        assert!(number(&v.unwrap()) >= floor);
+                        let both = s.get_many(&keys).await.unwrap();
+                        let (a, b) = (
+                            number(both[0].as_ref().unwrap()),
+                            number(both[1].as_ref().unwrap()),
+                        );
+                        assert_eq!(a, b, "one set_many seen half");
+                        assert!(a >= floor);
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for n in 1..=300 {
+            s.set_many(&pair(n)).await.unwrap();
+            acked.store(n, Ordering::SeqCst);
+        }
+        for r in readers {
+            assert!(r.await.unwrap() > 0);
+        }
+        // The cache answers the latest value, and a delete is seen.
+        assert_eq!(s.get("a").await.unwrap().as_deref(), Some(&b"300"[..]));
+        s.delete("a").await.unwrap();
+        assert_eq!(s.get("a").await.unwrap(), None);
+        assert_eq!(
+            s.read_versioned("a").await.unwrap(),
+            (None, CasVersion::Absent)
+        );
     }
 
     #[tokio::test]

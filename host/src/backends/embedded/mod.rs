@@ -4,11 +4,12 @@
 //! loss alike. One writer thread commits concurrent writes in groups and
 //! a pool of reader threads reads (`db.rs`, docs/embedded-store.md).
 
+mod cache;
 mod db;
 mod keyvalue;
 mod messaging;
 
-pub use db::{DbState, EmbeddedDb};
+pub use db::{DEFAULT_CACHE_BYTES, DbState, EmbeddedDb};
 pub use keyvalue::{EmbeddedKeyValue, EmbeddedStore};
 pub use messaging::{EmbeddedBroker, EmbeddedReceiver, stored_messages};
 
@@ -51,10 +52,38 @@ impl Default for MessagingSettings {
     }
 }
 
-/// The embedded backend has no flags of its own (`--data-dir` is the host's).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The embedded backend's flags (`--data-dir` is the host's).
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "embedded-flags")]
-pub struct Flags {}
+pub struct Flags {
+    /// MiB of hot key-value entries the embedded backend keeps in memory
+    /// (0 to 65536; 0: none). Exact: the host makes every write of its data
+    /// directory, so a cached value is never stale (docs/embedded-store.md,
+    /// "Read cache").
+    #[arg(long = "embedded-cache-mb", env = "WASMSHOP_EMBEDDED_CACHE_MB", allow_negative_numbers = true, default_value_t = DEFAULT_CACHE_BYTES >> 20, value_parser = parse_cache_mb)]
+    pub cache_mb: usize,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            cache_mb: DEFAULT_CACHE_BYTES >> 20,
+        }
+    }
+}
+
+/// Largest `--embedded-cache-mb` (64 GiB): past it a typo, not a plan.
+const MAX_CACHE_MB: usize = 65_536;
+
+fn parse_cache_mb(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|mb| *mb <= MAX_CACHE_MB)
+        .ok_or_else(|| {
+            format!("'{text}' is not a size in MiB from 0 to {MAX_CACHE_MB}; give e.g. 32 (0 turns the cache off)")
+        })
+}
 
 /// The embedded backend of an app: the database, always open (it is the
 /// default of every label and client), one key-value backend and one
@@ -70,8 +99,8 @@ impl BackendUnit for Embedded {
     type MessagingConfig = MessagingSettings;
     type Args = Flags;
 
-    fn open(context: &OpenContext<'_>, _flags: &Flags) -> Result<Self, BackendError> {
-        let db = EmbeddedDb::open(context.data_dir)?;
+    fn open(context: &OpenContext<'_>, flags: &Flags) -> Result<Self, BackendError> {
+        let db = EmbeddedDb::open_with_cache(context.data_dir, flags.cache_mb << 20)?;
         Ok(Embedded {
             store: Arc::new(EmbeddedKeyValue::new(db.clone())),
             broker: Arc::new(EmbeddedBroker::new(db, context.subscriptions)),

@@ -1,0 +1,297 @@
+//! An exact write-through cache of hot key-value entries, in front of the
+//! embedded database's readers (docs/embedded-store.md, "Read cache").
+//!
+//! Why: every commit makes each SQLite reader connection drop its page
+//! cache and unmap its memory map before its next read, so under a steady
+//! stream of writes every read starts cold and refaults its pages, at a
+//! cost that grows with the database (measured in issue 12's profile).
+//! The host is the only writer of its data directory, so it can keep
+//! recent values itself and know exactly when one changes.
+//!
+//! How it stays exact. The writer thread tells the cache about every
+//! committed change, in two steps around each commit:
+//!
+//! 1. [`ReadCache::begin_commit`], before `COMMIT`: every key the batch
+//!    wrote is removed and the epoch becomes odd. While the commit is in
+//!    flight those keys are read from SQLite, which decides whether the
+//!    reader sees the old or the new value; no reader can see an old
+//!    value from the cache after another saw the new one from SQLite.
+//! 2. [`PendingCommit::committed`], after `COMMIT` succeeded: the batch's
+//!    final values (or "absent" for a delete) are inserted and the epoch
+//!    becomes even again. A failed commit only makes the epoch even.
+//!
+//! A reader that missed fills the cache with what it read from SQLite only
+//! if the epoch was even when it looked and is unchanged when it fills:
+//! then no commit started or ended in between, so its SQLite snapshot was
+//! the latest committed state and cannot overwrite a newer value.
+
+use hashlink::LruCache;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What the cache knows of one key: its value and CAS version, or that
+/// it is absent.
+pub(super) type Known = Option<(Arc<[u8]>, i64)>;
+
+/// Bytes an entry costs beyond its key and value (map node, `Arc` header,
+/// version, LRU links); an estimate that keeps the budget honest for
+/// small values.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// The largest share of the budget one value may take: a few big values
+/// must not push every hot small one out.
+const MAX_ENTRY_SHARE: usize = 16;
+
+/// The cache of one database: (namespace, key) → [`Known`], least
+/// recently used first out, bounded in bytes.
+pub(super) struct ReadCache {
+    inner: Mutex<Inner>,
+    budget: usize,
+}
+
+struct Inner {
+    entries: LruCache<String, Known>,
+    bytes: usize,
+    /// Odd while a commit is in flight; see the module comment.
+    epoch: u64,
+}
+
+/// The epoch a reader saw when it missed; it may fill the cache with what
+/// it then read only if nothing committed meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ticket(u64);
+
+/// The cache key of `key` in namespace `ns` (`<component>/<label>`, which
+/// holds no NUL).
+pub(super) fn cache_key(ns: &str, key: &str) -> String {
+    let mut k = String::with_capacity(ns.len() + 1 + key.len());
+    k.push_str(ns);
+    k.push('\0');
+    k.push_str(key);
+    k
+}
+
+fn cost(key: &str, known: &Known) -> usize {
+    key.len() + known.as_ref().map_or(0, |(v, _)| v.len()) + ENTRY_OVERHEAD
+}
+
+impl ReadCache {
+    /// A cache holding at most `budget` bytes of keys, values and
+    /// bookkeeping; 0 turns it off (every lookup misses, nothing is kept).
+    pub(super) fn new(budget: usize) -> Self {
+        ReadCache {
+            inner: Mutex::new(Inner {
+                entries: LruCache::new_unbounded(),
+                bytes: 0,
+                epoch: 0,
+            }),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while the lock is held but an allocation failure;
+        // the map is still consistent then.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// What the cache knows of each key (`None`: a miss), and the ticket
+    /// to fill the misses with ([`Self::fill`] also tells whether the hits
+    /// and a later read of the misses are of one moment).
+    pub(super) fn lookup(&self, keys: &[String]) -> (Vec<Option<Known>>, Ticket) {
+        if !self.enabled() {
+            return (vec![None; keys.len()], Ticket(1));
+        }
+        let mut inner = self.lock();
+        let found = keys.iter().map(|k| inner.entries.get(k).cloned()).collect();
+        (found, Ticket(inner.epoch))
+    }
+
+    /// Keeps what a reader read from SQLite after its [`Self::lookup`]
+    /// missed, if that read is still the latest committed state (see the
+    /// module comment); returns whether nothing committed since `ticket`
+    /// (the caller's read and its hits are then of one moment).
+    pub(super) fn fill(&self, ticket: Ticket, read: Vec<(String, Known)>) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let mut inner = self.lock();
+        if inner.epoch != ticket.0 {
+            return false;
+        }
+        if ticket.0.is_multiple_of(2) {
+            for (key, known) in read {
+                self.insert(&mut inner, key, known);
+            }
+        }
+        true
+    }
+
+    /// Step 1 of a commit (before `COMMIT`): forgets every key in
+    /// `written` (the batch's writes) and marks a commit in flight until
+    /// the returned [`PendingCommit`] is ended (or dropped, as for a failed
+    /// commit).
+    pub(super) fn begin_commit(&self, written: &[(String, Known)]) -> PendingCommit<'_> {
+        if self.enabled() {
+            let mut inner = self.lock();
+            for (key, _) in written {
+                if let Some(old) = inner.entries.remove(key) {
+                    inner.bytes -= cost(key, &old);
+                }
+            }
+            inner.epoch += 1;
+        }
+        PendingCommit { cache: self }
+    }
+
+    fn insert(&self, inner: &mut Inner, key: String, known: Known) {
+        let size = cost(&key, &known);
+        if size > self.budget / MAX_ENTRY_SHARE {
+            if let Some(old) = inner.entries.remove(&key) {
+                inner.bytes -= cost(&key, &old);
+            }
+            return;
+        }
+        if let Some(old) = inner.entries.insert(key.clone(), known) {
+            inner.bytes -= cost(&key, &old);
+        }
+        inner.bytes += size;
+        while inner.bytes > self.budget {
+            match inner.entries.remove_lru() {
+                Some((k, old)) => inner.bytes -= cost(&k, &old),
+                None => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// A commit in flight (step 1 done); dropping it without
+/// [`Self::committed`] ends it as failed (the written keys stay out of the
+/// cache).
+pub(super) struct PendingCommit<'a> {
+    cache: &'a ReadCache,
+}
+
+impl PendingCommit<'_> {
+    /// Step 2 after a successful `COMMIT`: keeps the batch's final state of
+    /// each key it wrote (later entries of the same key win).
+    pub(super) fn committed(self, written: Vec<(String, Known)>) {
+        let cache = self.cache;
+        if cache.enabled() {
+            let mut inner = cache.lock();
+            for (key, known) in written {
+                cache.insert(&mut inner, key, known);
+            }
+        }
+        // Drop ends the commit (the epoch becomes even).
+    }
+}
+
+impl Drop for PendingCommit<'_> {
+    fn drop(&mut self) {
+        if self.cache.enabled() {
+            self.cache.lock().epoch += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(v: &str, version: i64) -> Known {
+        Some((Arc::from(v.as_bytes()), version))
+    }
+
+    fn one(cache: &ReadCache, key: &str) -> (Option<Known>, Ticket) {
+        let (mut found, ticket) = cache.lookup(&[key.to_string()]);
+        (found.pop().unwrap(), ticket)
+    }
+
+    #[test]
+    fn a_read_that_raced_a_commit_is_not_kept() {
+        let cache = ReadCache::new(1 << 20);
+        // A reader misses, then a commit of the same key starts before it
+        // fills: what it read may be the old value.
+        let (hit, ticket) = one(&cache, "k");
+        assert_eq!(hit, None);
+        let pending = cache.begin_commit(&[("k".into(), None)]);
+        assert!(!cache.fill(ticket, vec![("k".into(), known("old", 1))]));
+        pending.committed(vec![("k".into(), known("new", 2))]);
+        assert_eq!(one(&cache, "k").0, Some(known("new", 2)));
+
+        // A reader that missed while a commit was in flight does not fill
+        // even if it fills before the commit ends.
+        let pending = cache.begin_commit(&[("other".into(), None)]);
+        let (_, ticket) = one(&cache, "absent");
+        assert!(cache.fill(ticket, vec![("absent".into(), None)]));
+        assert_eq!(one(&cache, "absent").0, None, "not kept while in flight");
+        drop(pending);
+
+        // In a quiet moment the fill is kept, absence included.
+        let (_, ticket) = one(&cache, "absent");
+        assert!(cache.fill(ticket, vec![("absent".into(), None)]));
+        assert_eq!(one(&cache, "absent").0, Some(None));
+    }
+
+    #[test]
+    fn a_key_being_committed_is_not_served_until_the_commit_ends() {
+        let cache = ReadCache::new(1 << 20);
+        let pending = cache.begin_commit(&[]);
+        pending.committed(vec![("k".into(), known("v1", 1))]);
+        let pending = cache.begin_commit(&[("k".into(), None)]);
+        assert_eq!(one(&cache, "k").0, None, "old value not served in flight");
+        // The commit failed: the key stays out, later reads fill it.
+        drop(pending);
+        assert_eq!(one(&cache, "k").0, None);
+    }
+
+    #[test]
+    fn the_budget_holds_and_the_least_recently_used_go_first() {
+        let value = "x".repeat(100);
+        let budget = 32 * (3 + 100 + ENTRY_OVERHEAD);
+        let cache = ReadCache::new(budget);
+        let pending = cache.begin_commit(&[]);
+        pending.committed(
+            (0..32)
+                .map(|i| (format!("k{i:02}"), known(&value, i)))
+                .collect(),
+        );
+        assert_eq!(cache.bytes(), budget);
+        assert!(one(&cache, "k00").0.is_some()); // k00 is now the most recent
+        let pending = cache.begin_commit(&[]);
+        pending.committed(vec![("kxx".into(), known(&value, 40))]);
+        assert!(cache.bytes() <= budget);
+        assert!(one(&cache, "k00").0.is_some());
+        assert!(
+            one(&cache, "k01").0.is_none(),
+            "the least recently used left"
+        );
+        assert!(one(&cache, "k02").0.is_some());
+        // A value bigger than its share of the budget is never kept.
+        let big = "y".repeat(budget / MAX_ENTRY_SHARE);
+        let pending = cache.begin_commit(&[]);
+        pending.committed(vec![("k00".into(), known(&big, 41))]);
+        assert!(one(&cache, "k00").0.is_none(), "and its old value is gone");
+        assert!(cache.bytes() <= budget - (3 + 100 + ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_zero_budget_keeps_nothing() {
+        let cache = ReadCache::new(0);
+        let pending = cache.begin_commit(&[]);
+        pending.committed(vec![("k".into(), known("v", 1))]);
+        let (hit, ticket) = one(&cache, "k");
+        assert_eq!(hit, None);
+        assert!(cache.fill(ticket, vec![("k".into(), known("v", 1))]));
+        assert_eq!(one(&cache, "k").0, None);
+    }
+}
