@@ -12,20 +12,25 @@
 //! committed change, in two steps around each commit:
 //!
 //! 1. [`ReadCache::begin_commit`], before `COMMIT`: every key the batch
-//!    wrote is removed and the epoch becomes odd. While the commit is in
-//!    flight those keys are read from SQLite, which decides whether the
-//!    reader sees the old or the new value; no reader can see an old
-//!    value from the cache after another saw the new one from SQLite.
+//!    wrote is removed, remembered as in flight, and the epoch becomes
+//!    odd. While the commit is in flight those keys are read from SQLite,
+//!    which decides whether the reader sees the old or the new value; no
+//!    reader can see an old value from the cache after another saw the new
+//!    one from SQLite. A batch that wrote no key (message-queue work only)
+//!    changes nothing here.
 //! 2. [`PendingCommit::committed`], after `COMMIT` succeeded: the batch's
 //!    final values (or "absent" for a delete) are inserted and the epoch
 //!    becomes even again. A failed commit only makes the epoch even.
 //!
 //! A reader that missed fills the cache with what it read from SQLite only
-//! if the epoch was even when it looked and is unchanged when it fills:
-//! then no commit started or ended in between, so its SQLite snapshot was
-//! the latest committed state and cannot overwrite a newer value.
+//! if the epoch is unchanged since it looked: then no commit started or
+//! ended in between, so its SQLite snapshot was the latest committed state
+//! and cannot overwrite a newer value, except for the keys of the commit
+//! in flight when it looked (epoch odd), which SQLite may give either way:
+//! those are not filled.
 
 use hashlink::LruCache;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the cache knows of one key: its value and CAS version, or that
@@ -53,6 +58,8 @@ struct Inner {
     bytes: usize,
     /// Odd while a commit is in flight; see the module comment.
     epoch: u64,
+    /// The keys of the commit in flight (empty when the epoch is even).
+    in_flight: HashSet<String>,
 }
 
 /// The epoch a reader saw when it missed; it may fill the cache with what
@@ -83,6 +90,7 @@ impl ReadCache {
                 entries: LruCache::new_unbounded(),
                 bytes: 0,
                 epoch: 0,
+                in_flight: HashSet::new(),
             }),
             budget,
         }
@@ -122,8 +130,8 @@ impl ReadCache {
         if inner.epoch != ticket.0 {
             return false;
         }
-        if ticket.0.is_multiple_of(2) {
-            for (key, known) in read {
+        for (key, known) in read {
+            if !inner.in_flight.contains(&key) {
                 self.insert(&mut inner, key, known);
             }
         }
@@ -131,20 +139,32 @@ impl ReadCache {
     }
 
     /// Step 1 of a commit (before `COMMIT`): forgets every key in
-    /// `written` (the batch's writes) and marks a commit in flight until
-    /// the returned [`PendingCommit`] is ended (or dropped, as for a failed
-    /// commit).
-    pub(super) fn begin_commit(&self, written: &[(String, Known)]) -> PendingCommit<'_> {
+    /// `touched` (the batch's writes) and marks them in flight until the
+    /// returned [`PendingCommit`] is ended (or dropped, as for a failed
+    /// commit). With no key, nothing is marked.
+    pub(super) fn begin_commit<'k>(
+        &self,
+        touched: impl IntoIterator<Item = &'k str>,
+    ) -> PendingCommit<'_> {
+        let mut active = false;
         if self.enabled() {
-            let mut inner = self.lock();
-            for (key, _) in written {
-                if let Some(old) = inner.entries.remove(key) {
-                    inner.bytes -= cost(key, &old);
+            let mut touched = touched.into_iter().peekable();
+            if touched.peek().is_some() {
+                let mut inner = self.lock();
+                for key in touched {
+                    if let Some(old) = inner.entries.remove(key) {
+                        inner.bytes -= cost(key, &old);
+                    }
+                    inner.in_flight.insert(key.to_string());
                 }
+                inner.epoch += 1;
+                active = true;
             }
-            inner.epoch += 1;
         }
-        PendingCommit { cache: self }
+        PendingCommit {
+            cache: self,
+            active,
+        }
     }
 
     fn insert(&self, inner: &mut Inner, key: String, known: Known) {
@@ -178,6 +198,8 @@ impl ReadCache {
 /// cache).
 pub(super) struct PendingCommit<'a> {
     cache: &'a ReadCache,
+    /// Whether step 1 marked keys in flight (the batch wrote some).
+    active: bool,
 }
 
 impl PendingCommit<'_> {
@@ -185,7 +207,7 @@ impl PendingCommit<'_> {
     /// each key it wrote (later entries of the same key win).
     pub(super) fn committed(self, written: Vec<(String, Known)>) {
         let cache = self.cache;
-        if cache.enabled() {
+        if self.active {
             let mut inner = cache.lock();
             for (key, known) in written {
                 cache.insert(&mut inner, key, known);
@@ -197,8 +219,10 @@ impl PendingCommit<'_> {
 
 impl Drop for PendingCommit<'_> {
     fn drop(&mut self) {
-        if self.cache.enabled() {
-            self.cache.lock().epoch += 1;
+        if self.active {
+            let mut inner = self.cache.lock();
+            inner.in_flight.clear();
+            inner.epoch += 1;
         }
     }
 }
@@ -223,31 +247,38 @@ mod tests {
         // fills: what it read may be the old value.
         let (hit, ticket) = one(&cache, "k");
         assert_eq!(hit, None);
-        let pending = cache.begin_commit(&[("k".into(), None)]);
+        let pending = cache.begin_commit(["k"]);
         assert!(!cache.fill(ticket, vec![("k".into(), known("old", 1))]));
         pending.committed(vec![("k".into(), known("new", 2))]);
         assert_eq!(one(&cache, "k").0, Some(known("new", 2)));
 
-        // A reader that missed while a commit was in flight does not fill
-        // even if it fills before the commit ends.
-        let pending = cache.begin_commit(&[("other".into(), None)]);
+        // A reader that missed while a commit was in flight keeps what it
+        // read of other keys (the commit cannot change them), never of the
+        // commit's own keys (SQLite may have given either value).
+        let pending = cache.begin_commit(["other"]);
         let (_, ticket) = one(&cache, "absent");
-        assert!(cache.fill(ticket, vec![("absent".into(), None)]));
-        assert_eq!(one(&cache, "absent").0, None, "not kept while in flight");
+        assert!(cache.fill(
+            ticket,
+            vec![("absent".into(), None), ("other".into(), known("old", 3))]
+        ));
+        assert_eq!(one(&cache, "absent").0, Some(None), "absence kept");
+        assert_eq!(one(&cache, "other").0, None, "in-flight key not kept");
         drop(pending);
+        assert_eq!(one(&cache, "other").0, None, "failed commit: still out");
 
-        // In a quiet moment the fill is kept, absence included.
-        let (_, ticket) = one(&cache, "absent");
-        assert!(cache.fill(ticket, vec![("absent".into(), None)]));
-        assert_eq!(one(&cache, "absent").0, Some(None));
+        // A batch that wrote no key changes nothing: fills still count.
+        let (_, ticket) = one(&cache, "other");
+        drop(cache.begin_commit(std::iter::empty()));
+        assert!(cache.fill(ticket, vec![("other".into(), known("old", 3))]));
+        assert_eq!(one(&cache, "other").0, Some(known("old", 3)));
     }
 
     #[test]
     fn a_key_being_committed_is_not_served_until_the_commit_ends() {
         let cache = ReadCache::new(1 << 20);
-        let pending = cache.begin_commit(&[]);
+        let pending = cache.begin_commit(["seed"]);
         pending.committed(vec![("k".into(), known("v1", 1))]);
-        let pending = cache.begin_commit(&[("k".into(), None)]);
+        let pending = cache.begin_commit(["k"]);
         assert_eq!(one(&cache, "k").0, None, "old value not served in flight");
         // The commit failed: the key stays out, later reads fill it.
         drop(pending);
@@ -259,7 +290,7 @@ mod tests {
         let value = "x".repeat(100);
         let budget = 32 * (3 + 100 + ENTRY_OVERHEAD);
         let cache = ReadCache::new(budget);
-        let pending = cache.begin_commit(&[]);
+        let pending = cache.begin_commit(["seed"]);
         pending.committed(
             (0..32)
                 .map(|i| (format!("k{i:02}"), known(&value, i)))
@@ -267,7 +298,7 @@ mod tests {
         );
         assert_eq!(cache.bytes(), budget);
         assert!(one(&cache, "k00").0.is_some()); // k00 is now the most recent
-        let pending = cache.begin_commit(&[]);
+        let pending = cache.begin_commit(["seed"]);
         pending.committed(vec![("kxx".into(), known(&value, 40))]);
         assert!(cache.bytes() <= budget);
         assert!(one(&cache, "k00").0.is_some());
@@ -278,7 +309,7 @@ mod tests {
         assert!(one(&cache, "k02").0.is_some());
         // A value bigger than its share of the budget is never kept.
         let big = "y".repeat(budget / MAX_ENTRY_SHARE);
-        let pending = cache.begin_commit(&[]);
+        let pending = cache.begin_commit(["seed"]);
         pending.committed(vec![("k00".into(), known(&big, 41))]);
         assert!(one(&cache, "k00").0.is_none(), "and its old value is gone");
         assert!(cache.bytes() <= budget - (3 + 100 + ENTRY_OVERHEAD));
@@ -287,7 +318,7 @@ mod tests {
     #[test]
     fn a_zero_budget_keeps_nothing() {
         let cache = ReadCache::new(0);
-        let pending = cache.begin_commit(&[]);
+        let pending = cache.begin_commit(["seed"]);
         pending.committed(vec![("k".into(), known("v", 1))]);
         let (hit, ticket) = one(&cache, "k");
         assert_eq!(hit, None);

@@ -36,9 +36,16 @@ use tokio::sync::oneshot;
 /// the next commit, so one commit's answers are never held back for long.
 const MAX_BATCH: usize = 512;
 
-/// Page cache of each connection, in KiB (the PRAGMA takes a negative
-/// number for KiB). Grown only as pages are touched.
+/// Page cache of each reader connection, in KiB (the PRAGMA takes a
+/// negative number for KiB). Grown only as pages are touched.
 const CACHE_KIB: i64 = 32 * 1024;
+
+/// Page cache of the write connection, in KiB: small, because SQLite walks
+/// the writer's whole page cache at the end of every transaction
+/// (`pcache1TruncateUnsafe` from `pager_end_transaction`), a cost that grew
+/// with the database in the scale benchmark's profile; pages it drops are
+/// read back through the memory map (docs/embedded-store.md, "Settings").
+const WRITER_CACHE_KIB: i64 = 4 * 1024;
 
 /// Bytes of the database file each connection reads through `mmap` instead
 /// of copying pages into its own cache; the OS page cache is then shared
@@ -188,6 +195,19 @@ pub(super) enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// The keys the write may change.
+    fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            WriteOp::Set(entries) => Box::new(entries.iter().map(|(k, _)| k.as_str())),
+            WriteOp::Delete(keys) => Box::new(keys.iter().map(String::as_str)),
+            WriteOp::Increment { key, .. } | WriteOp::Swap { key, .. } => {
+                Box::new(std::iter::once(key.as_str()))
+            }
+        }
+    }
+}
+
 /// How a write ended when its batch committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Applied {
@@ -260,6 +280,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<DbState> {
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     tune(&conn)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.execute_batch(SCHEMA)?;
     let max: i64 = conn.query_row(
         "SELECT MAX(COALESCE((SELECT MAX(version) FROM kv), 0),
@@ -631,11 +652,16 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
         return vec![Err(failed("starting a transaction", &e)); steps.len()];
     }
     let mut results = Vec::with_capacity(steps.len());
-    // The final state of every key the batch wrote, for the read cache.
+    // For the read cache: the final state of every key the batch wrote,
+    // and every key a write step touched, kept or not (a savepoint that
+    // failed to roll back may still have kept part of its step).
     let mut written: Vec<(String, Known)> = Vec::new();
+    let mut touched: Vec<String> = Vec::new();
+    let cache = state.cache.clone();
     for step in steps.iter_mut() {
         let result: Result<Applied, String> = match step {
             Step::Write(ns, op) => {
+                touched.extend(op.keys().map(|k| cache_key(ns, k)));
                 let mut effects = Vec::new();
                 let applied = in_savepoint(&state.conn, |conn| {
                     apply(conn, &mut state.next_version, ns, op, &mut effects)
@@ -658,6 +684,9 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
                 Ok(_) => "work on the write connection ended the batch's transaction".into(),
             };
             tracing::error!(error = %why, "a batch of embedded database writes was rolled back as a whole");
+            // Forgetting keys is always safe, and right should the work
+            // have committed the earlier steps instead.
+            drop(cache.begin_commit(touched.iter().map(String::as_str)));
             return vec![
                 Err(failed("writing; the whole batch was rolled back", &why));
                 steps.len()
@@ -665,8 +694,7 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
         }
         results.push(result.map_err(|e| failed("writing", &e)));
     }
-    let cache = state.cache.clone();
-    let pending = cache.begin_commit(&written);
+    let pending = cache.begin_commit(touched.iter().map(String::as_str));
     if let Err(e) = state.conn.execute_batch("COMMIT") {
         rollback_open_transaction(&state.conn);
         return vec![Err(failed("committing", &e)); steps.len()];

@@ -96,7 +96,7 @@ impl EmbeddedStore {
             .zip(&read)
             .map(|(&i, known)| (cache_keys[i].clone(), known.clone()))
             .collect();
-        if cache.fill(ticket, fills) {
+        if cache.fill(ticket, fills) || missing.len() == keys.len() {
             let mut read = read.into_iter();
             return Ok(found
                 .into_iter()
@@ -105,7 +105,8 @@ impl EmbeddedStore {
         }
         // A commit started or ended between the cache's answer and the
         // read: the hits may be older than the read. Read them all again,
-        // in one transaction.
+        // in one transaction. (With no hits, the read is already of one
+        // moment: taken above.)
         self.read_rows(keys.to_vec()).await
     }
 
