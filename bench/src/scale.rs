@@ -5,6 +5,15 @@
 //! the embedded store holds, and measures creates/s of 32 concurrent
 //! writers in that tenant against 32 writers spread over 32 tenants.
 //!
+//! A second, *reference* tenant is filled once to the smallest size and
+//! its latency rows are measured again at every size, each right after the
+//! same row of the filled tenant. Rows minutes apart on a shared machine
+//! differ by up to ~40% with nothing changed (two runs of one build gave
+//! 1 and 7 missed targets), so the last table compares the filled tenant
+//! with the reference measured in the same minute, on the same database
+//! and process: what one tenant holds, with the machine's drift and the
+//! database file's growth taken out.
+//!
 //! Shapes and units:
 //! - latency rows: `--samples` sequential requests on ONE keep-alive
 //!   connection after `--warmup-samples` untimed ones, each timed on its
@@ -142,11 +151,9 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     let bench = Bench {
         authority,
+        filled: Tenant::new(args.tenant.clone()),
+        reference: Tenant::new(format!("{}-reference", args.tenant)),
         args,
-        products: Cell::new(0),
-        orders: Cell::new(0),
-        next_product: Cell::new(0),
-        next_order: Cell::new(0),
         rng: Cell::new(0x5eed),
     };
     let all = local.run_until(async { tokio::time::timeout(max, bench.all_sizes()).await });
@@ -159,25 +166,48 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The state of a run: what the filled tenant holds, and the next fill ids.
+/// The state of a run: the two tenants and the random picks.
 struct Bench {
     authority: String,
     args: ScaleArgs,
-    /// Products in the filled tenant (fill, create rows and writers).
+    /// The tenant filled to each size in turn.
+    filled: Tenant,
+    /// The tenant filled once to the smallest size (module comment).
+    reference: Tenant,
+    rng: Cell<u64>,
+}
+
+/// What one tenant holds, and the next fill ids.
+struct Tenant {
+    name: String,
+    /// Products in the tenant (fill, create rows and writers).
     products: Cell<u64>,
-    /// Orders in the filled tenant.
+    /// Orders in the tenant.
     orders: Cell<u64>,
     /// Next `p<n>` of the fill; `p0..next_product` all exist.
     next_product: Cell<u64>,
     /// Next `o<n>` of the fill.
     next_order: Cell<u64>,
-    rng: Cell<u64>,
+}
+
+impl Tenant {
+    fn new(name: String) -> Self {
+        Tenant {
+            name,
+            products: Cell::new(0),
+            orders: Cell::new(0),
+            next_product: Cell::new(0),
+            next_order: Cell::new(0),
+        }
+    }
 }
 
 /// What one size measured.
 struct SizeResult {
     size: u64,
     rows: Vec<(&'static str, Stats)>,
+    /// The same rows of the reference tenant, each measured right after.
+    reference_rows: Vec<(&'static str, Stats)>,
     largest_value: u64,
     largest_key: String,
     one_tenant: Rate,
@@ -209,37 +239,50 @@ impl Bench {
 
     async fn one_size(&self, size: u64) -> anyhow::Result<SizeResult> {
         let started = Instant::now();
-        if self.products.get() < size {
-            self.fill(Kind::Product, size - self.products.get()).await?;
-        }
-        if self.orders.get() < size {
-            self.fill(Kind::Order, size - self.orders.get()).await?;
+        let smallest = self.args.sizes[0];
+        for (tenant, size) in [(&self.reference, smallest), (&self.filled, size)] {
+            if tenant.products.get() < size {
+                self.fill(tenant, Kind::Product, size - tenant.products.get())
+                    .await?;
+            }
+            if tenant.orders.get() < size {
+                self.fill(tenant, Kind::Order, size - tenant.orders.get())
+                    .await?;
+            }
         }
         self.drain().await?;
         println!();
         println!(
             "== size {size}: tenant {:?} holds {} products and {} orders (reached in {:.0} s; load average {}) ==",
-            self.args.tenant,
-            self.products.get(),
-            self.orders.get(),
+            self.filled.name,
+            self.filled.products.get(),
+            self.filled.orders.get(),
             started.elapsed().as_secs_f64(),
             load_average()
         );
         println!(
-            "{:40} {:>10} {:>10} {:>7}",
-            "row", "median ms", "p99 ms", "errors"
+            "{:40} {:>10} {:>10} {:>7}   {:>10} {:>10}",
+            "row", "median ms", "p99 ms", "errors", "reference", "(median ms)"
         );
-        let mut rows = Vec::new();
+        let (mut rows, mut reference_rows) = (Vec::new(), Vec::new());
         for row in Row::ALL {
-            let stats = self.latency_row(row, size).await?;
+            let stats = self.latency_row(&self.filled, row, size).await?;
+            let reference = self.latency_row(&self.reference, row, size).await?;
             println!(
-                "{:40} {:>10.2} {:>10.2} {:>7}",
+                "{:40} {:>10.2} {:>10.2} {:>7}   {:>10.2} {:>10}",
                 row.name(),
                 stats.median_ms,
                 stats.p99_ms,
-                stats.errors
+                stats.errors,
+                reference.median_ms,
+                if reference.errors > 0 {
+                    format!("{} errors", reference.errors)
+                } else {
+                    String::new()
+                }
             );
             rows.push((row.name(), stats));
+            reference_rows.push((row.name(), reference));
         }
         let (largest_key, largest_value) = largest_value(&self.args.db)?;
         println!(
@@ -247,7 +290,7 @@ impl Bench {
             "largest stored value",
             largest_value as f64 / 1024.0
         );
-        let tenant = self.args.tenant.clone();
+        let tenant = self.filled.name.clone();
         let one_tenant = self.writers(&[tenant], &format!("w{size}"), true).await?;
         let tenants: Vec<String> = (0..self.args.writers)
             .map(|k| format!("{}-w{size}-{k}", self.args.tenant))
@@ -268,6 +311,7 @@ impl Bench {
         Ok(SizeResult {
             size,
             rows,
+            reference_rows,
             largest_value,
             largest_key,
             one_tenant,
@@ -286,10 +330,10 @@ impl Bench {
 
     /// Adds `count` products or orders with `--fill-connections` workers,
     /// printing progress to stderr every 10 s.
-    async fn fill(&self, kind: Kind, count: u64) -> anyhow::Result<()> {
+    async fn fill(&self, tenant: &Tenant, kind: Kind, count: u64) -> anyhow::Result<()> {
         let (next, total) = match kind {
-            Kind::Product => (&self.next_product, &self.products),
-            Kind::Order => (&self.next_order, &self.orders),
+            Kind::Product => (&tenant.next_product, &tenant.products),
+            Kind::Order => (&tenant.next_order, &tenant.orders),
         };
         let from = next.get();
         let to = from + count;
@@ -297,7 +341,7 @@ impl Bench {
         let done = Rc::new(Cell::new(0u64));
         let retries = Rc::new(Cell::new(0u64));
         let started = Instant::now();
-        let products = self.next_product.get();
+        let products = tenant.next_product.get();
         if kind == Kind::Order && products == 0 {
             bail!("orders need products; the fill creates products first");
         }
@@ -305,7 +349,7 @@ impl Bench {
             .map(|_| {
                 let (cursor, done, retries) = (cursor.clone(), done.clone(), retries.clone());
                 let mut conn = Conn::new(&self.authority);
-                let tenant = self.args.tenant.clone();
+                let tenant = tenant.name.clone();
                 let (categories, customers) = (self.args.categories, self.args.customers);
                 // The path and body that create fill item `n`; orders name
                 // product `p<n % products>`, so they spread over every product.
@@ -421,10 +465,10 @@ impl Bench {
     /// `--warmup-samples` untimed, then `--samples` timed sequential
     /// requests of `row` on one connection. A timed request that fails or
     /// answers another status is an error, not a sample.
-    async fn latency_row(&self, row: Row, size: u64) -> anyhow::Result<Stats> {
+    async fn latency_row(&self, of: &Tenant, row: Row, size: u64) -> anyhow::Result<Stats> {
         let mut conn = Conn::new(&self.authority);
-        let tenant = self.args.tenant.as_str();
-        let filled = self.next_product.get();
+        let tenant = of.name.as_str();
+        let filled = of.next_product.get();
         let mut times = Vec::with_capacity(self.args.samples);
         let mut created = 0u64;
         let mut errors = 0;
@@ -542,8 +586,8 @@ impl Bench {
             }
         }
         match row {
-            Row::CreateProduct => self.products.set(self.products.get() + created),
-            Row::PlaceOrder => self.orders.set(self.orders.get() + created),
+            Row::CreateProduct => of.products.set(of.products.get() + created),
+            Row::PlaceOrder => of.orders.set(of.orders.get() + created),
             _ => {}
         }
         times.sort_unstable();
@@ -613,7 +657,7 @@ impl Bench {
             errors += e;
         }
         if filled {
-            self.products.set(self.products.get() + ok);
+            self.filled.products.set(self.filled.products.get() + ok);
         }
         Ok(Rate {
             per_sec: measured as f64 / self.args.writer_seconds.max(1) as f64,
@@ -984,4 +1028,35 @@ fn print_summary(results: &[SizeResult]) {
         verdict(ok)
     );
     println!("targets missed: {missed} of {}", first.rows.len() + 4);
+
+    // The same rows against the reference tenant of the same minute.
+    println!();
+    println!(
+        "== at size {b}: the filled tenant against the {a}-item reference tenant, measured in the same minute =="
+    );
+    println!(
+        "{:40} {:>12} {:>12} {:>7} {:>10}  verdict",
+        "row",
+        format!("@{b}"),
+        format!("ref @{a}"),
+        "ratio",
+        "target"
+    );
+    let mut same_minute_missed = 0;
+    for ((name, l), (_, r)) in last.rows.iter().zip(&last.reference_rows) {
+        let g = ratio(l.median_ms, r.median_ms);
+        let ok = g <= GROWTH_TARGET;
+        same_minute_missed += usize::from(!ok);
+        println!(
+            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>10}  {}",
+            l.median_ms,
+            r.median_ms,
+            format!("<= {GROWTH_TARGET}"),
+            verdict(ok)
+        );
+    }
+    println!(
+        "same-minute rows missed: {same_minute_missed} of {}",
+        last.rows.len()
+    );
 }
