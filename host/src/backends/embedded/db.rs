@@ -72,9 +72,9 @@ pub struct EmbeddedDb {
     cache: Arc<ReadCache>,
 }
 
-/// The read cache's budget when none is given: 32 MiB
-/// (docs/embedded-store.md, "Read cache").
-pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+/// The read cache's budget when none is given: 16 MiB
+/// (docs/embedded-store.md, "Read cache", says why not more).
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 /// The next [`EmbeddedDb::id`].
 static NEXT_DB_ID: AtomicU64 = AtomicU64::new(1);
