@@ -948,6 +948,27 @@ fn pending_deliveries(db: &std::path::Path) -> anyhow::Result<i64> {
         .with_context(|| format!("counting queued deliveries in {}", db.display()))
 }
 
+/// Prints one line per latency row: its median in the `(base, now)` pair,
+/// their ratio and verdict; returns how many missed [`GROWTH_TARGET`].
+fn latency_growth<'a>(
+    pairs: impl Iterator<Item = (&'a (&'static str, Stats), &'a (&'static str, Stats))>,
+) -> usize {
+    let mut missed = 0;
+    for ((name, base), (_, now)) in pairs {
+        let g = ratio(now.median_ms, base.median_ms);
+        let ok = g <= GROWTH_TARGET;
+        missed += usize::from(!ok);
+        println!(
+            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>10}  {}",
+            base.median_ms,
+            now.median_ms,
+            format!("<= {GROWTH_TARGET}"),
+            if ok { "ok" } else { "MISSED" }
+        );
+    }
+    missed
+}
+
 /// The last lines: each row's growth from the smallest to the largest
 /// size, and the one-tenant/many-tenant ratio, each next to its target.
 fn print_summary(results: &[SizeResult]) {
@@ -966,20 +987,7 @@ fn print_summary(results: &[SizeResult]) {
         "ratio",
         "target"
     );
-    let mut missed = 0;
-    for (i, (name, s)) in first.rows.iter().enumerate() {
-        let l = last.rows[i].1;
-        let g = ratio(l.median_ms, s.median_ms);
-        let ok = g <= GROWTH_TARGET;
-        missed += usize::from(!ok);
-        println!(
-            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>10}  {}",
-            s.median_ms,
-            l.median_ms,
-            format!("<= {GROWTH_TARGET}"),
-            verdict(ok)
-        );
-    }
+    let mut missed = latency_growth(first.rows.iter().zip(&last.rows));
     for (name, s, l) in [
         ("creates/s, 1 tenant", first.one_tenant, last.one_tenant),
         (
@@ -1037,24 +1045,12 @@ fn print_summary(results: &[SizeResult]) {
     println!(
         "{:40} {:>12} {:>12} {:>7} {:>10}  verdict",
         "row",
-        format!("@{b}"),
         format!("ref @{a}"),
+        format!("@{b}"),
         "ratio",
         "target"
     );
-    let mut same_minute_missed = 0;
-    for ((name, l), (_, r)) in last.rows.iter().zip(&last.reference_rows) {
-        let g = ratio(l.median_ms, r.median_ms);
-        let ok = g <= GROWTH_TARGET;
-        same_minute_missed += usize::from(!ok);
-        println!(
-            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>10}  {}",
-            l.median_ms,
-            r.median_ms,
-            format!("<= {GROWTH_TARGET}"),
-            verdict(ok)
-        );
-    }
+    let same_minute_missed = latency_growth(last.reference_rows.iter().zip(&last.rows));
     println!(
         "same-minute rows missed: {same_minute_missed} of {}",
         last.rows.len()
