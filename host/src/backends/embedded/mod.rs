@@ -60,7 +60,7 @@ pub struct Flags {
     /// (0 to 65536; 0: none). Exact: the host makes every write of its data
     /// directory, so a cached value is never stale (docs/embedded-store.md,
     /// "Read cache").
-    #[arg(long = "embedded-cache-mb", env = "WASMSHOP_EMBEDDED_CACHE_MB", allow_negative_numbers = true, default_value_t = DEFAULT_CACHE_BYTES >> 20, value_parser = parse_cache_mb)]
+    #[arg(long = "embedded-cache-mb", value_name = "MIB", env = "WASMSHOP_EMBEDDED_CACHE_MB", allow_negative_numbers = true, default_value_t = DEFAULT_CACHE_BYTES >> 20, value_parser = parse_cache_mb)]
     pub cache_mb: usize,
 }
 
@@ -81,7 +81,7 @@ fn parse_cache_mb(text: &str) -> Result<usize, String> {
         .ok()
         .filter(|mb| *mb <= MAX_CACHE_MB)
         .ok_or_else(|| {
-            format!("'{text}' is not a size in MiB from 0 to {MAX_CACHE_MB}; give e.g. 32 (0 turns the cache off)")
+            format!("'{text}' is not a size in MiB from 0 to {MAX_CACHE_MB}; give e.g. 16 (0 turns the cache off)")
         })
 }
 
