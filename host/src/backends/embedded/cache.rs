@@ -102,7 +102,8 @@ impl ReadCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn enabled(&self) -> bool {
+    /// Whether the cache keeps anything (its budget is not 0).
+    pub(super) fn enabled(&self) -> bool {
         self.budget > 0
     }
 

@@ -272,8 +272,8 @@ fn tune(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Opens the write connection: WAL, `synchronous=FULL`, the schema, and
-/// the next version to hand out.
-fn open_writer(path: &Path) -> rusqlite::Result<DbState> {
+/// the next version to hand out; the writer keeps `cache` exact.
+fn open_writer(path: &Path, cache: Arc<ReadCache>) -> rusqlite::Result<DbState> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -292,7 +292,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<DbState> {
         conn,
         next_version: max + 1,
         commits: 0,
-        cache: Arc::new(ReadCache::new(0)),
+        cache,
     })
 }
 
@@ -376,9 +376,8 @@ impl EmbeddedDb {
                 ),
             )
         };
-        let mut state = open_writer(&path).map_err(cannot_open)?;
         let cache = Arc::new(ReadCache::new(cache_bytes));
-        state.cache = cache.clone();
+        let state = open_writer(&path, cache.clone()).map_err(cannot_open)?;
         let readers = (0..reader_count())
             .map(|_| open_reader(&path))
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -655,16 +654,21 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
     // For the read cache: the final state of every key the batch wrote,
     // and every key a write step touched, kept or not (a savepoint that
     // failed to roll back may still have kept part of its step).
+    // Nothing is collected when the cache is off (no copy of each value).
     let mut written: Vec<(String, Known)> = Vec::new();
     let mut touched: Vec<String> = Vec::new();
     let cache = state.cache.clone();
+    let caching = cache.enabled();
     for step in steps.iter_mut() {
         let result: Result<Applied, String> = match step {
             Step::Write(ns, op) => {
-                touched.extend(op.keys().map(|k| cache_key(ns, k)));
                 let mut effects = Vec::new();
+                if caching {
+                    touched.extend(op.keys().map(|k| cache_key(ns, k)));
+                }
                 let applied = in_savepoint(&state.conn, |conn| {
-                    apply(conn, &mut state.next_version, ns, op, &mut effects)
+                    let effects = caching.then_some(&mut effects);
+                    apply(conn, &mut state.next_version, ns, op, effects)
                 })
                 .map_err(|e| e.to_string());
                 if applied.is_ok() {
@@ -768,19 +772,25 @@ fn upsert(
 }
 
 /// Applies one write inside the batch's transaction, adding to `written`
-/// the state it leaves each key in (for the read cache).
+/// (when given: the read cache is on) the state it leaves each key in.
 fn apply(
     conn: &Connection,
     next_version: &mut i64,
     ns: &str,
     op: &WriteOp,
-    written: &mut Vec<(String, Known)>,
+    mut written: Option<&mut Vec<(String, Known)>>,
 ) -> rusqlite::Result<Applied> {
+    // Values are copied for the cache only when it is on.
+    let mut record = |key: &str, known: &dyn Fn() -> Known| {
+        if let Some(written) = written.as_mut() {
+            written.push((cache_key(ns, key), known()));
+        }
+    };
     match op {
         WriteOp::Set(entries) => {
             for (k, v) in entries {
                 let version = upsert(conn, next_version, ns, k, v)?;
-                written.push((cache_key(ns, k), Some((Arc::from(&v[..]), version))));
+                record(k, &|| Some((Arc::from(&v[..]), version)));
             }
             Ok(Applied::Done)
         }
@@ -788,7 +798,7 @@ fn apply(
             let mut stmt = conn.prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?;
             for k in keys {
                 stmt.execute(params![ns, k])?;
-                written.push((cache_key(ns, k), None));
+                record(k, &|| None);
             }
             Ok(Applied::Done)
         }
@@ -801,10 +811,7 @@ fn apply(
                 Ok(next) => {
                     let text = next.to_string();
                     let version = upsert(conn, next_version, ns, key, text.as_bytes())?;
-                    written.push((
-                        cache_key(ns, key),
-                        Some((Arc::from(text.as_bytes()), version)),
-                    ));
+                    record(key, &|| Some((Arc::from(text.as_bytes()), version)));
                     Ok(Applied::Incremented(next))
                 }
                 Err(e) => Ok(Applied::Refused(e)),
@@ -828,7 +835,7 @@ fn apply(
                 return Ok(Applied::CasFailed);
             }
             let version = upsert(conn, next_version, ns, key, value)?;
-            written.push((cache_key(ns, key), Some((Arc::from(&value[..]), version))));
+            record(key, &|| Some((Arc::from(&value[..]), version)));
             Ok(Applied::Done)
         }
     }
@@ -842,7 +849,8 @@ mod tests {
 
     fn state() -> (tempfile::TempDir, DbState) {
         let dir = tempfile::tempdir().unwrap();
-        let state = open_writer(&dir.path().join("wasmshop.db")).unwrap();
+        let state =
+            open_writer(&dir.path().join("wasmshop.db"), Arc::new(ReadCache::new(0))).unwrap();
         (dir, state)
     }
 

@@ -350,6 +350,32 @@ mod tests {
         );
     }
 
+    /// `--embedded-cache-mb 0`: every read goes to SQLite and the writer
+    /// collects nothing for a cache; what a caller sees is the same.
+    #[tokio::test]
+    async fn with_the_cache_off_reads_see_every_kind_of_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = EmbeddedKeyValue::new(EmbeddedDb::open_with_cache(dir.path(), 0).unwrap());
+        let s = kv.open("c", "default").unwrap();
+        s.set_many(&[("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())])
+            .await
+            .unwrap();
+        assert_eq!(s.increment("a", 41).await.unwrap(), 42);
+        let (_, version) = s.read_versioned("b").await.unwrap();
+        s.swap("b", &version, b"3").await.unwrap();
+        s.delete("a").await.unwrap();
+        let keys = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            s.get_many(&keys).await.unwrap(),
+            vec![None, Some(b"3".to_vec())]
+        );
+        assert!(matches!(
+            s.swap("b", &version, b"4").await,
+            Err(SwapError::CasFailed)
+        ));
+        assert_eq!(s.get("b").await.unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
     #[tokio::test]
     async fn a_failed_increment_writes_nothing() {
         let (_dir, kv) = backend();
