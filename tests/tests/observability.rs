@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use wasmshop_tests::otlp::{Receiver, Span};
 use wasmshop_tests::{
-    Backend, Deployment, Host, Value, app_manifest_with_recorder, client, json, wait_for,
+    Backend, Deployment, Host, HostBuilder, Value, app_manifest_with_recorder, client, json,
+    wait_for,
 };
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -23,11 +24,16 @@ const CLIENT: i32 = 3;
 const PRODUCER: i32 = 4;
 const CONSUMER: i32 = 5;
 
-fn traced_host(otlp: &Receiver) -> Host {
+/// The app with the recorder, exporting to `otlp` with short batch delays.
+fn traced(otlp: &Receiver) -> HostBuilder {
     Host::builder()
         .manifest(app_manifest_with_recorder())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+}
+
+fn traced_host(otlp: &Receiver) -> Host {
+    traced(otlp)
         .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
         .start()
 }
@@ -314,11 +320,8 @@ fn every_request_writes_one_access_line_and_its_log_lines_carry_the_trace_id() {
         .local_addr()
         .unwrap()
         .port();
-    let host = Host::builder()
-        .manifest(app_manifest_with_recorder())
+    let host = traced(&otlp)
         .log_format("json")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
         .arg("--metrics-listen")
         .arg(&format!("127.0.0.1:{port}"))
@@ -666,11 +669,8 @@ fn the_grpc_protocol_delivers_spans_and_logs_as_the_managed_agent_takes_them() {
     // Azure Container Apps' managed OpenTelemetry agent takes OTLP over
     // gRPC only (docs/observability.md).
     let otlp = Receiver::start();
-    let host = Host::builder()
-        .manifest(app_manifest_with_recorder())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint())
+    let host = traced(&otlp)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
         .start();
     let trace = "6bf92f3577b34da6a3ce929d0e0e4738";
