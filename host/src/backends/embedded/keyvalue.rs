@@ -114,10 +114,9 @@ impl EmbeddedStore {
     /// transaction.
     async fn read_rows(&self, keys: Vec<String>) -> Result<Vec<Known>, StoreError> {
         fn read_all(c: &Connection, ns: &str, keys: &[String]) -> rusqlite::Result<Vec<Known>> {
-            let tx = c.unchecked_transaction()?;
-            let rows = {
+            let select = |c: &Connection| -> rusqlite::Result<Vec<Known>> {
                 let mut stmt =
-                    tx.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?;
+                    c.prepare_cached("SELECT value, version FROM kv WHERE ns = ?1 AND key = ?2")?;
                 keys.iter()
                     .map(|k| {
                         stmt.query_row(params![ns, k], |r| {
@@ -127,6 +126,14 @@ impl EmbeddedStore {
                     })
                     .collect()
             };
+            // One SELECT is already a read transaction of its own; the
+            // explicit one (BEGIN and COMMIT parsed anew each time) is only
+            // for reading several keys from one snapshot.
+            if keys.len() == 1 {
+                return select(c);
+            }
+            let tx = c.unchecked_transaction()?;
+            let rows = select(&tx);
             tx.finish()?;
             rows
         }
