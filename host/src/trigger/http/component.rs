@@ -313,6 +313,9 @@ fn add_spin_headers<B>(request: &mut Request<B>, ctx: &RouteContext) {
         .or_else(|| uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| "localhost".into());
     let headers = request.headers_mut();
+    // Room for the headers below at once, rather than the map growing
+    // (and rehashing) while they go in.
+    headers.reserve(8 + ctx.matched.params.len());
     let mut set = |name: &str, value: String| {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(name.as_bytes()),
