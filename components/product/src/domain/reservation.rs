@@ -63,15 +63,90 @@ pub enum OutcomeKind {
     Expired,
 }
 
-/// A remembered outcome and when it happened.
+/// A remembered outcome and when it happened, stored flat:
+/// `{"s": "confirmed", "q": 2, "p": 1250, "c": "EUR", "at": 1735689600000}`.
+///
+/// (De)serialized through [`OutcomeWire`] rather than with
+/// `#[serde(flatten)]`: flatten buffers every field of every outcome
+/// into serde's generic `Content` before decoding it, which made decoding
+/// a hot product's 256 outcomes most of an order's CPU
+/// (docs/performance.md, "Orders on one product").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "OutcomeWire", try_from = "OutcomeWire")]
 pub struct Outcome {
     /// What happened.
-    #[serde(flatten)]
     pub kind: OutcomeKind,
     /// When, in milliseconds since the Unix epoch.
-    #[serde(rename = "at")]
     pub at_ms: u64,
+}
+
+/// [`Outcome`]'s stored form: the kind's tag and fields beside `at`.
+#[derive(Serialize, Deserialize)]
+struct OutcomeWire {
+    s: OutcomeTag,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<String>,
+    at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OutcomeTag {
+    Confirmed,
+    Released,
+    Expired,
+}
+
+impl From<Outcome> for OutcomeWire {
+    fn from(o: Outcome) -> Self {
+        let (s, q, p, c) = match o.kind {
+            OutcomeKind::Confirmed {
+                quantity,
+                unit_price_minor,
+                currency,
+            } => (
+                OutcomeTag::Confirmed,
+                Some(quantity),
+                Some(unit_price_minor),
+                Some(currency),
+            ),
+            OutcomeKind::Released => (OutcomeTag::Released, None, None, None),
+            OutcomeKind::Expired => (OutcomeTag::Expired, None, None, None),
+        };
+        OutcomeWire {
+            s,
+            q,
+            p,
+            c,
+            at: o.at_ms,
+        }
+    }
+}
+
+impl TryFrom<OutcomeWire> for Outcome {
+    type Error = &'static str;
+
+    fn try_from(w: OutcomeWire) -> Result<Self, Self::Error> {
+        let kind = match w.s {
+            OutcomeTag::Confirmed => match (w.q, w.p, w.c) {
+                (Some(quantity), Some(unit_price_minor), Some(currency)) => {
+                    OutcomeKind::Confirmed {
+                        quantity,
+                        unit_price_minor,
+                        currency,
+                    }
+                }
+                _ => return Err("a confirmed outcome needs fields q, p and c"),
+            },
+            OutcomeTag::Released => OutcomeKind::Released,
+            OutcomeTag::Expired => OutcomeKind::Expired,
+        };
+        Ok(Outcome { kind, at_ms: w.at })
+    }
 }
 
 /// Records `kind` for `order_id` at `at_ms`, dropping the oldest outcomes
@@ -193,6 +268,34 @@ mod tests {
             serde_json::to_string(&released).unwrap(),
             r#"{"s":"released","at":1}"#
         );
+    }
+
+    #[test]
+    fn stored_outcomes_read_back_in_any_field_order_and_a_broken_one_is_an_error() {
+        let read = |text: &str| serde_json::from_str::<Outcome>(text);
+        assert_eq!(
+            read(r#"{"at":7,"c":"EUR","p":1250,"q":2,"s":"confirmed"}"#).unwrap(),
+            Outcome {
+                kind: OutcomeKind::Confirmed {
+                    quantity: 2,
+                    unit_price_minor: 1250,
+                    currency: "EUR".into(),
+                },
+                at_ms: 7,
+            }
+        );
+        assert_eq!(
+            read(r#"{"s":"expired","at":3}"#).unwrap().kind,
+            OutcomeKind::Expired
+        );
+        assert_eq!(
+            read(r#"{"s":"released","at":1,"q":5}"#).unwrap().kind,
+            OutcomeKind::Released
+        );
+        let missing = read(r#"{"s":"confirmed","q":2,"at":7}"#).unwrap_err();
+        assert!(missing.to_string().contains("q, p and c"), "{missing}");
+        assert!(read(r#"{"s":"sold","at":7}"#).is_err());
+        assert!(read(r#"{"s":"released"}"#).is_err(), "at is required");
     }
 
     #[test]
