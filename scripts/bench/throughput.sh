@@ -56,16 +56,8 @@ root=$(pwd)
 # Records started processes in `pids` and ends them on exit; `work` is scratch.
 source scripts/bench/processes.sh
 
-# The repository's app with absolute sources, plus the fixture at /fixture/.
-sed "s|= \"target/|= \"$root/target/|g" "${MANIFEST:-spin.toml}" >"$work/spin.toml"
-cat >>"$work/spin.toml" <<TOML
-
-[[trigger.http]]
-route = "/fixture/..."
-component = "fixture"
-[component.fixture]
-source = "$root/target/wasm32-wasip2/release/capabilities_fixture.wasm"
-TOML
+source scripts/bench/rows.sh
+write_bench_manifest
 
 host_args=(up --from "$work/spin.toml" --data-dir "$work/data" --log-format json --shutdown-grace-secs 2)
 start baseline "$loadgen" serve
@@ -73,20 +65,7 @@ start host "$bin" "${host_args[@]}" --listen 127.0.0.1:0
 base=$(url_of baseline)
 host=$(url_of host)
 
-# POSTs JSON $2 to path $1 in tenant `bench`; fails the script on a non-2xx.
-post() {
-  curl -fsS --max-time 60 -o /dev/null -X POST "$host$1" -H 'x-tenant-id: bench' \
-    -H 'content-type: application/json' -d "$2"
-}
-echo "seeding tenant bench: pen, hot, p0..p999..." >&2
-post /api/products '{"id":"pen","name":"Fountain pen","price":12.5,"stock":100,"category":"office"}'
-post /api/products '{"id":"hot","name":"Hot item","price":1,"stock":2000000000,"category":"hot"}'
-seq 0 999 | xargs -P 8 -I{} curl -fsS --max-time 60 -o /dev/null -X POST "$host/api/products" \
-  -H 'x-tenant-id: bench' -H 'content-type: application/json' \
-  -d '{"id":"p{}","name":"Product {}","price":2,"stock":2000000000,"category":"spread"}' &
-pids+=($!)
-wait $!
-curl -fsS --max-time 30 -o /dev/null "$host/fixture/echo"
+seed_bench_tenant
 
 # Loads with `loadgen run`: row name $1, connections $2, then its flags;
 # the JSON line lands in $work/$1.json.
@@ -98,22 +77,17 @@ run() {
   wait $!
 }
 
-tenant=(--header 'x-tenant-id: bench')
 echo "measuring ${secs}s per row after a 3 s warm-up:" >&2
 run hyper 64 --url "$base/anything"
-run echo 64 --url "$host/fixture/echo"
-run read 64 --url "$host/api/products/pen" "${tenant[@]}"
-run list 64 --url "$host/api/products?limit=10" "${tenant[@]}"
-run create 64 --url "$host/api/products" --method POST --header 'x-tenant-id: bench-create' \
-  --body '{"id":"new-{n}","name":"New {n}","price":3,"stock":5,"category":"new"}'
-run order_spread 64 --url "$host/api/orders" --method POST "${tenant[@]}" \
-  --body '{"customerId":"bench","items":[{"productId":"p{n%1000}","quantity":1}]}'
-run order_hot 64 --url "$host/api/orders" --method POST "${tenant[@]}" \
-  --body '{"customerId":"bench","items":[{"productId":"hot","quantity":1}]}'
+for name in "${ROWS[@]}"; do
+  set_row_load "$name"
+  run "$name" 64 "${row_load[@]}"
+done
 
 # Peak resident memory of the host while 256 connections read.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$host_pid/status" 2>/dev/null; }
-"$loadgen" run --connections 256 --seconds "$secs" --url "$host/api/products/pen" "${tenant[@]}" >"$work/memory.json" &
+set_row_load read
+"$loadgen" run --connections 256 --seconds "$secs" "${row_load[@]}" >"$work/memory.json" &
 mem_pid=$!
 pids+=("$mem_pid")
 peak=0
