@@ -20,6 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 row_name="${1:?usage: scripts/bench/profile.sh <row> [seconds]; rows: echo read list create order_spread order_hot}"
 secs="${2:-8}"
+source scripts/bench/rows.sh
+[[ " ${ROWS[*]} " == *" $row_name "* ]] || { echo "unknown row '$row_name'; the rows are: ${ROWS[*]}" >&2; exit 2; }
 command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf (Debian), then run again" >&2; exit 1; }
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -33,8 +35,6 @@ for f in "$bin" "$loadgen"; do
   [[ -x "$f" ]] || { echo "$f is missing: build it (cargo build --release -p wasmshop-host -p wasmshop-bench) or drop SKIP_BUILD" >&2; exit 1; }
 done
 source scripts/bench/processes.sh
-source scripts/bench/rows.sh
-[[ " ${ROWS[*]} " == *" $row_name "* ]] || { echo "unknown row '$row_name'; the rows are: ${ROWS[*]}" >&2; exit 2; }
 write_bench_manifest
 
 start host "$bin" up --from "$work/spin.toml" --data-dir "$work/data" --log-format json \
