@@ -18,10 +18,15 @@
 # Needs: perf (Debian: apt-get install -y linux-perf) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-row_name="${1:?usage: scripts/bench/profile.sh <row> [seconds]; rows: echo read list create order_spread order_hot}"
-secs="${2:-8}"
 source scripts/bench/rows.sh
-[[ " ${ROWS[*]} " == *" $row_name "* ]] || { echo "unknown row '$row_name'; the rows are: ${ROWS[*]}" >&2; exit 2; }
+usage="usage: scripts/bench/profile.sh <row> [seconds >= 4]; rows: ${ROWS[*]}"
+row_name="${1:-}"
+secs="${2:-8}"
+[[ -n "$row_name" ]] || { echo "$usage" >&2; exit 2; }
+[[ " ${ROWS[*]} " == *" $row_name "* ]] || { echo "unknown row '$row_name'; $usage" >&2; exit 2; }
+# Sampling starts after loadgen's 3 s warm-up plus 1 s and lasts half the
+# measured seconds: fewer than 4 would sample a host that is done.
+[[ "$secs" =~ ^[0-9]+$ ]] && (( secs >= 4 )) || { echo "seconds '$secs' must be a whole number of at least 4; $usage" >&2; exit 2; }
 command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf (Debian), then run again" >&2; exit 1; }
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -32,13 +37,16 @@ fi
 bin="${HOST_BIN:-target/release/wasmshop}"
 loadgen=target/release/loadgen
 for f in "$bin" "$loadgen"; do
-  [[ -x "$f" ]] || { echo "$f is missing: build it (cargo build --release -p wasmshop-host -p wasmshop-bench) or drop SKIP_BUILD" >&2; exit 1; }
+  [[ -x "$f" ]] || { echo "$f is not an executable: fix HOST_BIN, or build it (cargo build --release -p wasmshop-host -p wasmshop-bench), or drop SKIP_BUILD" >&2; exit 1; }
 done
 source scripts/bench/processes.sh
 write_bench_manifest
 
 start host "$bin" up --from "$work/spin.toml" --data-dir "$work/data" --log-format json \
   --shutdown-grace-secs 2 --profiler perfmap --listen 127.0.0.1:0
+# wasmtime's perf map of the host (/tmp/perf-<pid>.map, ~1 MB) goes with
+# everything else however the script ends.
+trap 'rm -f "/tmp/perf-$host_pid.map"; cleanup' EXIT
 host=$(url_of host)
 seed_bench_tenant
 set_row_load "$row_name"
@@ -53,12 +61,16 @@ load_pid=$!
 sleep 4
 sample_secs=$(( secs / 2 > 1 ? secs / 2 : 1 ))
 echo "sampling the host for ${sample_secs}s..." >&2
+perf_status=0
 perf record --quiet -F 150 --call-graph dwarf,32768 -p "$host_pid" -o "$data" -- sleep "$sample_secs" 2>"$work/perf.log" ||
-  { echo "perf record failed (perf_event_paranoid, or no perf for this kernel?):" >&2; cat "$work/perf.log" >&2; exit 1; }
+  perf_status=$?
+# 128 + a signal: the run was interrupted (Ctrl-C reaches perf too).
+(( perf_status < 128 )) || exit 130
+(( perf_status == 0 )) ||
+  { echo "perf record failed (kernel.perf_event_paranoid too high, or no perf for this kernel?):" >&2; cat "$work/perf.log" >&2; exit 1; }
 wait "$load_pid"
 ticks1=$(cpu_ticks)
 perf script -i "$data" -F comm,tid,ip,sym,dso 2>/dev/null >"$work/stacks.txt"
-rm -f "/tmp/perf-$host_pid.map" # wasmtime's perf map, read by `perf script` above
 
 echo "host: $bin; row: $row_name; load generator: $loadgen run (64 connections, one thread), ${secs}s after a 3 s warm-up"
 python3 scripts/bench/profile_breakdown.py "$work/stacks.txt" "$work/load.json" \

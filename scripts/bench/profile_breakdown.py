@@ -56,7 +56,7 @@ def is_guest(frames):
 # (part, test). First match wins; see the module doc.
 PARTS = [
     ("SQLite writer thread (group commit, fsync)", lambda c, f: c.startswith("sqlite-wr")),
-    ("SQLite reads (on the request's thread)", lambda c, f: has(f, "sqlite3")),
+    ("SQLite reads (request and reader threads)", lambda c, f: has(f, "sqlite3")),
     ("read cache of the embedded store", lambda c, f: has(f, "ReadCache")),
     ("other threads (log writer, epoch, readers)", lambda c, f: not c.startswith("wasmshop") or c.startswith("wasmshop-")),
     ("guest code (the component's own work)", lambda c, f: is_guest(f)),
