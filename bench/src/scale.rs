@@ -948,25 +948,51 @@ fn pending_deliveries(db: &std::path::Path) -> anyhow::Result<i64> {
         .with_context(|| format!("counting queued deliveries in {}", db.display()))
 }
 
+/// Prints the column heads of a summary table whose figures are headed
+/// `base` and `now`, aligned with [`summary_row`].
+fn summary_header(base: &str, now: &str) {
+    println!(
+        "{:40} {base:>12} {now:>12} {:>7} {:>10}  verdict",
+        "row", "ratio", "target"
+    );
+}
+
+/// Prints one line of a summary table: the row's name, its two figures
+/// (already formatted with their unit), their ratio, the target and the
+/// verdict, then `note`; returns 1 when the target was missed, else 0.
+fn summary_row(
+    name: &str,
+    (base, now): (String, String),
+    ratio: f64,
+    target: &str,
+    ok: bool,
+    note: &str,
+) -> usize {
+    let verdict = if ok { "ok" } else { "MISSED" };
+    println!("{name:40} {base:>12} {now:>12} {ratio:>7.2} {target:>10}  {verdict}{note}");
+    usize::from(!ok)
+}
+
 /// Prints one line per latency row: its median in the `(base, now)` pair,
 /// their ratio and verdict; returns how many missed [`GROWTH_TARGET`].
 fn latency_growth<'a>(
     pairs: impl Iterator<Item = (&'a (&'static str, Stats), &'a (&'static str, Stats))>,
 ) -> usize {
-    let mut missed = 0;
-    for ((name, base), (_, now)) in pairs {
-        let g = ratio(now.median_ms, base.median_ms);
-        let ok = g <= GROWTH_TARGET;
-        missed += usize::from(!ok);
-        println!(
-            "{name:40} {:>9.2} ms {:>9.2} ms {g:>7.2} {:>10}  {}",
-            base.median_ms,
-            now.median_ms,
-            format!("<= {GROWTH_TARGET}"),
-            if ok { "ok" } else { "MISSED" }
-        );
-    }
-    missed
+    let ms = |s: &Stats| format!("{:.2} ms", s.median_ms);
+    pairs
+        .map(|((name, base), (_, now))| {
+            let g = ratio(now.median_ms, base.median_ms);
+            let target = format!("<= {GROWTH_TARGET}");
+            summary_row(
+                name,
+                (ms(base), ms(now)),
+                g,
+                &target,
+                g <= GROWTH_TARGET,
+                "",
+            )
+        })
+        .sum()
 }
 
 /// The last lines: each row's growth from the smallest to the largest
@@ -976,64 +1002,53 @@ fn print_summary(results: &[SizeResult]) {
         return;
     };
     let (a, b) = (first.size, last.size);
-    let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!();
     println!("== growth from size {a} to size {b} (median, or creates/s slowdown) ==");
-    println!(
-        "{:40} {:>12} {:>12} {:>7} {:>10}  verdict",
-        "row",
-        format!("@{a}"),
-        format!("@{b}"),
-        "ratio",
-        "target"
-    );
+    summary_header(&format!("@{a}"), &format!("@{b}"));
+    let per_sec = |r: &Rate| format!("{:.0}/s", r.per_sec);
+    let growth_target = format!("<= {GROWTH_TARGET}");
     let mut missed = latency_growth(first.rows.iter().zip(&last.rows));
     for (name, s, l) in [
-        ("creates/s, 1 tenant", first.one_tenant, last.one_tenant),
+        ("creates/s, 1 tenant", &first.one_tenant, &last.one_tenant),
         (
             "creates/s, many tenants",
-            first.many_tenants,
-            last.many_tenants,
+            &first.many_tenants,
+            &last.many_tenants,
         ),
     ] {
         let g = ratio(s.per_sec, l.per_sec);
-        let ok = g <= GROWTH_TARGET;
-        missed += usize::from(!ok);
-        println!(
-            "{name:40} {:>10.0}/s {:>10.0}/s {g:>7.2} {:>10}  {}",
-            s.per_sec,
-            l.per_sec,
-            format!("<= {GROWTH_TARGET}"),
-            verdict(ok)
+        missed += summary_row(
+            name,
+            (per_sec(s), per_sec(l)),
+            g,
+            &growth_target,
+            g <= GROWTH_TARGET,
+            "",
         );
     }
     let largest = results.iter().map(|r| r.largest_value).max().unwrap_or(0);
-    let ok = largest <= VALUE_LIMIT;
-    missed += usize::from(!ok);
     let key = &results
         .iter()
         .max_by_key(|r| r.largest_value)
         .map(|r| r.largest_key.as_str())
         .unwrap_or("");
-    println!(
-        "{:40} {:>8.1} KiB {:>8.1} KiB {:>7.2} {:>10}  {}  ({key})",
+    let kib = |bytes: u64| format!("{:.1} KiB", bytes as f64 / 1024.0);
+    missed += summary_row(
         "largest stored value",
-        first.largest_value as f64 / 1024.0,
-        last.largest_value as f64 / 1024.0,
+        (kib(first.largest_value), kib(last.largest_value)),
         ratio(last.largest_value as f64, first.largest_value as f64),
         "<= 64 KiB",
-        verdict(ok)
+        largest <= VALUE_LIMIT,
+        &format!("  ({key})"),
     );
     let r = ratio(last.one_tenant.per_sec, last.many_tenants.per_sec);
-    let ok = r >= TENANT_RATIO_TARGET;
-    missed += usize::from(!ok);
-    println!(
-        "{:40} {:>10.0}/s {:>10.0}/s {r:>7.2} {:>10}  {}",
-        format!("one-tenant / many-tenant creates/s @{b}"),
-        last.one_tenant.per_sec,
-        last.many_tenants.per_sec,
-        format!(">= {TENANT_RATIO_TARGET}"),
-        verdict(ok)
+    missed += summary_row(
+        &format!("one-tenant / many-tenant creates/s @{b}"),
+        (per_sec(&last.one_tenant), per_sec(&last.many_tenants)),
+        r,
+        &format!(">= {TENANT_RATIO_TARGET}"),
+        r >= TENANT_RATIO_TARGET,
+        "",
     );
     println!("targets missed: {missed} of {}", first.rows.len() + 4);
 
@@ -1042,14 +1057,7 @@ fn print_summary(results: &[SizeResult]) {
     println!(
         "== at size {b}: the filled tenant against the {a}-item reference tenant, measured in the same minute =="
     );
-    println!(
-        "{:40} {:>12} {:>12} {:>7} {:>10}  verdict",
-        "row",
-        format!("ref @{a}"),
-        format!("@{b}"),
-        "ratio",
-        "target"
-    );
+    summary_header(&format!("ref @{a}"), &format!("@{b}"));
     let same_minute_missed = latency_growth(last.reference_rows.iter().zip(&last.rows));
     println!(
         "same-minute rows missed: {same_minute_missed} of {}",
