@@ -29,16 +29,12 @@ secs="${2:-8}"
 [[ "$secs" =~ ^[0-9]+$ ]] && (( secs >= 4 )) || { echo "seconds '$secs' must be a whole number of at least 4; $usage" >&2; exit 2; }
 command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf (Debian), then run again" >&2; exit 1; }
 
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-  cargo build --release --target wasm32-wasip2 -p product -p order -p messaging-adapter -p capabilities-fixture
-  cargo build --release -p wasmshop-host -p wasmshop-bench
-fi
+source scripts/bench/binaries.sh
+set_profile_flag release
+build_bench_binaries
 bin="${HOST_BIN:-target/release/wasmshop}"
 loadgen=target/release/loadgen
-for f in "$bin" "$loadgen"; do
-  [[ -x "$f" ]] || { echo "$f is not an executable: fix HOST_BIN, or build it (cargo build --release -p wasmshop-host -p wasmshop-bench), or drop SKIP_BUILD" >&2; exit 1; }
-done
+require_executables "$bin" "$loadgen"
 source scripts/bench/processes.sh
 write_bench_manifest
 
@@ -59,7 +55,7 @@ pids+=($!)
 load_pid=$!
 # After loadgen's 3 s warm-up, sample half of the measured seconds.
 sleep 4
-sample_secs=$(( secs / 2 > 1 ? secs / 2 : 1 ))
+sample_secs=$(( secs / 2 ))
 echo "sampling the host for ${sample_secs}s..." >&2
 perf_status=0
 perf record --quiet -F 150 --call-graph dwarf,32768 -p "$host_pid" -o "$data" -- sleep "$sample_secs" 2>"$work/perf.log" ||

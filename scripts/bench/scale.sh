@@ -24,25 +24,16 @@ sizes=("$@")
 [[ ${#sizes[@]} -gt 0 ]] || sizes=(1000 10000 100000)
 profile="${PROFILE:-release}"
 max_minutes="${SCALE_MAX_MINUTES:-180}"
-case "$profile" in
-  release) profile_flag=(--release) ;;
-  debug) profile_flag=() ;;
-  *) echo "PROFILE=$profile: use release or debug" >&2; exit 2 ;;
-esac
+source scripts/bench/binaries.sh
+set_profile_flag "$profile"
 
 # Records started processes in `pids` and ends them on exit; `work` is scratch.
 source scripts/bench/processes.sh
 
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-  cargo build --target wasm32-wasip2 --release -p product -p order -p messaging-adapter
-  cargo build "${profile_flag[@]}" -p wasmshop-host -p wasmshop-bench
-fi
+build_bench_binaries
 bin="target/$profile/wasmshop"
 loadgen="target/$profile/loadgen"
-for f in "$bin" "$loadgen"; do
-  [[ -x "$f" ]] || { echo "$f is missing: build it (cargo build ${profile_flag[*]} -p wasmshop-host -p wasmshop-bench) or drop SKIP_BUILD" >&2; exit 1; }
-done
+require_executables "$bin" "$loadgen"
 manifest="${MANIFEST:-spin.toml}"
 [[ -f "$manifest" ]] || { echo "MANIFEST=$manifest: no such file" >&2; exit 1; }
 [[ -n "${MANIFEST:-}" ]] || for c in product order; do

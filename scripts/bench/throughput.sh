@@ -36,23 +36,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs="${1:-10}"
 profile="${PROFILE:-release}"
-case "$profile" in
-  release) profile_flag=(--release) ;;
-  debug) profile_flag=() ;;
-  *) echo "PROFILE=$profile: use release or debug" >&2; exit 2 ;;
-esac
-
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-  cargo build --release --target wasm32-wasip2 -p product -p order -p messaging-adapter -p capabilities-fixture
-  cargo build "${profile_flag[@]}" -p wasmshop-host -p wasmshop-bench
-fi
+source scripts/bench/binaries.sh
+set_profile_flag "$profile"
+build_bench_binaries
 bin="${HOST_BIN:-target/$profile/wasmshop}"
 loadgen="target/$profile/loadgen"
-for f in "$bin" "$loadgen"; do
-  [[ -x "$f" ]] || { echo "$f is missing: build it (cargo build ${profile_flag[*]} -p wasmshop-host -p wasmshop-bench) or drop SKIP_BUILD" >&2; exit 1; }
-done
-root=$(pwd)
+require_executables "$bin" "$loadgen"
 # Records started processes in `pids` and ends them on exit; `work` is scratch.
 source scripts/bench/processes.sh
 
