@@ -41,7 +41,7 @@ fn main() {
 /// SQLite writer) and freed on another, so each arena kept its own high
 /// water mark: two arenas take the peak resident memory of
 /// `scripts/bench/throughput.sh`'s 256-connection row from ~151 MB to
-/// ~128 MB at the same throughput (docs/performance.md, "Memory").
+/// ~128 MB at the same throughput (docs/performance.md, "Memory and warm start").
 /// `MALLOC_ARENA_MAX` set in the environment still wins. Must run before
 /// any other thread starts; on a libc other than glibc it does nothing.
 fn limit_malloc_arenas() {
