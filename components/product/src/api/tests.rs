@@ -1445,6 +1445,32 @@ fn stored_values_stay_under_64_kib_after_many_operations() {
     );
 }
 
+#[test]
+fn outcomes_stored_as_an_object_still_answer_repeats_and_are_rewritten_as_text() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    let key = product_key(&service_kit::tenant::TenantId::default(), "p1");
+    // The record as the previous version stored it: outcomes as an object.
+    let mut record: Value = get_json(&w.store, &key).unwrap().unwrap();
+    record["recent"] = json!({"o-sold": {"s": "confirmed", "q": 2, "p": 100, "c": "USD", "at": 5},
+        "o-gone": {"s": "released", "at": 6}});
+    put_json(&w.store, &key, &record).unwrap();
+    let (s, repeat, _) = reserve(&w, "o-sold", 2);
+    assert_eq!((s, repeat["status"].clone()), (200, json!("confirmed")));
+    assert_eq!(
+        reserve(&w, "o-gone", 1).0,
+        409,
+        "a released order stays refused"
+    );
+    let raw = String::from_utf8(w.store.get(&key).unwrap().unwrap()).unwrap();
+    assert!(
+        raw.contains(r#""outcomes":"o-gone:6:r o-sold:5:c:2:100:USD""#) && !raw.contains("recent"),
+        "{raw}"
+    );
+    let (_, p, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(p["stock"], 5, "repeats moved no stock");
+}
+
 /// A product record as the previous version stored it: a reservation
 /// ledger, no incarnation, no slots.
 fn legacy_record(id: &str, i: usize) -> Value {

@@ -3,5 +3,6 @@
 //! reverse.
 
 pub mod currency;
+pub mod outcomes;
 pub mod product;
 pub mod reservation;

@@ -13,9 +13,8 @@ use service_kit::money::Money;
 use service_kit::outbox::{self, StoredEvent};
 use service_kit::pages::Slot;
 
-use crate::domain::reservation::{
-    Hold, LegacyReservation, Outcome, OutcomeKind, convert_legacy, remember,
-};
+use crate::domain::outcomes::Outcomes;
+use crate::domain::reservation::{Hold, LegacyReservation, Outcome, OutcomeKind, convert_legacy};
 
 /// Most characters in a name.
 pub const NAME_MAX: usize = 200;
@@ -108,11 +107,18 @@ pub struct Product {
     /// Unconfirmed holds by order id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub holds: BTreeMap<String, Hold>,
-    /// Outcomes of recent reservations by order id (at most 256).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub recent: BTreeMap<String, Outcome>,
+    /// Outcomes of recent reservations by order id (at most 256), stored
+    /// as one string of short entries ([`crate::domain::outcomes`] says
+    /// why).
+    #[serde(default, skip_serializing_if = "Outcomes::is_empty")]
+    pub outcomes: Outcomes,
+    /// Outcomes in their earlier stored form, an object of objects: read
+    /// from records written before [`Outcomes`], never written;
+    /// [`Product::settle`] moves them into `outcomes`.
+    #[serde(default, rename = "recent", skip_serializing)]
+    pub legacy_outcomes: Option<BTreeMap<String, Outcome>>,
     /// The legacy reservation ledger: read from old records, never
-    /// written; [`Product::settle`] converts it to `recent`.
+    /// written; [`Product::settle`] converts it to `outcomes`.
     #[serde(default, skip_serializing)]
     pub reservations: Option<BTreeMap<String, LegacyReservation>>,
     /// Events of a saved change that the broker refused, packed against
@@ -205,7 +211,8 @@ impl NewProduct {
             deleted: false,
             slots: Slots::default(),
             holds: BTreeMap::new(),
-            recent: BTreeMap::new(),
+            outcomes: Outcomes::default(),
+            legacy_outcomes: None,
             reservations: None,
             pending_events: Vec::new(),
         }
@@ -417,7 +424,8 @@ impl Product {
         let mut t = self.next_version(now);
         t.deleted = true;
         t.holds.clear();
-        t.recent.clear();
+        t.outcomes.clear();
+        t.legacy_outcomes = None;
         t.slots = Slots::default();
         t.reservations = None;
         t
@@ -448,8 +456,15 @@ impl Product {
             self.incarnation.clone_from(&self.created_at);
             settled.changed = true;
         }
-        if let Some(ledger) = self.reservations.take() {
-            convert_legacy(ledger, &mut self.recent);
+        let legacy_outcomes = self.legacy_outcomes.take();
+        let ledger = self.reservations.take();
+        if legacy_outcomes.is_some() || ledger.is_some() {
+            self.outcomes.change(|recent| {
+                recent.extend(legacy_outcomes.unwrap_or_default());
+                if let Some(ledger) = ledger {
+                    convert_legacy(ledger, recent);
+                }
+            });
             settled.changed = true;
         }
         if self.deleted {
@@ -464,12 +479,24 @@ impl Product {
         if expired.is_empty() {
             return settled;
         }
+        let mut returned = Vec::with_capacity(expired.len());
         for id in expired {
             if let Some(h) = self.holds.remove(&id) {
                 self.stock = self.stock.saturating_add(h.quantity);
-                remember(&mut self.recent, &id, OutcomeKind::Expired, h.expires_at_ms);
+                returned.push((id, h.expires_at_ms));
             }
         }
+        self.outcomes.change(|recent| {
+            for (id, at_ms) in returned {
+                recent.insert(
+                    id,
+                    Outcome {
+                        kind: OutcomeKind::Expired,
+                        at_ms,
+                    },
+                );
+            }
+        });
         self.version += 1;
         self.updated_at = rfc3339_of_ms(now_ms);
         Settled {
@@ -482,6 +509,7 @@ impl Product {
     pub fn needs_settling(&self, now_ms: u64) -> bool {
         self.incarnation.is_empty()
             || self.reservations.is_some()
+            || self.legacy_outcomes.is_some()
             || (!self.deleted && self.holds.values().any(|h| h.expires_at_ms <= now_ms))
     }
 
@@ -504,21 +532,21 @@ impl Product {
                 })
             };
         }
-        if let Some(o) = self.recent.get(rid) {
-            return match &o.kind {
+        if let Some(o) = self.outcomes.get(rid) {
+            return match o.kind {
                 OutcomeKind::Confirmed {
                     quantity,
                     unit_price_minor,
                     currency,
-                } if *quantity == request.quantity => Ok(Reserved::Repeat(Reservation {
-                    quantity: *quantity,
-                    unit_price_minor: *unit_price_minor,
-                    currency: currency.clone(),
+                } if quantity == request.quantity => Ok(Reserved::Repeat(Reservation {
+                    quantity,
+                    unit_price_minor,
+                    currency,
                     standing: Standing::Confirmed,
                 })),
-                OutcomeKind::Confirmed { quantity, .. } => Err(Refusal::OtherQuantity {
-                    reserved: *quantity,
-                }),
+                OutcomeKind::Confirmed { quantity, .. } => {
+                    Err(Refusal::OtherQuantity { reserved: quantity })
+                }
                 OutcomeKind::Released | OutcomeKind::Expired => Err(Refusal::Released),
             };
         }
@@ -558,8 +586,7 @@ impl Product {
         if let Some(h) = self.holds.get(order_id) {
             let mut next = self.clone();
             next.holds.remove(order_id);
-            remember(
-                &mut next.recent,
+            next.outcomes.remember(
                 order_id,
                 OutcomeKind::Confirmed {
                     quantity: h.quantity,
@@ -574,7 +601,7 @@ impl Product {
             };
             return Ok((Some(next), r));
         }
-        match self.recent.get(order_id).map(|o| &o.kind) {
+        match self.outcomes.get(order_id).map(|o| o.kind) {
             Some(OutcomeKind::Confirmed {
                 quantity,
                 unit_price_minor,
@@ -582,9 +609,9 @@ impl Product {
             }) => Ok((
                 None,
                 Reservation {
-                    quantity: *quantity,
-                    unit_price_minor: *unit_price_minor,
-                    currency: currency.clone(),
+                    quantity,
+                    unit_price_minor,
+                    currency,
                     standing: Standing::Confirmed,
                 },
             )),
@@ -609,8 +636,8 @@ impl Product {
         let units = if let Some(h) = self.holds.get(order_id) {
             Some(h.quantity)
         } else {
-            match self.recent.get(order_id).map(|o| &o.kind) {
-                Some(OutcomeKind::Confirmed { quantity, .. }) => Some(*quantity),
+            match self.outcomes.get(order_id).map(|o| o.kind) {
+                Some(OutcomeKind::Confirmed { quantity, .. }) => Some(quantity),
                 Some(OutcomeKind::Released | OutcomeKind::Expired) => return None,
                 None => confirmed_quantity,
             }
@@ -624,7 +651,8 @@ impl Product {
             None => self.clone(),
         };
         next.holds.remove(order_id);
-        remember(&mut next.recent, order_id, OutcomeKind::Released, now_ms);
+        next.outcomes
+            .remember(order_id, OutcomeKind::Released, now_ms);
         Some((next, units.is_some()))
     }
 }
@@ -834,14 +862,37 @@ mod tests {
             (4, "2025-01-01T00:00:00.000Z")
         );
         assert!(matches!(
-            p.recent["o1"].kind,
+            p.outcomes.get("o1").unwrap().kind,
             OutcomeKind::Confirmed { quantity: 2, .. }
         ));
-        assert_eq!(p.recent["o2"].kind, OutcomeKind::Released);
+        assert_eq!(p.outcomes.get("o2").unwrap().kind, OutcomeKind::Released);
         let stored = serde_json::to_string(&p).unwrap();
         assert!(!stored.contains("reservations"), "{stored}");
         let (_, r) = p.confirm("o1", 1).unwrap();
         assert_eq!(r.quantity, 2);
+    }
+
+    #[test]
+    fn outcomes_stored_as_an_object_move_into_the_text_when_settled() {
+        let json = r#"{"id":"p1","name":"W","description":"","category":"","priceMinor":100,"currency":"USD","stock":3,"version":4,"createdAt":"2025-01-01T00:00:00.000Z","updatedAt":"2025-01-01T00:00:00.000Z","incarnation":"2025-01-01T00:00:00.000Z","recent":{"o1":{"s":"confirmed","q":2,"p":100,"c":"USD","at":7},"o2":{"at":9,"s":"released"}}}"#;
+        let mut p: Product = serde_json::from_str(json).unwrap();
+        assert!(p.needs_settling(0));
+        let s = p.settle(0);
+        assert!(s.changed && !s.stock_changed);
+        assert_eq!(p.version, 4, "moving outcomes is not a visible change");
+        let stored = serde_json::to_string(&p).unwrap();
+        assert!(
+            stored.contains(r#""outcomes":"o1:7:c:2:100:USD o2:9:r""#)
+                && !stored.contains("recent"),
+            "{stored}"
+        );
+        let back: Product = serde_json::from_str(&stored).unwrap();
+        assert!(!back.needs_settling(0));
+        assert_eq!(back.confirm("o1", 1).unwrap().1.quantity, 2);
+        assert_eq!(back.confirm("o2", 1).unwrap_err(), Refusal::Released);
+        let broken = json.replace(r#""at":9,"#, "");
+        let e = serde_json::from_str::<Product>(&broken).unwrap_err();
+        assert!(e.to_string().contains("missing field `at`"), "{e}");
     }
 
     #[test]
@@ -881,19 +932,21 @@ mod tests {
                 },
             );
         }
-        for i in 0..crate::domain::reservation::MAX_OUTCOMES {
-            p.recent.insert(
-                rid(1000 + i),
-                Outcome {
-                    kind: OutcomeKind::Confirmed {
-                        quantity: i64::from(i32::MAX),
-                        unit_price_minor: MAX_PRICE.minor(),
-                        currency: "USD".into(),
+        p.outcomes.change(|recent| {
+            for i in 0..crate::domain::reservation::MAX_OUTCOMES {
+                recent.insert(
+                    rid(1000 + i),
+                    Outcome {
+                        kind: OutcomeKind::Confirmed {
+                            quantity: i64::from(i32::MAX),
+                            unit_price_minor: MAX_PRICE.minor(),
+                            currency: "USD".into(),
+                        },
+                        at_ms: u64::MAX,
                     },
-                    at_ms: u64::MAX,
-                },
-            );
-        }
+                );
+            }
+        });
         // A full pending list: one change's events (ProductUpdated and
         // StockChanged) whose data differs from the record's view in what
         // reservations may change meanwhile (stock, version, updatedAt).

@@ -3,14 +3,19 @@
 //! "Reservations"). Plain data and bookkeeping only; the rules that move
 //! stock live with the product ([`crate::domain::product`]).
 //!
-//! Stored with short keys, because a product record must stay under
-//! 64 KiB with [`crate::domain::product::MAX_HOLDS_CEILING`] holds and
-//! [`MAX_OUTCOMES`] outcomes:
+//! Stored short, because a product record must stay under 64 KiB with
+//! [`crate::domain::product::MAX_HOLDS_CEILING`] holds and [`MAX_OUTCOMES`]
+//! outcomes: holds with short keys, outcomes as one string of short
+//! entries ([`crate::domain::outcomes`]):
 //!
 //! ```text
-//! "holds":  {"<orderId>": {"q": 2, "p": 1250, "c": "EUR", "e": 1735689720000}}
-//! "recent": {"<orderId>": {"s": "confirmed", "q": 2, "p": 1250, "c": "EUR", "at": 1735689600000}}
+//! "holds":    {"<orderId>": {"q": 2, "p": 1250, "c": "EUR", "e": 1735689720000}}
+//! "outcomes": "<orderId>:1735689600000:c:2:1250:EUR <orderId>:1735689600450:r"
 //! ```
+//!
+//! [`Outcome`]'s own JSON form (`{"s": "confirmed", "q": 2, "p": 1250,
+//! "c": "EUR", "at": 1735689600000}`) is what records written before the
+//! string kept under `"recent"`, an object by order id; it is read only.
 
 use std::collections::BTreeMap;
 
@@ -165,6 +170,18 @@ pub fn remember(
 /// Drops the oldest outcomes until at most [`MAX_OUTCOMES`] remain.
 pub fn trim(recent: &mut BTreeMap<String, Outcome>) {
     if recent.len() <= MAX_OUTCOMES {
+        return;
+    }
+    if recent.len() == MAX_OUTCOMES + 1 {
+        // One over, the usual case after one more outcome: find the
+        // oldest without copying every order id.
+        let oldest = recent
+            .iter()
+            .min_by(|a, b| (a.1.at_ms, a.0).cmp(&(b.1.at_ms, b.0)))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            recent.remove(&id);
+        }
         return;
     }
     let mut by_age: Vec<(u64, String)> =
