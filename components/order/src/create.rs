@@ -8,9 +8,11 @@
 //!    someone else may name (the client's `id`, or one derived from an
 //!    `Idempotency-Key`); a fresh random id is claimed after step 2
 //!    instead, so a request dying before that leaves nothing stored;
-//! 2. per item: read the product (name, incarnation), take a hold
-//!    (price snapshot). Any failure ends the attempt: the document becomes
-//!    `failed` (then is deleted) and every hold is released;
+//! 2. per item: take a hold; its answer carries the price snapshot and
+//!    the product's name, version and incarnation (a product service that
+//!    does not send them is asked with a `GET`). Any failure ends the
+//!    attempt: the document becomes `failed` (then is deleted) and every
+//!    hold is released;
 //! 3. the index entries are appended, then the document becomes
 //!    `confirming` (the order with its slots);
 //! 4. every hold is confirmed. A product deleted meanwhile (404) ends the
@@ -38,7 +40,7 @@ use service_kit::money::Money;
 use service_kit::problem::Problem;
 
 use crate::domain::{Idempotency, Order, OrderItem, Status, stored_name};
-use crate::products::{Refused, Transport};
+use crate::products::{Refused, ReservedProduct, Transport};
 use crate::service::{Ctx, ORDER_CANCELLED, ORDER_CREATED, OrderService, not_found};
 use crate::store::{
     Draft, DraftItem, IdempotencyRecord, OrderDoc, key_digest, keyed_order_id,
@@ -304,14 +306,6 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         for (i, item) in draft.items.iter().enumerate() {
             let pid = &item.product_id;
             let field = format!("items[{i}].productId");
-            let info = match self.products.product(t, pid) {
-                Ok(Some(info)) => info,
-                Ok(None) => {
-                    let p = unknown_product(ctx, &field, pid);
-                    return end(p, None);
-                }
-                Err(u) => return end(u.into(), None),
-            };
             let reserved = match self.products.reserve(t, pid, rid, item.quantity) {
                 Ok(Ok(r)) => r,
                 Ok(Err(Refused::NotFound)) => {
@@ -330,6 +324,23 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     return end(p, None);
                 }
                 Err(u) => return end(u.into(), None),
+            };
+            // The reserve answer names the product; a product service
+            // that does not is asked with a GET (one more call per item).
+            let product = match reserved.product.clone() {
+                Some(p) => p,
+                None => match self.products.product(t, pid) {
+                    Ok(Some(info)) => ReservedProduct {
+                        name: info.name,
+                        version: info.version,
+                        created_at: info.created_at,
+                    },
+                    Ok(None) => {
+                        let p = unknown_product(ctx, &field, pid);
+                        return end(p, None);
+                    }
+                    Err(u) => return end(u.into(), None),
+                },
             };
             if let Some(c) = &currency
                 && *c != reserved.currency
@@ -362,11 +373,11 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             }
             items.push(OrderItem {
                 product_id: pid.clone(),
-                product_name: stored_name(&info.name),
+                product_name: stored_name(&product.name),
                 unit_price_minor: reserved.unit_price.minor(),
                 quantity: item.quantity,
-                name_version: info.version,
-                incarnation: Some(info.created_at).filter(|c| !c.is_empty()),
+                name_version: product.version,
+                incarnation: Some(product.created_at).filter(|c| !c.is_empty()),
                 product_slot: None,
                 open_slot: None,
             });

@@ -67,6 +67,23 @@ pub struct Reserved {
     pub unit_price: Money,
     /// Its currency.
     pub currency: String,
+    /// The product as the reservation found it; `None` from a product
+    /// service that does not send it (the order then reads the product).
+    #[serde(default)]
+    pub product: Option<ReservedProduct>,
+}
+
+/// The product fields of a reserve answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedProduct {
+    /// Its name.
+    pub name: String,
+    /// Its version after the hold, to order renames.
+    pub version: u64,
+    /// Its creation time: the incarnation ([`ProductInfo::created_at`]).
+    #[serde(default)]
+    pub created_at: String,
 }
 
 /// Why a reservation (or its confirmation) was refused.

@@ -71,11 +71,15 @@ struct Peer {
     clock: Cell<u64>,
     max_holds: Cell<usize>,
     events: RefCell<Vec<Vec<u8>>>,
-    /// Calls whose path contains this string fail (`Some(status)`: that
+    /// Calls whose `<method> <path>` contains this string fail (`Some(status)`: that
     /// status; `None`: unreachable), while `failures` lasts.
     fail_on: RefCell<Option<(String, Option<u16>)>>,
     failures: Cell<u32>,
     calls: RefCell<Vec<String>>,
+    /// Whether reserve answers carry `product` (name, version,
+    /// createdAt), as the product service does since it sends them; an
+    /// earlier one did not.
+    names_the_product: Cell<bool>,
 }
 
 fn problem(status: StatusCode, slug: &str) -> Response {
@@ -92,6 +96,7 @@ impl Peer {
             fail_on: RefCell::new(None),
             failures: Cell::new(0),
             calls: RefCell::new(Vec::new()),
+            names_the_product: Cell::new(true),
         }
     }
 
@@ -230,13 +235,16 @@ impl Peer {
                 let body: Value = serde_json::from_slice(&req.body).unwrap();
                 let rid = body["orderId"].as_str().unwrap().to_owned();
                 let qty = body["quantity"].as_i64().unwrap();
+                let names_the_product = self.names_the_product.get();
                 let answer = |p: &FakeProduct, status: StatusCode, hold: &str| {
-                    Response::json(
-                        status,
-                        &json!({"orderId": rid, "productId": pid, "quantity": qty,
-                            "unitPrice": Money::from_minor(p.price_minor), "currency": p.currency,
-                            "status": hold}),
-                    )
+                    let mut body = json!({"orderId": rid, "productId": pid, "quantity": qty,
+                        "unitPrice": Money::from_minor(p.price_minor), "currency": p.currency,
+                        "status": hold});
+                    if names_the_product {
+                        body["product"] = json!({"name": p.name, "version": p.version,
+                            "createdAt": p.created_at});
+                    }
+                    Response::json(status, &body)
                 };
                 match p.records.get(&rid).copied() {
                     Some((q, _)) if q != qty => {
@@ -296,11 +304,10 @@ impl Transport for Peer {
             .url
             .strip_prefix(PRODUCT_BASE)
             .expect("calls go to the product service");
-        self.calls
-            .borrow_mut()
-            .push(format!("{} {path}", call.method));
+        let line = format!("{} {path}", call.method);
+        self.calls.borrow_mut().push(line.clone());
         if let Some((part, status)) = self.fail_on.borrow().clone()
-            && path.contains(&part)
+            && line.contains(&part)
             && self.failures.get() > 0
         {
             self.failures.set(self.failures.get() - 1);
@@ -637,6 +644,48 @@ fn creates_with_snapshots_exact_totals_and_confirmed_holds() {
         w.get("other", &format!("/api/orders/{id}")).0,
         404,
         "tenants are isolated"
+    );
+}
+
+#[test]
+fn an_order_reads_the_product_only_when_the_hold_does_not_name_it() {
+    let w = World::new();
+    w.peer.product_named("t", "a", "Lamp", 1.0, "USD", 10);
+    let (s, body, _) = w.post("t", order_body(&[("a", 1)]));
+    assert_eq!(
+        (s, body["items"][0]["productName"].clone()),
+        (201, json!("Lamp"))
+    );
+    assert_eq!(
+        w.peer.calls_to("GET /api/products/"),
+        0,
+        "the hold named it"
+    );
+    // A product service of an earlier version answers holds without the
+    // product: the order reads it, and keeps the same snapshot.
+    w.peer.names_the_product.set(false);
+    let (s, older, _) = w.post("t", order_body(&[("a", 1)]));
+    assert_eq!(
+        (s, older["items"][0]["productName"].clone()),
+        (201, json!("Lamp"))
+    );
+    assert_eq!(w.peer.calls_to("GET /api/products/a"), 1);
+    let incarnation = |body: &Value| {
+        let Some(OrderDoc::Live(o)) = w.doc("t", body["id"].as_str().unwrap()) else {
+            panic!("not live")
+        };
+        (o.items[0].incarnation.clone(), o.items[0].name_version)
+    };
+    assert_eq!(incarnation(&body), incarnation(&older));
+    assert!(incarnation(&body).0.is_some());
+    // A product deleted before an older service's GET: 422, hold released.
+    w.peer.fail("GET /api/products/a", Some(404), 1);
+    let (s, p, _) = w.post("t", order_body(&[("a", 1)]));
+    assert_eq!(s, 422, "{p}");
+    assert_eq!(
+        w.peer.stock("t", "a"),
+        8,
+        "the hold of the failed order went back"
     );
 }
 

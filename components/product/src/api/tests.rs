@@ -711,6 +711,13 @@ fn reservations_take_and_return_stock_idempotently() {
     );
     assert_eq!(first["unitPrice"], json!(2.5));
     assert_eq!(first["status"], "held");
+    // The product as the hold left it, so the order needs no GET.
+    let (_, product, _) = w.call(Method::GET, "/api/products/p1", None);
+    assert_eq!(
+        first["product"],
+        json!({"name": "x", "version": product["version"], "createdAt": product["createdAt"]})
+    );
+    assert_eq!(first["product"]["version"], 2, "the hold made version 2");
     let expires = first["expiresAt"].as_str().unwrap();
     assert!(
         expires.starts_with("2025-01-01T00:02:00.0"),

@@ -287,6 +287,36 @@ pub struct ReservationView<'a> {
     /// When an unconfirmed hold expires (RFC 3339); absent once confirmed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The product as this answer found it (reserve answers only): what an
+    /// order keeps of it besides the price, so that it needs no separate
+    /// `GET` of the product (docs/storage-layout.md, "Reservations").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product: Option<ReservedProduct<'a>>,
+}
+
+/// The product fields of a reserve answer: `{"name", "version",
+/// "createdAt"}`, with the meaning they have in the product's own JSON
+/// (`version` is the product's version after this hold).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedProduct<'a> {
+    /// The product's name.
+    pub name: &'a str,
+    /// The product's version (its ETag).
+    pub version: u64,
+    /// The product's creation time (RFC 3339): its incarnation.
+    pub created_at: &'a str,
+}
+
+impl<'a> ReservedProduct<'a> {
+    /// The fields of `product`.
+    pub fn of(product: &'a Product) -> Self {
+        ReservedProduct {
+            name: &product.name,
+            version: product.version,
+            created_at: &product.created_at,
+        }
+    }
 }
 
 impl Reservation {
@@ -304,6 +334,7 @@ impl Reservation {
             currency: &self.currency,
             status,
             expires_at,
+            product: None,
         }
     }
 
