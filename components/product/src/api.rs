@@ -522,23 +522,9 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
 
     /// `POST /api/products/{id}/reservations`: hold units for an order.
     fn reserve(&self, ctx: &Ctx, id: &str, req: &Request) -> Result<Response, Problem> {
-        // No read of the product before the compare-and-swap below: that
-        // answers 404 for a missing product, settles it and publishes its
-        // pending events too, and on a product many orders reserve at once
-        // every read of its record counts (docs/performance.md, "Orders on
-        // one product").
-        if !is_valid_id(id) {
-            return Err(not_found(ctx, id));
-        }
-        let request = match parse_reservation(&req.body) {
-            Ok(request) => request,
-            // A missing product is 404 whatever the body.
-            Err(invalid) => {
-                self.live(ctx, id, Touch::Internal)?
-                    .ok_or_else(|| not_found(ctx, id))?;
-                return Err(invalid);
-            }
-        };
+        self.live(ctx, id, Touch::Internal)?
+            .ok_or_else(|| not_found(ctx, id))?;
+        let request = parse_reservation(&req.body)?;
         let now = self.now_ms();
         let hold_ms = self.settings.hold_seconds.saturating_mul(1000);
         let max_holds = self.settings.max_holds;
