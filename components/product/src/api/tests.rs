@@ -1596,6 +1596,65 @@ fn a_product_left_without_slots_is_reindexed_on_its_next_read() {
     assert_eq!(w.ids("/api/products").len(), 3);
 }
 
+/// What a reserve does besides taking a hold, as any read or write of a
+/// product does: it publishes the `StockChanged` of holds it finds
+/// expired (also when it only repeats an earlier hold), publishes a
+/// tombstone's kept event before its 404, and re-indexes a product left
+/// without index slots. The order service makes no other request to a
+/// product it orders, so nothing else would.
+#[test]
+fn a_reserve_settles_publishes_and_reindexes_like_any_read() {
+    let w = World::new();
+    w.create(json!({"id": "p1", "name": "x", "price": 1, "stock": 5}));
+    assert_eq!(reserve(&w, "o1", 2).0, 201);
+    w.advance(60_000);
+    assert_eq!(reserve(&w, "o2", 1).0, 201);
+    w.advance(61_000);
+    // o1's hold expired; the repeat of o2 returns its stock and says so.
+    let (s, again, _) = reserve(&w, "o2", 1);
+    assert_eq!((s, again["status"].clone()), (200, json!("held")));
+    assert_eq!(stored(&w, "p1").stock, 4);
+    assert_eq!(
+        w.event_types(),
+        [
+            "ProductCreated",
+            "StockChanged",
+            "StockChanged",
+            "StockChanged"
+        ]
+    );
+    // A deleted product whose ProductDeleted the broker refused: the
+    // reserve's 404 publishes it.
+    w.create(json!({"id": "gone", "name": "x", "price": 1, "stock": 5}));
+    w.events.fail_with("stream full");
+    assert_eq!(w.call(Method::DELETE, "/api/products/gone", None).0, 503);
+    w.events.recover();
+    let (s, _, _) = w.call(
+        Method::POST,
+        "/api/products/gone/reservations",
+        Some(json!({"orderId": "o3", "quantity": 1})),
+    );
+    assert_eq!(s, 404);
+    assert_eq!(w.event_types().last().unwrap(), "ProductDeleted");
+    assert!(stored(&w, "gone").pending_events.is_empty());
+    // A product left without index slots is listed once reserved.
+    w.create(json!({"id": "p4", "name": "x", "price": 1, "stock": 5}));
+    let key = "tenant/default/product/p4";
+    let mut record: Value = serde_json::from_slice(&w.store.get(key).unwrap().unwrap()).unwrap();
+    record["id"] = json!("p3");
+    record.as_object_mut().unwrap().remove("slots");
+    put_json(&w.store, "tenant/default/product/p3", &record).unwrap();
+    w.advance(60_000);
+    assert!(!w.ids("/api/products").contains(&"p3".to_owned()));
+    let (s, _, _) = w.call(
+        Method::POST,
+        "/api/products/p3/reservations",
+        Some(json!({"orderId": "o4", "quantity": 1})),
+    );
+    assert_eq!(s, 201);
+    assert!(w.ids("/api/products").contains(&"p3".to_owned()));
+}
+
 #[test]
 fn concurrent_writers_keep_at_most_one_pending_event_per_type_the_newest() {
     // Each writer loaded the product before the others' events were kept,
