@@ -79,7 +79,8 @@ pub struct Reserved {
 pub struct ReservedProduct {
     /// Its name.
     pub name: String,
-    /// Its version after the hold, to order renames.
+    /// Its version when the product service answered (after the hold,
+    /// for a new one), to order renames.
     pub version: u64,
     /// Its creation time: the incarnation ([`ProductInfo::created_at`]).
     #[serde(default)]

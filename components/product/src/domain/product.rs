@@ -295,8 +295,8 @@ pub struct ReservationView<'a> {
 }
 
 /// The product fields of a reserve answer: `{"name", "version",
-/// "createdAt"}`, with the meaning they have in the product's own JSON
-/// (`version` is the product's version after this hold).
+/// "createdAt"}`, with the meaning they have in the product's own JSON,
+/// as the answer found the product (after the hold, for a new one).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReservedProduct<'a> {
@@ -491,7 +491,10 @@ impl Product {
         let ledger = self.reservations.take();
         if legacy_outcomes.is_some() || ledger.is_some() {
             self.outcomes.change(|recent| {
-                recent.extend(legacy_outcomes.unwrap_or_default());
+                // The string is the newer form: it wins over the object.
+                for (order_id, outcome) in legacy_outcomes.unwrap_or_default() {
+                    recent.entry(order_id).or_insert(outcome);
+                }
                 if let Some(ledger) = ledger {
                     convert_legacy(ledger, recent);
                 }
@@ -921,6 +924,13 @@ mod tests {
         assert!(!back.needs_settling(0));
         assert_eq!(back.confirm("o1", 1).unwrap().1.quantity, 2);
         assert_eq!(back.confirm("o2", 1).unwrap_err(), Refusal::Released);
+        // Both forms (not written by any version, but readable): the
+        // string wins for an order id in both.
+        let both = json.replace(r#""recent""#, r#""outcomes":"o1:3:r","recent""#);
+        let mut p: Product = serde_json::from_str(&both).unwrap();
+        p.settle(0);
+        assert_eq!(p.outcomes.get("o1").unwrap().kind, OutcomeKind::Released);
+        assert_eq!(p.outcomes.get("o2").unwrap().kind, OutcomeKind::Released);
         let broken = json.replace(r#""at":9,"#, "");
         let e = serde_json::from_str::<Product>(&broken).unwrap_err();
         assert!(e.to_string().contains("missing field `at`"), "{e}");
