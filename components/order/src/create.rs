@@ -306,7 +306,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         for (i, item) in draft.items.iter().enumerate() {
             let pid = &item.product_id;
             let field = format!("items[{i}].productId");
-            let reserved = match self.products.reserve(t, pid, rid, item.quantity) {
+            let mut reserved = match self.products.reserve(t, pid, rid, item.quantity) {
                 Ok(Ok(r)) => r,
                 Ok(Err(Refused::NotFound)) => {
                     let p = unknown_product(ctx, &field, pid);
@@ -327,7 +327,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             };
             // The reserve answer names the product; a product service
             // that does not is asked with a GET (one more call per item).
-            let product = match reserved.product.clone() {
+            let product = match reserved.product.take() {
                 Some(p) => p,
                 None => match self.products.product(t, pid) {
                     Ok(Some(info)) => ReservedProduct {

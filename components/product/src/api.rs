@@ -28,9 +28,7 @@ use service_kit::problem::Problem;
 use service_kit::rest::{Conditions, Ctx, Document, is_read, not_allowed, update_live};
 use service_kit::web::{Request, Response};
 
-use crate::domain::product::{
-    MAX_HOLDS_CEILING, Product, Refusal, ReservationView, Reserved, ReservedProduct, rfc3339_of_ms,
-};
+use crate::domain::product::{MAX_HOLDS_CEILING, Product, Refusal, Reserved, rfc3339_of_ms};
 use crate::index::{product_key, verdict};
 use crate::validation::{
     ListQuery, parse_confirmed_quantity, parse_new_product, parse_patch, parse_reservation,
@@ -542,10 +540,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         match written.result {
             Ok(Reserved::New(product, r)) => {
                 self.emit_logged(ctx, &written.record, stock_event(&product));
-                let view = ReservationView {
-                    product: Some(ReservedProduct::of(&product)),
-                    ..r.view(id, order_id)
-                };
+                let view = r.view(id, order_id).naming(&product);
                 Ok(Response::json(StatusCode::CREATED, &view).with_header(
                     "location",
                     &format!("/api/products/{id}/reservations/{order_id}"),
@@ -553,10 +548,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
             }
             Ok(Reserved::Repeat(r)) => {
                 self.emit_logged(ctx, &written.record, Vec::new());
-                let view = ReservationView {
-                    product: Some(ReservedProduct::of(&written.record)),
-                    ..r.view(id, order_id)
-                };
+                let view = r.view(id, order_id).naming(&written.record);
                 Ok(Response::json(StatusCode::OK, &view))
             }
             Err((refusal, product)) => {

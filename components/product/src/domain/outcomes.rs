@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use service_kit::ids::is_valid_id;
 
-use crate::domain::reservation::{Outcome, OutcomeKind, trim};
+use crate::domain::reservation::{Outcome, OutcomeKind, remember, trim};
 
 /// A product's recent outcomes by order id, at most [`MAX_OUTCOMES`], as
 /// their stored text.
@@ -39,9 +39,10 @@ use crate::domain::reservation::{Outcome, OutcomeKind, trim};
 /// (the last of a repeated id wins; the text written never repeats
 /// one). Checking every entry whenever a record was read took reading a
 /// product with 256 outcomes from ~0.9 to ~0.65 of the speed of reading
-/// one without (docs/performance.md, "Orders on one product"). An entry that does not parse is therefore
-/// found only when used; it is then forgotten, as the oldest outcome is
-/// when there are too many, and the component logs it. Outcomes are a
+/// one without (docs/performance.md, "Orders on one product"). An entry
+/// that does not parse is therefore found only when used; it is then
+/// forgotten, as the oldest outcome is when there are too many, and the
+/// component logs it. Outcomes are a
 /// bounded memory by design, and every caller already handles an order
 /// the product no longer remembers (docs/storage-layout.md,
 /// "Reservations").
@@ -92,9 +93,7 @@ impl Outcomes {
     /// Records `kind` for `order_id` at `at_ms`, keeping the newest
     /// [`MAX_OUTCOMES`] (ties by order id).
     pub fn remember(&mut self, order_id: &str, kind: OutcomeKind, at_ms: u64) {
-        self.change(|recent| {
-            recent.insert(order_id.to_owned(), Outcome { kind, at_ms });
-        });
+        self.change(|recent| remember(recent, order_id, kind, at_ms));
     }
 
     /// Applies `change` to the outcomes as a map, keeps the newest

@@ -14,7 +14,9 @@ use service_kit::outbox::{self, StoredEvent};
 use service_kit::pages::Slot;
 
 use crate::domain::outcomes::Outcomes;
-use crate::domain::reservation::{Hold, LegacyReservation, Outcome, OutcomeKind, convert_legacy};
+use crate::domain::reservation::{
+    Hold, LegacyReservation, Outcome, OutcomeKind, convert_legacy, remember,
+};
 
 /// Most characters in a name.
 pub const NAME_MAX: usize = 200;
@@ -308,13 +310,16 @@ pub struct ReservedProduct<'a> {
     pub created_at: &'a str,
 }
 
-impl<'a> ReservedProduct<'a> {
-    /// The fields of `product`.
-    pub fn of(product: &'a Product) -> Self {
-        ReservedProduct {
-            name: &product.name,
-            version: product.version,
-            created_at: &product.created_at,
+impl<'a> ReservationView<'a> {
+    /// The view with `product`'s fields (a reserve answer).
+    pub fn naming(self, product: &'a Product) -> Self {
+        ReservationView {
+            product: Some(ReservedProduct {
+                name: &product.name,
+                version: product.version,
+                created_at: &product.created_at,
+            }),
+            ..self
         }
     }
 }
@@ -513,22 +518,14 @@ impl Product {
         if expired.is_empty() {
             return settled;
         }
-        let mut returned = Vec::with_capacity(expired.len());
-        for id in expired {
-            if let Some(h) = self.holds.remove(&id) {
-                self.stock = self.stock.saturating_add(h.quantity);
-                returned.push((id, h.expires_at_ms));
-            }
-        }
+        // One change of the outcomes' text for all of them.
+        let (holds, stock) = (&mut self.holds, &mut self.stock);
         self.outcomes.change(|recent| {
-            for (id, at_ms) in returned {
-                recent.insert(
-                    id,
-                    Outcome {
-                        kind: OutcomeKind::Expired,
-                        at_ms,
-                    },
-                );
+            for id in expired {
+                if let Some(h) = holds.remove(&id) {
+                    *stock = stock.saturating_add(h.quantity);
+                    remember(recent, &id, OutcomeKind::Expired, h.expires_at_ms);
+                }
             }
         });
         self.version += 1;
