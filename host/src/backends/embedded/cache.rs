@@ -30,7 +30,7 @@
 //! those are not filled.
 
 use hashlink::LruCache;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the cache knows of one key: its value and CAS version, or that
@@ -60,6 +60,10 @@ struct Inner {
     epoch: u64,
     /// The keys of the commit in flight (empty when the epoch is even).
     in_flight: HashSet<String>,
+    /// The value each in-flight key will have if its commit succeeds, and
+    /// that commit's batch number: what a fenced compare-and-swap read
+    /// may see ([`ReadCache::lookup_uncommitted`]).
+    uncommitted: HashMap<String, (Known, u64)>,
 }
 
 /// The epoch a reader saw when it missed; it may fill the cache with what
@@ -91,6 +95,7 @@ impl ReadCache {
                 bytes: 0,
                 epoch: 0,
                 in_flight: HashSet::new(),
+                uncommitted: HashMap::new(),
             }),
             budget,
         }
@@ -117,6 +122,18 @@ impl ReadCache {
         let mut inner = self.lock();
         let found = keys.iter().map(|k| inner.entries.get(k).cloned()).collect();
         (found, Ticket(inner.epoch))
+    }
+
+    /// The value `key` will have once the commit in flight succeeds, with
+    /// that commit's batch number; `None` when the key is not being
+    /// committed. Only for a reader that holds a read fence
+    /// (`capabilities/keyvalue/read_fence.rs`), which makes everything it
+    /// derives from the value wait for, or fail with, that commit.
+    pub(super) fn lookup_uncommitted(&self, key: &str) -> Option<(Known, u64)> {
+        if !self.enabled() {
+            return None;
+        }
+        self.lock().uncommitted.get(key).cloned()
     }
 
     /// Keeps what a reader read from SQLite after its [`Self::lookup`]
@@ -204,6 +221,21 @@ pub(super) struct PendingCommit<'a> {
 }
 
 impl PendingCommit<'_> {
+    /// Lets fenced compare-and-swap reads see `written`, the final state of
+    /// each key of batch `batch`, until the commit ends
+    /// ([`ReadCache::lookup_uncommitted`]). Call right before `COMMIT`,
+    /// when the batch can no longer change.
+    pub(super) fn offer_uncommitted(&self, written: &[(String, Known)], batch: u64) {
+        if self.active {
+            let mut inner = self.cache.lock();
+            for (key, known) in written {
+                inner
+                    .uncommitted
+                    .insert(key.clone(), (known.clone(), batch));
+            }
+        }
+    }
+
     /// Step 2 after a successful `COMMIT`: keeps the batch's final state of
     /// each key it wrote (later entries of the same key win).
     pub(super) fn committed(self, written: Vec<(String, Known)>) {
@@ -223,6 +255,7 @@ impl Drop for PendingCommit<'_> {
         if self.active {
             let mut inner = self.cache.lock();
             inner.in_flight.clear();
+            inner.uncommitted.clear();
             inner.epoch += 1;
         }
     }
@@ -272,6 +305,25 @@ mod tests {
         drop(cache.begin_commit(std::iter::empty()));
         assert!(cache.fill(ticket, vec![("other".into(), known("old", 3))]));
         assert_eq!(one(&cache, "other").0, Some(known("old", 3)));
+    }
+
+    #[test]
+    fn an_uncommitted_value_is_offered_only_while_its_commit_is_in_flight() {
+        let cache = ReadCache::new(1 << 20);
+        let pending = cache.begin_commit(["k"]);
+        assert_eq!(cache.lookup_uncommitted("k"), None, "not offered yet");
+        pending.offer_uncommitted(&[("k".into(), known("v1", 7))], 3);
+        assert_eq!(cache.lookup_uncommitted("k"), Some((known("v1", 7), 3)));
+        assert_eq!(one(&cache, "k").0, None, "plain reads: committed only");
+        pending.committed(vec![("k".into(), known("v1", 7))]);
+        assert_eq!(cache.lookup_uncommitted("k"), None);
+        assert_eq!(one(&cache, "k").0, Some(known("v1", 7)));
+
+        let pending = cache.begin_commit(["k"]);
+        pending.offer_uncommitted(&[("k".into(), known("v2", 8))], 4);
+        drop(pending); // the commit failed
+        assert_eq!(cache.lookup_uncommitted("k"), None);
+        assert_eq!(one(&cache, "k").0, None);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 use super::NAME;
 use super::cache::{Known, ReadCache, cache_key};
 use crate::capabilities::BackendError;
+use crate::capabilities::keyvalue::read_fence::{CommitLog, ReadFence, Reads};
 use crate::capabilities::keyvalue::{CasVersion, add_to_stored};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::cell::RefCell;
@@ -70,6 +71,9 @@ pub struct EmbeddedDb {
     id: u64,
     /// Hot key-value entries, kept exact by the writer thread (`cache.rs`).
     cache: Arc<ReadCache>,
+    /// The outcome of each batch, for reads of uncommitted values
+    /// (`capabilities/keyvalue/read_fence.rs`).
+    log: Arc<CommitLog>,
 }
 
 /// The read cache's budget when none is given: 16 MiB
@@ -107,6 +111,12 @@ pub struct DbState {
     pub(super) commits: u64,
     /// The read cache the writer keeps exact around each commit.
     pub(super) cache: Arc<ReadCache>,
+    /// Number of the batch being applied (the first is 1); each batch's
+    /// outcome goes to `log` before its jobs are answered.
+    pub(super) batch: u64,
+    /// Whether the current batch's `COMMIT` succeeded.
+    committed: bool,
+    pub(super) log: Arc<CommitLog>,
 }
 
 /// A read run on one of the reader threads.
@@ -175,6 +185,9 @@ where
 struct Write {
     ns: Arc<str>,
     op: WriteOp,
+    /// The batches whose uncommitted values the writing request read: the
+    /// write is refused if one of them failed.
+    after: Option<Reads>,
     reply: oneshot::Sender<Result<Applied, BackendError>>,
 }
 
@@ -293,6 +306,9 @@ fn open_writer(path: &Path, cache: Arc<ReadCache>) -> rusqlite::Result<DbState> 
         next_version: max + 1,
         commits: 0,
         cache,
+        batch: 0,
+        committed: false,
+        log: CommitLog::new(),
     })
 }
 
@@ -378,6 +394,7 @@ impl EmbeddedDb {
         };
         let cache = Arc::new(ReadCache::new(cache_bytes));
         let state = open_writer(&path, cache.clone()).map_err(cannot_open)?;
+        let log = state.log.clone();
         let readers = (0..reader_count())
             .map(|_| open_reader(&path))
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -410,6 +427,7 @@ impl EmbeddedDb {
             path,
             id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
             cache,
+            log,
         }))
     }
 
@@ -421,6 +439,11 @@ impl EmbeddedDb {
     /// The read cache of key-value entries (`cache.rs`).
     pub(super) fn cache(&self) -> &ReadCache {
         &self.cache
+    }
+
+    /// The outcome of each of this database's batches.
+    pub(super) fn log(&self) -> &Arc<CommitLog> {
+        &self.log
     }
 
     fn failed(&self, e: rusqlite::Error) -> BackendError {
@@ -517,10 +540,19 @@ impl EmbeddedDb {
 
     /// Queues a key-value write for the next group commit; answers once
     /// its batch is committed (on disk), or failed.
+    ///
+    /// A request that read uncommitted values of a batch
+    /// ([`ReadFence`]) has the write refused if that batch failed.
     pub(super) async fn write(&self, ns: Arc<str>, op: WriteOp) -> Result<Applied, BackendError> {
         let (reply, rx) = oneshot::channel();
+        let after = ReadFence::current().and_then(|f| f.dependency(&self.log));
         self.writer
-            .send(WriterJob::Write(Write { ns, op, reply }))
+            .send(WriterJob::Write(Write {
+                ns,
+                op,
+                after,
+                reply,
+            }))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -576,8 +608,8 @@ fn rollback_open_transaction(conn: &Connection) {
 
 /// One step of a batch, as [`apply_steps`] runs it.
 enum Step<'a> {
-    /// A key-value write in a namespace.
-    Write(&'a str, &'a WriteOp),
+    /// A key-value write in a namespace, and the batches it depends on.
+    Write(&'a str, &'a WriteOp, Option<Reads>),
     /// Work queued with [`EmbeddedDb::call`].
     Call(&'a mut dyn Call),
 }
@@ -587,10 +619,12 @@ fn commit_batch(state: &mut DbState, mut batch: Vec<WriterJob>) {
     if batch.is_empty() {
         return;
     }
+    state.batch += 1;
+    state.committed = false;
     let mut steps: Vec<Step<'_>> = batch
         .iter_mut()
         .map(|job| match job {
-            WriterJob::Write(w) => Step::Write(&w.ns, &w.op),
+            WriterJob::Write(w) => Step::Write(&w.ns, &w.op, w.after),
             WriterJob::Call(c) => Step::Call(&mut **c),
         })
         .collect();
@@ -611,6 +645,9 @@ fn commit_batch(state: &mut DbState, mut batch: Vec<WriterJob>) {
         }
     };
     drop(steps);
+    // Before any answer: a request that read this batch's uncommitted
+    // values learns its fate no later than the batch's own writers.
+    state.log.settle(state.batch, state.committed);
     for (job, result) in batch.into_iter().zip(results) {
         match job {
             WriterJob::Write(w) => {
@@ -627,7 +664,10 @@ fn apply_batch(
     state: &mut DbState,
     ops: &[(&str, &WriteOp)],
 ) -> Vec<Result<Applied, BackendError>> {
-    let mut steps: Vec<Step<'_>> = ops.iter().map(|(ns, op)| Step::Write(ns, op)).collect();
+    let mut steps: Vec<Step<'_>> = ops
+        .iter()
+        .map(|(ns, op)| Step::Write(ns, op, None))
+        .collect();
     apply_steps(state, &mut steps)
 }
 
@@ -661,7 +701,17 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
     let caching = cache.enabled();
     for step in steps.iter_mut() {
         let result: Result<Applied, String> = match step {
-            Step::Write(ns, op) => {
+            Step::Write(_, _, Some(after)) if state.log.failed(*after) => {
+                results.push(Err(BackendError::unavailable(
+                    NAME,
+                    format!(
+                        "write not made: the request read a value of embedded batch {} being committed, and that commit failed, so the value never existed; retry the request",
+                        after.last
+                    ),
+                )));
+                continue;
+            }
+            Step::Write(ns, op, _) => {
                 let mut effects = Vec::new();
                 if caching {
                     touched.extend(op.keys().map(|k| cache_key(ns, k)));
@@ -699,11 +749,13 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
         results.push(result.map_err(|e| failed("writing", &e)));
     }
     let pending = cache.begin_commit(touched.iter().map(String::as_str));
+    pending.offer_uncommitted(&written, state.batch);
     if let Err(e) = state.conn.execute_batch("COMMIT") {
         rollback_open_transaction(&state.conn);
         return vec![Err(failed("committing", &e)); steps.len()];
     }
     pending.committed(written);
+    state.committed = true;
     state.commits += 1;
     results
 }
@@ -910,6 +962,24 @@ mod tests {
         let (v, version) = value(&s, "k").unwrap();
         assert_eq!(v, b"c");
         assert!(version > first);
+    }
+
+    #[test]
+    fn a_write_based_on_a_failed_batch_is_refused_and_writes_nothing() {
+        let (_dir, mut s) = state();
+        s.log.settle(1, true);
+        s.log.settle(2, false);
+        let set = |v: &str| WriteOp::Set(vec![("k".into(), v.as_bytes().to_vec())]);
+        let (kept, refused) = (set("after-committed"), set("after-failed"));
+        let mut steps = vec![
+            Step::Write("c/default", &kept, Some(Reads::one(1))),
+            Step::Write("c/default", &refused, Some(Reads { first: 2, last: 3 })),
+        ];
+        let results = apply_steps(&mut s, &mut steps);
+        assert_eq!(results[0].as_ref().unwrap(), &Applied::Done);
+        let e = results[1].as_ref().unwrap_err().to_string();
+        assert!(e.contains("batch 3") && e.contains("retry"), "{e}");
+        assert_eq!(value(&s, "k").unwrap().0, b"after-committed");
     }
 
     #[test]

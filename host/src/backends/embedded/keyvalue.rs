@@ -9,6 +9,7 @@ use super::cache::{Known, cache_key};
 use super::db::{Applied, WriteOp};
 use super::{EmbeddedDb, NAME};
 use crate::capabilities::BackendError;
+use crate::capabilities::keyvalue::read_fence::ReadFence;
 use crate::capabilities::keyvalue::{
     CasVersion, KeyValueBackend, KeyValueStore, StoreError, SwapError,
 };
@@ -108,6 +109,18 @@ impl EmbeddedStore {
         // in one transaction. (With no hits, the read is already of one
         // moment: taken above.)
         self.read_rows(keys.to_vec()).await
+    }
+
+    /// The value `key` gets from the commit in flight, if it is being
+    /// committed and the running request holds an open read fence, which
+    /// then depends on that commit.
+    fn read_uncommitted(&self, key: &str) -> Option<Known> {
+        let fence = ReadFence::current()?;
+        let (known, batch) = self
+            .db
+            .cache()
+            .lookup_uncommitted(&cache_key(&self.ns, key))?;
+        fence.record(self.db.log(), batch).then_some(known)
     }
 
     /// The value and version of each key, read from SQLite in one read
@@ -228,12 +241,28 @@ impl KeyValueStore for EmbeddedStore {
         }
     }
 
+    /// A request holding a read fence may get the value a commit in flight
+    /// is writing (docs/embedded-store.md, "What readers see meanwhile"):
+    /// its swap then joins the next batch instead of failing against the
+    /// value from before.
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
-        let known = self.read_known(&[key.to_string()]).await?;
-        Ok(match known.into_iter().next().flatten() {
+        let known = match self.read_uncommitted(key) {
+            Some(known) => known,
+            None => self
+                .read_known(&[key.to_string()])
+                .await?
+                .into_iter()
+                .next()
+                .flatten(),
+        };
+        Ok(match known {
             None => (None, CasVersion::Absent),
             Some((v, version)) => (Some(v.to_vec()), CasVersion::Version(version.to_string())),
         })
+    }
+
+    fn carries_read_dependencies(&self) -> bool {
+        true
     }
 
     async fn swap(&self, key: &str, version: &CasVersion, value: &[u8]) -> Result<(), SwapError> {
@@ -254,11 +283,60 @@ mod tests {
     //! What only this backend decides; the shared contract is checked in
     //! `tests/tests/keyvalue_contract.rs` against every backend.
     use super::*;
+    use crate::capabilities::keyvalue::read_fence::Reads;
 
     fn backend() -> (tempfile::TempDir, EmbeddedKeyValue) {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path()).unwrap();
         (dir, EmbeddedKeyValue::new(db))
+    }
+
+    /// docs/embedded-store.md, "What readers see meanwhile": only a fenced
+    /// request's compare-and-swap read sees a commit in flight, and then
+    /// depends on it; a write of a request that read a failed batch is
+    /// refused.
+    #[tokio::test]
+    async fn only_a_fenced_swap_read_sees_a_commit_in_flight_and_its_writes_depend_on_it() {
+        let (_dir, kv) = backend();
+        let s = kv.open("c", "default").unwrap();
+        s.set("k", b"old").await.unwrap();
+        let log = kv.db.log().clone();
+        // Batch 1,000,000 is committing "new" to k (its fsync running).
+        let in_flight = 1_000_000;
+        let pending = kv.db.cache().begin_commit(["c/default\0k"]);
+        pending.offer_uncommitted(
+            &[(
+                cache_key("c/default", "k"),
+                Some((Arc::from(&b"new"[..]), 4242)),
+            )],
+            in_flight,
+        );
+        let read = |s: Arc<dyn KeyValueStore>| async move {
+            let (value, version) = s.read_versioned("k").await.unwrap();
+            (value.unwrap(), version)
+        };
+        assert_eq!(read(s.clone()).await.0, b"old", "no fence: committed only");
+        assert_eq!(s.get("k").await.unwrap().unwrap(), b"old");
+        let fence = ReadFence::new();
+        let (value, version) = fence.clone().scope(read(s.clone())).await;
+        assert_eq!(value, b"new");
+        assert_eq!(version, CasVersion::Version("4242".into()));
+        assert_eq!(fence.dependency(&log), Some(Reads::one(in_flight)));
+        let plain = fence.clone().scope(s.get("k")).await.unwrap().unwrap();
+        assert_eq!(plain, b"old", "a plain get reads committed values only");
+        let closed = ReadFence::new();
+        closed.close();
+        assert_eq!(closed.clone().scope(read(s.clone())).await.0, b"old");
+        assert_eq!(closed.dependency(&log), None);
+        drop(pending);
+
+        // The commit failed: the fenced request's writes are refused.
+        log.settle(in_flight, false);
+        let refused = fence.clone().scope(s.set("other", b"x")).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(s.get("other").await.unwrap(), None);
+        assert!(fence.settle().await.is_err());
+        s.set("other", b"y").await.unwrap();
     }
 
     #[tokio::test]

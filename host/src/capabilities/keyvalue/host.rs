@@ -2,7 +2,8 @@
 //! [`KeyValueStore`]. Thin on purpose: access control and error mapping
 //! only; storage semantics belong to the backends.
 
-use super::{Bucket, Cas, KeyValueCtx, StoreError, SwapError};
+use super::read_fence::ReadFence;
+use super::{Bucket, Cas, KeyValueCtx, KeyValueStore, StoreError, SwapError};
 use crate::bindings::keyvalue::{atomics, batch, store};
 use store::{Error, KeyResponse};
 use wasmtime::component::Resource;
@@ -22,6 +23,18 @@ fn too_large() -> Error {
     Error::Other(format!(
         "query result exceeds limit of {MAX_GET_MANY_BYTES} bytes; ask for fewer keys at a time"
     ))
+}
+
+/// Before a write to `store`: a store that does not itself check the
+/// request's reads of commits in flight (Redis, Dapr) is written only once
+/// they are durable (`read_fence.rs`).
+async fn settled_for(store: &dyn KeyValueStore) -> Result<(), Error> {
+    if store.carries_read_dependencies() {
+        return Ok(());
+    }
+    ReadFence::settle_current()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))
 }
 
 impl KeyValueCtx {
@@ -102,9 +115,11 @@ impl store::HostBucket for KeyValueCtx {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
-            .bucket(&b)?
-            .store
+        let store = self.bucket(&b)?.store.clone();
+        if let Err(e) = settled_for(&*store).await {
+            return Ok(Err(e));
+        }
+        Ok(store
             .set(&key, &value)
             .await
             .map_err(|e| self.to_wit("set", e)))
@@ -115,9 +130,11 @@ impl store::HostBucket for KeyValueCtx {
         b: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
-            .bucket(&b)?
-            .store
+        let store = self.bucket(&b)?.store.clone();
+        if let Err(e) = settled_for(&*store).await {
+            return Ok(Err(e));
+        }
+        Ok(store
             .delete(&key)
             .await
             .map_err(|e| self.to_wit("delete", e)))
@@ -163,9 +180,11 @@ impl atomics::Host for KeyValueCtx {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, Error>> {
-        Ok(self
-            .bucket(&b)?
-            .store
+        let store = self.bucket(&b)?.store.clone();
+        if let Err(e) = settled_for(&*store).await {
+            return Ok(Err(e));
+        }
+        Ok(store
             .increment(&key, delta)
             .await
             .map_err(|e| self.to_wit("increment", e)))
@@ -176,6 +195,11 @@ impl atomics::Host for KeyValueCtx {
         cas: Resource<Cas>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let c = self.table.get(&cas)?;
+        if let Err(e) = settled_for(&*c.store).await {
+            self.table.delete(cas)?;
+            return Ok(Err(atomics::CasError::StoreError(e)));
+        }
         let c = self.table.get(&cas)?;
         let result = c.store.swap(&c.key, &c.version, &value).await;
         Ok(match result {
@@ -264,9 +288,11 @@ impl batch::Host for KeyValueCtx {
         b: Resource<Bucket>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
-            .bucket(&b)?
-            .store
+        let store = self.bucket(&b)?.store.clone();
+        if let Err(e) = settled_for(&*store).await {
+            return Ok(Err(e));
+        }
+        Ok(store
             .set_many(&entries)
             .await
             .map_err(|e| self.to_wit("set-many", e)))
@@ -277,9 +303,11 @@ impl batch::Host for KeyValueCtx {
         b: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
-            .bucket(&b)?
-            .store
+        let store = self.bucket(&b)?.store.clone();
+        if let Err(e) = settled_for(&*store).await {
+            return Ok(Err(e));
+        }
+        Ok(store
             .delete_many(&keys)
             .await
             .map_err(|e| self.to_wit("delete-many", e)))

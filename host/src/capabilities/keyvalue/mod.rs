@@ -3,6 +3,7 @@
 //! gives each component its own namespace; backends only store bytes.
 
 mod host;
+pub mod read_fence;
 
 use super::error::BackendError;
 use async_trait::async_trait;
@@ -145,6 +146,15 @@ pub trait KeyValueStore: Send + Sync {
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError>;
     /// Writes `value` only if the key is still at `version`.
     async fn swap(&self, key: &str, version: &CasVersion, value: &[u8]) -> Result<(), SwapError>;
+
+    /// Whether this store's writes carry the running request's read-fence
+    /// dependency, so that the store itself refuses a write based on a
+    /// batch that failed (the embedded store). A write to any other store
+    /// waits until the request's uncommitted reads are durable
+    /// (`read_fence.rs`).
+    fn carries_read_dependencies(&self) -> bool {
+        false
+    }
     /// The backend's name, for error messages of the default methods.
     fn backend_name(&self) -> &'static str;
 }

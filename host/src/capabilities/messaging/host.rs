@@ -2,6 +2,7 @@
 
 use super::{BrokerError, Client, Message, MessagingCtx};
 use crate::bindings::messaging::{producer, types};
+use crate::capabilities::keyvalue::read_fence::ReadFence;
 use types::Error;
 use wasmtime::component::Resource;
 
@@ -125,6 +126,12 @@ impl producer::Host for MessagingCtx {
             )));
         }
         crate::trace::add_to_metadata(&mut message.metadata, self.traceparent.as_deref());
+        // A message may carry what the request read from a commit still in
+        // flight: it is sent only once that commit is durable.
+        if let Err(e) = ReadFence::settle_current().await {
+            tracing::warn!(component = %self.component, %topic, error = %e, "message not sent");
+            return Ok(Err(Error::Other(e.to_string())));
+        }
         let sent = broker.send(&name, &topic, message).await;
         if sent.is_ok() {
             super::metrics::messaging().published(&topic);

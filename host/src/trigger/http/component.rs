@@ -7,6 +7,7 @@
 //! backend supplies (Dapr service invocation).
 
 use crate::app::{App, Capacity, InstanceContext, TimeLimitExceeded};
+use crate::capabilities::keyvalue::read_fence::ReadFence;
 use crate::capabilities::outbound_http::{ResponseFuture, ServiceChaining};
 use crate::manifest::RouteMatch;
 use crate::problem::problem;
@@ -114,25 +115,42 @@ where
         }
     };
     let limit = app.request_timeout();
-    let task = crate::telemetry::spans::spawn_in(&span, async move {
-        let _in_use = crate::metrics::instance_in_use();
-        let run = async {
-            let proxy = proxy.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
-        };
-        let result = match tokio::time::timeout(limit + Duration::from_secs(1), run).await {
-            Ok(r) => r,
-            Err(_) => Err(wasmtime::Error::new(TimeLimitExceeded(limit))),
-        };
-        let memory_hit = store.data().limiter.hit;
-        drop(store);
-        drop(slot);
-        (result, memory_hit)
-    });
-    let response = match receiver.await {
+    // The instance may read values whose commit is still in flight; its
+    // response leaves only once they are durable (`read_fence.rs`).
+    let fence = ReadFence::new();
+    let task = crate::telemetry::spans::spawn_in(
+        &span,
+        fence.clone().scope(async move {
+            let _in_use = crate::metrics::instance_in_use();
+            let run = async {
+                let proxy = proxy.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = match tokio::time::timeout(limit + Duration::from_secs(1), run).await {
+                Ok(r) => r,
+                Err(_) => Err(wasmtime::Error::new(TimeLimitExceeded(limit))),
+            };
+            let memory_hit = store.data().limiter.hit;
+            drop(store);
+            drop(slot);
+            (result, memory_hit)
+        }),
+    );
+    let answered = receiver.await;
+    // Whatever the instance answered (an error's text included) may come
+    // from values it read from a commit still in flight: nothing leaves
+    // before that commit is durable, and later reads see committed data.
+    fence.close();
+    if let Some(withheld) = settle_or_withhold(&fence, limit, component_id).await {
+        app.metrics()
+            .record_request(component_id, withheld.status().as_u16(), started.elapsed());
+        access.finish(&span, withheld.status().as_u16(), started.elapsed());
+        return withheld;
+    }
+    let response = match answered {
         Ok(Ok(response)) => response,
         Ok(Err(code)) => {
             tracing::warn!(component = component_id, error = ?code, "component answered with an HTTP error code");
@@ -160,6 +178,34 @@ where
         .record_request(component_id, response.status().as_u16(), started.elapsed());
     access.finish(&span, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// `None` once every commit the instance read from while it was in flight
+/// is durable; else the 503 that replaces the instance's answer: one of
+/// those commits failed, or did not end within `limit`.
+async fn settle_or_withhold(
+    fence: &ReadFence,
+    limit: Duration,
+    component_id: &str,
+) -> Option<Response<HyperOutgoingBody>> {
+    let detail = match tokio::time::timeout(limit, fence.settle()).await {
+        Ok(Ok(())) => return None,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "a value this request read was being committed, and the commit did not end within {}s (a stalled disk?); retry the request",
+            limit.as_secs()
+        ),
+    };
+    tracing::error!(component = component_id, error = %detail, "response withheld");
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-failed",
+        format!("component '{component_id}' could not answer: {detail}"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Some(response)
 }
 
 /// How long a request from outside waits for a free instance slot before
@@ -363,6 +409,37 @@ pub fn path_match_header(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::capabilities::keyvalue::read_fence::CommitLog;
+
+    /// A response built from a value of a commit in flight leaves only
+    /// once that commit is durable; a failed or stalled commit turns it
+    /// into 503 with `Retry-After`.
+    #[tokio::test]
+    async fn an_answer_waits_for_the_commits_it_read_and_is_withheld_if_one_failed() {
+        let limit = Duration::from_millis(100);
+        let log = CommitLog::new();
+        let clean = ReadFence::new();
+        assert!(settle_or_withhold(&clean, limit, "c").await.is_none());
+
+        let committed = ReadFence::new();
+        assert!(committed.record(&log, 1));
+        log.settle(1, true);
+        assert!(settle_or_withhold(&committed, limit, "c").await.is_none());
+
+        let failed = ReadFence::new();
+        assert!(failed.record(&log, 2));
+        log.settle(2, false);
+        let withheld = settle_or_withhold(&failed, limit, "c").await.unwrap();
+        assert_eq!(withheld.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(withheld.headers()[http::header::RETRY_AFTER], "1");
+
+        let stalled = ReadFence::new();
+        assert!(stalled.record(&log, 3));
+        let withheld = settle_or_withhold(&stalled, limit, "c").await.unwrap();
+        assert_eq!(withheld.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
     #[test]
     fn route_parameters_are_named_as_spin_names_them() {
         assert_eq!(
