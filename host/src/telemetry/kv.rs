@@ -130,4 +130,8 @@ impl KeyValueStore for Traced {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
+
+    fn carries_read_dependencies(&self) -> bool {
+        self.inner.carries_read_dependencies()
+    }
 }

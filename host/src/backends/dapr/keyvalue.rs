@@ -296,6 +296,11 @@ impl DaprStore {
 
 #[async_trait]
 impl KeyValueStore for DaprStore {
+    /// The sidecar knows nothing of the embedded store's batches.
+    fn carries_read_dependencies(&self) -> bool {
+        false
+    }
+
     fn backend_name(&self) -> &'static str {
         NAME
     }

@@ -31,6 +31,7 @@
 
 use hashlink::LruCache;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the cache knows of one key: its value and CAS version, or that
@@ -50,6 +51,10 @@ const MAX_ENTRY_SHARE: usize = 16;
 /// recently used first out, bounded in bytes.
 pub(super) struct ReadCache {
     inner: Mutex<Inner>,
+    /// Whether a commit in flight offers its values
+    /// ([`Self::lookup_uncommitted`]): lets a read skip the lock when none
+    /// does.
+    offering: AtomicBool,
     budget: usize,
 }
 
@@ -98,6 +103,7 @@ impl ReadCache {
                 uncommitted: HashMap::new(),
             }),
             budget,
+            offering: AtomicBool::new(false),
         }
     }
 
@@ -130,10 +136,16 @@ impl ReadCache {
     /// (`capabilities/keyvalue/read_fence.rs`), which makes everything it
     /// derives from the value wait for, or fail with, that commit.
     pub(super) fn lookup_uncommitted(&self, key: &str) -> Option<(Known, u64)> {
-        if !self.enabled() {
+        if !self.offers_uncommitted() {
             return None;
         }
         self.lock().uncommitted.get(key).cloned()
+    }
+
+    /// Whether a commit in flight offers its values right now (a hint: a
+    /// reader that sees `false` just reads committed values).
+    pub(super) fn offers_uncommitted(&self) -> bool {
+        self.offering.load(Ordering::Acquire)
     }
 
     /// Keeps what a reader read from SQLite after its [`Self::lookup`]
@@ -233,6 +245,9 @@ impl PendingCommit<'_> {
                     .uncommitted
                     .insert(key.clone(), (known.clone(), batch));
             }
+            self.cache
+                .offering
+                .store(!inner.uncommitted.is_empty(), Ordering::Release);
         }
     }
 
@@ -256,6 +271,7 @@ impl Drop for PendingCommit<'_> {
             let mut inner = self.cache.lock();
             inner.in_flight.clear();
             inner.uncommitted.clear();
+            self.cache.offering.store(false, Ordering::Release);
             inner.epoch += 1;
         }
     }

@@ -101,6 +101,11 @@ impl RedisStore {
 
 #[async_trait]
 impl KeyValueStore for RedisStore {
+    /// Redis knows nothing of the embedded store's batches.
+    fn carries_read_dependencies(&self) -> bool {
+        false
+    }
+
     fn backend_name(&self) -> &'static str {
         NAME
     }

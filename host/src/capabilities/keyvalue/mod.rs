@@ -151,10 +151,9 @@ pub trait KeyValueStore: Send + Sync {
     /// dependency, so that the store itself refuses a write based on a
     /// batch that failed (the embedded store). A write to any other store
     /// waits until the request's uncommitted reads are durable
-    /// (`read_fence.rs`).
-    fn carries_read_dependencies(&self) -> bool {
-        false
-    }
+    /// (`read_fence.rs`). No default: a wrapper that forgot to pass it on
+    /// would make every write wait for the commits read, silently.
+    fn carries_read_dependencies(&self) -> bool;
     /// The backend's name, for error messages of the default methods.
     fn backend_name(&self) -> &'static str;
 }

@@ -90,7 +90,6 @@ impl CommitLog {
     /// all committed.
     async fn committed(&self, batches: Reads) -> bool {
         let mut settled = self.settled.subscribe();
-        // The sender lives as long as this log, which the caller holds.
         if settled.wait_for(|s| *s >= batches.last).await.is_err() {
             return false;
         }
@@ -192,6 +191,11 @@ impl ReadFence {
             .iter()
             .find(|(l, _)| Arc::ptr_eq(l, log))
             .map(|(_, b)| *b)
+    }
+
+    /// Whether the request has read any uncommitted value so far.
+    pub fn has_reads(&self) -> bool {
+        !self.lock().reads.is_empty()
     }
 
     /// Stops reads from returning uncommitted values (the request's
