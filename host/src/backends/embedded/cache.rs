@@ -142,6 +142,16 @@ impl ReadCache {
         self.lock().uncommitted.get(key).cloned()
     }
 
+    /// Whether any of `keys` is being committed right now (offered as an
+    /// uncommitted value).
+    pub(super) fn any_uncommitted<'k>(&self, mut keys: impl Iterator<Item = &'k str>) -> bool {
+        if !self.offers_uncommitted() {
+            return false;
+        }
+        let inner = self.lock();
+        keys.any(|k| inner.uncommitted.contains_key(k))
+    }
+
     /// Whether a commit in flight offers its values right now (a hint: a
     /// reader that sees `false` just reads committed values).
     pub(super) fn offers_uncommitted(&self) -> bool {

@@ -124,18 +124,31 @@ impl EmbeddedStore {
         fence.record(self.db.log(), batch).then_some(known)
     }
 
-    /// Before a read of committed values: if the running request already
-    /// read a value of a commit in flight, waits until that commit is
-    /// durable, so that no read of the request shows an older state than
-    /// one it saw before (a `get` after a compare-and-swap read of the same
-    /// key). Immediate otherwise, and nearly always in practice: a request
-    /// whose swap was acknowledged already waited longer than that.
-    async fn catch_up(&self) -> Result<(), StoreError> {
+    /// Before a read of committed values of `keys` (`None`: a listing,
+    /// any key): if the running request already read a value of a commit
+    /// in flight and one of `keys` is being committed, waits until that
+    /// commit is durable, so that no read of the request shows an older
+    /// state than one it saw before (a `get` after a compare-and-swap read
+    /// of the same key, or of another key of the same batch). A key not
+    /// being committed reads the same either way. Immediate otherwise, and
+    /// nearly always in practice: a request whose swap was acknowledged
+    /// already waited longer than that.
+    async fn catch_up(&self, keys: Option<&[&str]>) -> Result<(), StoreError> {
         let Some(fence) = ReadFence::current() else {
             return Ok(());
         };
         if fence.dependency(self.db.log()).is_none() {
             return Ok(());
+        }
+        if let Some(keys) = keys {
+            let names: Vec<String> = keys.iter().map(|k| cache_key(&self.ns, k)).collect();
+            if !self
+                .db
+                .cache()
+                .any_uncommitted(names.iter().map(String::as_str))
+            {
+                return Ok(());
+            }
         }
         fence
             .settle()
@@ -201,7 +214,7 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.catch_up().await?;
+        self.catch_up(Some(&[key])).await?;
         let known = self.read_known(&[key.to_string()]).await?;
         Ok(known.into_iter().next().flatten().map(|(v, _)| v.to_vec()))
     }
@@ -221,7 +234,7 @@ impl KeyValueStore for EmbeddedStore {
         &self,
         cursor: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        self.catch_up().await?;
+        self.catch_up(None).await?;
         let after = cursor.unwrap_or("").to_string();
         let keys: Vec<String> = self
             .read(move |c, ns| {
@@ -237,7 +250,8 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.catch_up().await?;
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.catch_up(Some(&names)).await?;
         let known = self.read_known(keys).await?;
         Ok(known
             .into_iter()
@@ -354,6 +368,10 @@ mod tests {
         }));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!get.is_finished(), "a get went back before the commit");
+        // A key the batch does not write reads the same either way.
+        let other = fence.clone().scope(s.get("not-in-the-batch"));
+        let other = tokio::time::timeout(std::time::Duration::from_secs(5), other).await;
+        assert_eq!(other.expect("no wait").unwrap(), None);
         let closed = ReadFence::new();
         closed.close();
         assert_eq!(closed.clone().scope(read(s.clone())).await.0, b"old");
