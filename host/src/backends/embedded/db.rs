@@ -106,16 +106,14 @@ pub struct DbState {
     /// restart (see `kv_meta` in the schema).
     pub(super) next_version: i64,
     /// Transactions the writer has committed since it opened (one per
-    /// batch): lets a test see that work queued together shared one
-    /// commit.
+    /// batch): whether the current batch committed is whether it grew,
+    /// and it lets a test see that work queued together shared one commit.
     pub(super) commits: u64,
     /// The read cache the writer keeps exact around each commit.
     pub(super) cache: Arc<ReadCache>,
     /// Number of the batch being applied (the first is 1); each batch's
     /// outcome goes to `log` before its jobs are answered.
     pub(super) batch: u64,
-    /// Whether the current batch's `COMMIT` succeeded.
-    committed: bool,
     pub(super) log: Arc<CommitLog>,
 }
 
@@ -307,7 +305,6 @@ fn open_writer(path: &Path, cache: Arc<ReadCache>) -> rusqlite::Result<DbState> 
         commits: 0,
         cache,
         batch: 0,
-        committed: false,
         log: CommitLog::new(),
     })
 }
@@ -620,7 +617,7 @@ fn commit_batch(state: &mut DbState, mut batch: Vec<WriterJob>) {
         return;
     }
     state.batch += 1;
-    state.committed = false;
+    let commits_before = state.commits;
     let mut steps: Vec<Step<'_>> = batch
         .iter_mut()
         .map(|job| match job {
@@ -647,7 +644,9 @@ fn commit_batch(state: &mut DbState, mut batch: Vec<WriterJob>) {
     drop(steps);
     // Before any answer: a request that read this batch's uncommitted
     // values learns its fate no later than the batch's own writers.
-    state.log.settle(state.batch, state.committed);
+    state
+        .log
+        .settle(state.batch, state.commits > commits_before);
     for (job, result) in batch.into_iter().zip(results) {
         match job {
             WriterJob::Write(w) => {
@@ -755,7 +754,6 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
         return vec![Err(failed("committing", &e)); steps.len()];
     }
     pending.committed(written);
-    state.committed = true;
     state.commits += 1;
     results
 }

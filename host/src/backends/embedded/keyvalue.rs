@@ -133,7 +133,7 @@ impl EmbeddedStore {
     /// being committed reads the same either way. Immediate otherwise, and
     /// nearly always in practice: a request whose swap was acknowledged
     /// already waited longer than that.
-    async fn catch_up(&self, keys: Option<&[&str]>) -> Result<(), StoreError> {
+    async fn catch_up<K: AsRef<str>>(&self, keys: Option<&[K]>) -> Result<(), StoreError> {
         let Some(fence) = ReadFence::current() else {
             return Ok(());
         };
@@ -141,7 +141,10 @@ impl EmbeddedStore {
             return Ok(());
         }
         if let Some(keys) = keys {
-            let names: Vec<String> = keys.iter().map(|k| cache_key(&self.ns, k)).collect();
+            let names: Vec<String> = keys
+                .iter()
+                .map(|k| cache_key(&self.ns, k.as_ref()))
+                .collect();
             if !self
                 .db
                 .cache()
@@ -234,7 +237,7 @@ impl KeyValueStore for EmbeddedStore {
         &self,
         cursor: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        self.catch_up(None).await?;
+        self.catch_up::<&str>(None).await?;
         let after = cursor.unwrap_or("").to_string();
         let keys: Vec<String> = self
             .read(move |c, ns| {
@@ -250,8 +253,7 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.catch_up(Some(&names)).await?;
+        self.catch_up(Some(keys)).await?;
         let known = self.read_known(keys).await?;
         Ok(known
             .into_iter()

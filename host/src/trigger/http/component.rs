@@ -144,15 +144,11 @@ where
     // from values it read from a commit still in flight: nothing leaves
     // before that commit is durable, and later reads see committed data.
     fence.close();
-    if let Some(withheld) = settle_or_withhold(&fence, limit, component_id).await {
-        app.metrics()
-            .record_request(component_id, withheld.status().as_u16(), started.elapsed());
-        access.finish(&span, withheld.status().as_u16(), started.elapsed());
-        return withheld;
-    }
-    let response = match answered {
-        Ok(Ok(response)) => response,
-        Ok(Err(code)) => {
+    let withheld = settle_or_withhold(&fence, limit, component_id).await;
+    let response = match (withheld, answered) {
+        (Some(withheld), _) => withheld,
+        (None, Ok(Ok(response))) => response,
+        (None, Ok(Err(code))) => {
             tracing::warn!(component = component_id, error = ?code, "component answered with an HTTP error code");
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,7 +156,7 @@ where
                 format!("component '{component_id}' reported an error: {code:?}"),
             )
         }
-        Err(_) => match task.await {
+        (None, Err(_)) => match task.await {
             Ok((Err(e), memory_hit)) => failure_response(app, component_id, &e, memory_hit),
             Ok((Ok(()), _)) => problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -197,15 +193,10 @@ async fn settle_or_withhold(
         ),
     };
     tracing::error!(component = component_id, error = %detail, "response withheld");
-    let mut response = problem(
-        StatusCode::SERVICE_UNAVAILABLE,
+    Some(retry_later(
         "storage-failed",
-        format!("component '{component_id}' could not answer: {detail}"),
-    );
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    Some(response)
+        &format!("component '{component_id}' could not answer: {detail}"),
+    ))
 }
 
 /// How long a request from outside waits for a free instance slot before
@@ -216,7 +207,12 @@ pub const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// 503 with `Retry-After`: the host is at capacity; the request was not
 /// started and may be sent again.
 fn capacity_response(detail: &str) -> Response<HyperOutgoingBody> {
-    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "capacity", detail);
+    retry_later("capacity", detail)
+}
+
+/// 503 problem of type `kind` with `Retry-After: 1`.
+fn retry_later(kind: &str, detail: &str) -> Response<HyperOutgoingBody> {
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, kind, detail);
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
