@@ -48,9 +48,9 @@ run_once() {
   seed_bench_tenant 2>/dev/null
   set_row_load "$row"
   local t0 t1
-  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  t0=$(cpu_ticks "$pid")
   "$loadgen" run --connections 64 --seconds "$secs" --warmup 2 "${row_load[@]}" >"$work/load$n.json"
-  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  t1=$(cpu_ticks "$pid")
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   python3 - "$work/load$n.json" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((secs + 2))" >>"$work/$side" <<'PY'

@@ -43,3 +43,7 @@ url_of() {
   done
   echo "$name did not start; its log:" >&2; tail -n 30 "$work/$name.log" >&2; exit 1
 }
+
+# Prints the CPU time process $1 has used so far (utime + stime from
+# /proc, in clock ticks: getconf CLK_TCK per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

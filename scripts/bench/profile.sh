@@ -47,9 +47,8 @@ host=$(url_of host)
 seed_bench_tenant
 set_row_load "$row_name"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$host_pid/stat"; }
 data="${PERF_DATA:-$work/perf.data}"
-ticks0=$(cpu_ticks)
+ticks0=$(cpu_ticks "$host_pid")
 "$loadgen" run --connections 64 --seconds "$secs" "${row_load[@]}" >"$work/load.json" &
 pids+=($!)
 load_pid=$!
@@ -65,7 +64,7 @@ perf record --quiet -F 150 --call-graph dwarf,32768 -p "$host_pid" -o "$data" --
 (( perf_status == 0 )) ||
   { echo "perf record failed (kernel.perf_event_paranoid too high, or no perf for this kernel?):" >&2; cat "$work/perf.log" >&2; exit 1; }
 wait "$load_pid"
-ticks1=$(cpu_ticks)
+ticks1=$(cpu_ticks "$host_pid")
 perf script -i "$data" -F comm,tid,ip,sym,dso 2>/dev/null >"$work/stacks.txt"
 
 echo "host: $bin; row: $row_name; load generator: $loadgen run (64 connections, one thread), ${secs}s after a 3 s warm-up"
