@@ -68,8 +68,8 @@ struct Inner {
     /// The keys of the commit in flight (empty when the epoch is even).
     in_flight: HashSet<String>,
     /// The value each in-flight key will have if its commit succeeds, and
-    /// that commit's batch number: what a fenced compare-and-swap read
-    /// may see ([`ReadCache::lookup_through`]).
+    /// that commit's batch number: what a reader holding an open read
+    /// fence may see ([`ReadCache::lookup_through`]).
     uncommitted: HashMap<String, (Known, u64)>,
 }
 
@@ -266,7 +266,7 @@ pub(super) struct PendingCommit<'a> {
 }
 
 impl PendingCommit<'_> {
-    /// Lets fenced compare-and-swap reads see `written`, the final state of
+    /// Lets readers holding an open read fence see `written`, the final state of
     /// each key of batch `batch`, until the commit ends
     /// ([`ReadCache::lookup_through`]). Call right before `COMMIT`,
     /// when the batch can no longer change.

@@ -691,8 +691,8 @@ fn apply_steps(state: &mut DbState, steps: &mut [Step<'_>]) -> Vec<Result<Applie
     }
     let mut results = Vec::with_capacity(steps.len());
     // For the read cache: the final state of every key the batch wrote,
-    // and every key a write step touched, kept or not (a savepoint that
-    // failed to roll back may still have kept part of its step).
+    // and every key a write step touched, kept or not (forgetting a key
+    // is always safe; a failed step is undone whole, see `undo_step`).
     // Nothing is collected when the cache is off (no copy of each value).
     let mut written: Vec<(String, Known)> = Vec::new();
     let mut touched: Vec<String> = Vec::new();
@@ -778,11 +778,21 @@ fn run_call(state: &mut DbState, call: &mut dyn Call) -> Result<Applied, String>
     }
     match ran {
         Ok(()) => savepoint(&state.conn, "RELEASE w")?,
-        Err(_) => {
-            let _ = state.conn.execute_batch("ROLLBACK TO w; RELEASE w");
-        }
+        Err(_) => undo_step(&state.conn),
     }
     Ok(Applied::Done)
+}
+
+/// Undoes the step in savepoint `w`. Should that fail, the whole
+/// transaction is rolled back instead: a step is never kept in part,
+/// which both the read cache (a key the step touched keeps its value from
+/// before) and the batch's readers rely on; the batch then fails as a
+/// whole ([`apply_steps`] finds the connection out of its transaction).
+fn undo_step(conn: &Connection) {
+    if conn.execute_batch("ROLLBACK TO w; RELEASE w").is_err() {
+        tracing::error!("undoing one write of a batch failed; the whole batch is rolled back");
+        rollback_open_transaction(conn);
+    }
 }
 
 /// Runs `f` in a savepoint: kept when it succeeds, undone when it fails.
@@ -797,7 +807,7 @@ fn in_savepoint<R>(
             Ok(r)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+            undo_step(conn);
             Err(e)
         }
     }

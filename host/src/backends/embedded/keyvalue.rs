@@ -87,8 +87,10 @@ impl EmbeddedStore {
     /// committed, the value its commit writes, and its fence then depends
     /// on that commit (docs/embedded-store.md, "What readers see
     /// meanwhile"): a compare-and-swap that follows joins the next batch
-    /// instead of failing against the value from before, and no read
-    /// waits for, or goes to SQLite because of, a commit in flight.
+    /// instead of failing against the value from before, and the read is
+    /// answered from memory instead of SQLite. (Keys the batch touched
+    /// without writing them, a failed swap say, are still read from
+    /// SQLite: the batch leaves them as they were.)
     async fn read_known(&self, keys: &[String]) -> Result<Vec<Known>, StoreError> {
         let cache = self.db.cache();
         let cache_keys: Vec<String> = keys.iter().map(|k| cache_key(&self.ns, k)).collect();
