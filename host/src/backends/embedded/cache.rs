@@ -16,10 +16,8 @@
 //!    odd. While the commit is in flight those keys are read from SQLite,
 //!    which decides whether the reader sees the old or the new value; no
 //!    reader can see an old value from the cache after another saw the new
-//!    one from SQLite. (A reader holding an open read fence gets the
-//!    batch's value from [`ReadCache::lookup_through`] instead, and
-//!    everything it derives waits for the commit.) A batch that wrote no
-//!    key (message-queue work only) changes nothing here.
+//!    one from SQLite. A batch that wrote no key (message-queue work only)
+//!    changes nothing here.
 //! 2. [`PendingCommit::committed`], after `COMMIT` succeeded: the batch's
 //!    final values (or "absent" for a delete) are inserted and the epoch
 //!    becomes even again. A failed commit only makes the epoch even.
@@ -54,7 +52,7 @@ const MAX_ENTRY_SHARE: usize = 16;
 pub(super) struct ReadCache {
     inner: Mutex<Inner>,
     /// Whether a commit in flight offers its values
-    /// ([`Self::lookup_through`]): lets a read skip the lock when none
+    /// ([`Self::lookup_uncommitted`]): lets a read skip the lock when none
     /// does.
     offering: AtomicBool,
     budget: usize,
@@ -68,8 +66,8 @@ struct Inner {
     /// The keys of the commit in flight (empty when the epoch is even).
     in_flight: HashSet<String>,
     /// The value each in-flight key will have if its commit succeeds, and
-    /// that commit's batch number: what a reader holding an open read
-    /// fence may see ([`ReadCache::lookup_through`]).
+    /// that commit's batch number: what a fenced compare-and-swap read
+    /// may see ([`ReadCache::lookup_uncommitted`]).
     uncommitted: HashMap<String, (Known, u64)>,
 }
 
@@ -132,37 +130,16 @@ impl ReadCache {
         (found, Ticket(inner.epoch))
     }
 
-    /// [`Self::lookup`] for a reader that holds an open read fence
-    /// (`capabilities/keyvalue/read_fence.rs`): a key being committed is
-    /// answered with the value its commit writes, and that commit's batch
-    /// number is returned with the answers. One lock, so the answers are
-    /// of one moment: the state the commit in flight leaves if it
-    /// succeeds (a key it does not write has the same value before and
-    /// after). The reader must record the batch in its fence before using
-    /// any answer, which makes everything it derives wait for, or fail
-    /// with, that commit; if the fence refuses, it looks up again with
-    /// [`Self::lookup`].
-    pub(super) fn lookup_through(
-        &self,
-        keys: &[String],
-    ) -> (Vec<Option<Known>>, Option<u64>, Ticket) {
+    /// The value `key` will have once the commit in flight succeeds, with
+    /// that commit's batch number; `None` when the key is not being
+    /// committed. Only for a reader that holds a read fence
+    /// (`capabilities/keyvalue/read_fence.rs`), which makes everything it
+    /// derives from the value wait for, or fail with, that commit.
+    pub(super) fn lookup_uncommitted(&self, key: &str) -> Option<(Known, u64)> {
         if !self.offers_uncommitted() {
-            let (found, ticket) = self.lookup(keys);
-            return (found, None, ticket);
+            return None;
         }
-        let mut inner = self.lock();
-        let mut batch = None;
-        let found = keys
-            .iter()
-            .map(|k| match inner.uncommitted.get(k) {
-                Some((known, b)) => {
-                    batch = Some(*b);
-                    Some(known.clone())
-                }
-                None => inner.entries.get(k).cloned(),
-            })
-            .collect();
-        (found, batch, Ticket(inner.epoch))
+        self.lock().uncommitted.get(key).cloned()
     }
 
     /// Whether any of `keys` is being committed right now (offered as an
@@ -266,9 +243,9 @@ pub(super) struct PendingCommit<'a> {
 }
 
 impl PendingCommit<'_> {
-    /// Lets readers holding an open read fence see `written`, the final state of
+    /// Lets fenced compare-and-swap reads see `written`, the final state of
     /// each key of batch `batch`, until the commit ends
-    /// ([`ReadCache::lookup_through`]). Call right before `COMMIT`,
+    /// ([`ReadCache::lookup_uncommitted`]). Call right before `COMMIT`,
     /// when the batch can no longer change.
     pub(super) fn offer_uncommitted(&self, written: &[(String, Known)], batch: u64) {
         if self.active {
@@ -356,38 +333,22 @@ mod tests {
         assert_eq!(one(&cache, "other").0, Some(known("old", 3)));
     }
 
-    /// What a fenced reader gets for `key`, and the batch it then depends on.
-    fn through(cache: &ReadCache, key: &str) -> (Option<Known>, Option<u64>) {
-        let (mut found, batch, _) = cache.lookup_through(&[key.to_string()]);
-        (found.pop().unwrap(), batch)
-    }
-
     #[test]
     fn an_uncommitted_value_is_offered_only_while_its_commit_is_in_flight() {
         let cache = ReadCache::new(1 << 20);
-        let pending = cache.begin_commit(["seed"]);
-        pending.committed(vec![("other".into(), known("o1", 1))]);
         let pending = cache.begin_commit(["k"]);
-        assert_eq!(through(&cache, "k"), (None, None), "not offered yet");
+        assert_eq!(cache.lookup_uncommitted("k"), None, "not offered yet");
         pending.offer_uncommitted(&[("k".into(), known("v1", 7))], 3);
-        assert_eq!(through(&cache, "k"), (Some(known("v1", 7)), Some(3)));
-        assert_eq!(one(&cache, "k").0, None, "unfenced reads: committed only");
-        // Several keys at once: the state the commit leaves, whose other
-        // keys are the committed ones.
-        let (found, batch, _) = cache.lookup_through(&["other".into(), "k".into(), "x".into()]);
-        assert_eq!(
-            found,
-            vec![Some(known("o1", 1)), Some(known("v1", 7)), None]
-        );
-        assert_eq!(batch, Some(3));
+        assert_eq!(cache.lookup_uncommitted("k"), Some((known("v1", 7), 3)));
+        assert_eq!(one(&cache, "k").0, None, "plain reads: committed only");
         pending.committed(vec![("k".into(), known("v1", 7))]);
-        assert_eq!(through(&cache, "k"), (Some(known("v1", 7)), None));
+        assert_eq!(cache.lookup_uncommitted("k"), None);
         assert_eq!(one(&cache, "k").0, Some(known("v1", 7)));
 
         let pending = cache.begin_commit(["k"]);
         pending.offer_uncommitted(&[("k".into(), known("v2", 8))], 4);
         drop(pending); // the commit failed
-        assert_eq!(through(&cache, "k"), (None, None));
+        assert_eq!(cache.lookup_uncommitted("k"), None);
         assert_eq!(one(&cache, "k").0, None);
     }
 

@@ -784,10 +784,12 @@ fn run_call(state: &mut DbState, call: &mut dyn Call) -> Result<Applied, String>
 }
 
 /// Undoes the step in savepoint `w`. Should that fail, the whole
-/// transaction is rolled back instead: a step is never kept in part,
-/// which both the read cache (a key the step touched keeps its value from
-/// before) and the batch's readers rely on; the batch then fails as a
-/// whole ([`apply_steps`] finds the connection out of its transaction).
+/// transaction is rolled back instead, so a step is never kept in part:
+/// its caller is told it was not made, and readers of the batch in
+/// flight (fenced compare-and-swap reads) see only the batch's steps that
+/// were, so a half-kept step would be a write nobody knows of. The batch
+/// then fails as a whole ([`apply_steps`] finds the connection out of its
+/// transaction).
 fn undo_step(conn: &Connection) {
     if conn.execute_batch("ROLLBACK TO w; RELEASE w").is_err() {
         tracing::error!("undoing one write of a batch failed; the whole batch is rolled back");

@@ -5,7 +5,7 @@
 //! go to the writer thread's next group commit (`db.rs`); an answered
 //! write is on disk.
 
-use super::cache::{Known, Ticket, cache_key};
+use super::cache::{Known, cache_key};
 use super::db::{Applied, WriteOp};
 use super::{EmbeddedDb, NAME};
 use crate::capabilities::BackendError;
@@ -82,19 +82,10 @@ impl EmbeddedStore {
     /// cache where it knows the key, the rest read from SQLite in one read
     /// transaction (on this thread for up to [`SHORT_GET_MANY`] keys) and
     /// kept in the cache when no commit raced the read (`cache.rs`).
-    ///
-    /// A request holding an open read fence gets, for a key being
-    /// committed, the value its commit writes, and its fence then depends
-    /// on that commit (docs/embedded-store.md, "What readers see
-    /// meanwhile"): a compare-and-swap that follows joins the next batch
-    /// instead of failing against the value from before, and the read is
-    /// answered from memory instead of SQLite. (Keys the batch touched
-    /// without writing them, a failed swap say, are still read from
-    /// SQLite: the batch leaves them as they were.)
     async fn read_known(&self, keys: &[String]) -> Result<Vec<Known>, StoreError> {
         let cache = self.db.cache();
         let cache_keys: Vec<String> = keys.iter().map(|k| cache_key(&self.ns, k)).collect();
-        let (found, ticket) = self.look_up(keys, &cache_keys).await?;
+        let (found, ticket) = cache.lookup(&cache_keys);
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
         if missing.is_empty() {
             return Ok(found.into_iter().flatten().collect());
@@ -116,43 +107,30 @@ impl EmbeddedStore {
         // A commit started or ended between the cache's answer and the
         // read: the hits may be older than the read. Read them all again,
         // in one transaction. (With no hits, the read is already of one
-        // moment: taken above.) Any commit the hits were taken from has
-        // ended by now, so this is no older than they were.
+        // moment: taken above.)
         self.read_rows(keys.to_vec()).await
     }
 
-    /// The read cache's answers for `keys` (`cache_keys` in the cache's
-    /// naming), through the commit in flight when the running request's
-    /// fence is open ([`read_known`](Self::read_known)); committed values
-    /// only otherwise, after [`catch_up`](Self::catch_up).
-    async fn look_up(
-        &self,
-        keys: &[String],
-        cache_keys: &[String],
-    ) -> Result<(Vec<Option<Known>>, Ticket), StoreError> {
+    /// The value `key` gets from the commit in flight, if it is being
+    /// committed and the running request holds an open read fence, which
+    /// then depends on that commit.
+    fn read_uncommitted(&self, key: &str) -> Option<Known> {
+        let fence = ReadFence::current()?;
         let cache = self.db.cache();
-        let Some(fence) = ReadFence::current() else {
-            return Ok(cache.lookup(cache_keys));
-        };
-        let (found, batch, ticket) = cache.lookup_through(cache_keys);
-        match batch {
-            None => return Ok((found, ticket)),
-            Some(batch) if fence.record(self.db.log(), batch) => return Ok((found, ticket)),
-            // The fence is closed (the response is on its way): committed
-            // values only, none older than one the request already saw.
-            Some(_) => {}
+        if !cache.offers_uncommitted() {
+            return None;
         }
-        self.catch_up(Some(keys)).await?;
-        Ok(cache.lookup(cache_keys))
+        let (known, batch) = cache.lookup_uncommitted(&cache_key(&self.ns, key))?;
+        fence.record(self.db.log(), batch).then_some(known)
     }
 
     /// Before a read of committed values of `keys` (`None`: a listing,
     /// any key): if the running request already read a value of a commit
     /// in flight and one of `keys` is being committed, waits until that
     /// commit is durable, so that no read of the request shows an older
-    /// state than one it saw before (a listing, or a `get` once its fence
-    /// is closed, after a read of the batch in flight). A key not being
-    /// committed reads the same either way. Immediate otherwise, and
+    /// state than one it saw before (a `get` after a compare-and-swap read
+    /// of the same key, or of another key of the same batch). A key not
+    /// being committed reads the same either way. Immediate otherwise, and
     /// nearly always in practice: a request whose swap was acknowledged
     /// already waited longer than that.
     async fn catch_up<K: AsRef<str>>(&self, keys: Option<&[K]>) -> Result<(), StoreError> {
@@ -239,6 +217,7 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.catch_up(Some(&[key])).await?;
         let known = self.read_known(&[key.to_string()]).await?;
         Ok(known.into_iter().next().flatten().map(|(v, _)| v.to_vec()))
     }
@@ -274,6 +253,7 @@ impl KeyValueStore for EmbeddedStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.catch_up(Some(keys)).await?;
         let known = self.read_known(keys).await?;
         Ok(known
             .into_iter()
@@ -305,12 +285,15 @@ impl KeyValueStore for EmbeddedStore {
     /// its swap then joins the next batch instead of failing against the
     /// value from before.
     async fn read_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, CasVersion), StoreError> {
-        let known = self
-            .read_known(&[key.to_string()])
-            .await?
-            .into_iter()
-            .next()
-            .flatten();
+        let known = match self.read_uncommitted(key) {
+            Some(known) => known,
+            None => self
+                .read_known(&[key.to_string()])
+                .await?
+                .into_iter()
+                .next()
+                .flatten(),
+        };
         Ok(match known {
             None => (None, CasVersion::Absent),
             Some((v, version)) => (Some(v.to_vec()), CasVersion::Version(version.to_string())),
@@ -347,12 +330,12 @@ mod tests {
         (dir, EmbeddedKeyValue::new(db))
     }
 
-    /// docs/embedded-store.md, "What readers see meanwhile": only a
-    /// request holding an open fence reads a commit in flight (plain and
-    /// compare-and-swap reads alike), and then depends on it; a write of a
-    /// request that read a failed batch is refused.
+    /// docs/embedded-store.md, "What readers see meanwhile": only a fenced
+    /// request's compare-and-swap read sees a commit in flight, and then
+    /// depends on it; a write of a request that read a failed batch is
+    /// refused.
     #[tokio::test]
-    async fn only_a_fenced_read_sees_a_commit_in_flight_and_its_writes_depend_on_it() {
+    async fn only_a_fenced_swap_read_sees_a_commit_in_flight_and_its_writes_depend_on_it() {
         let (_dir, kv) = backend();
         let s = kv.open("c", "default").unwrap();
         s.set("k", b"old").await.unwrap();
@@ -378,46 +361,33 @@ mod tests {
         assert_eq!(value, b"new");
         assert_eq!(version, CasVersion::Version("4242".into()));
         assert_eq!(fence.dependency(&log), Some(Reads::one(in_flight)));
-        // Plain reads see it too, with the keys the batch does not write
-        // as they are: the state the batch leaves.
-        let plain = ReadFence::new();
-        let got = plain.clone().scope(s.get("k")).await.unwrap();
-        assert_eq!(got.as_deref(), Some(&b"new"[..]));
-        assert_eq!(plain.dependency(&log), Some(Reads::one(in_flight)));
-        let keys = ["k".to_string(), "not-in-the-batch".to_string()];
-        let both = plain.clone().scope(s.get_many(&keys)).await.unwrap();
-        assert_eq!(both, vec![Some(b"new".to_vec()), None]);
-        // A fence closed before it read anything: committed values only.
-        let closed = ReadFence::new();
-        closed.close();
-        assert_eq!(closed.clone().scope(read(s.clone())).await.0, b"old");
-        assert_eq!(closed.dependency(&log), None);
-        // A fence closed after it read the batch (its response is on its
-        // way): a later read of the batch's keys waits until the batch is
-        // durable, so the request's reads never go back; a key the batch
-        // does not write reads at once.
-        fence.close();
+        // A plain get reads committed values only, and, once the request
+        // has seen the batch in flight, only after that batch is durable:
+        // its reads never go back.
         let get = tokio::spawn(fence.clone().scope({
             let s = s.clone();
             async move { s.get("k").await }
         }));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!get.is_finished(), "a get went back before the commit");
+        // A key the batch does not write reads the same either way.
         let other = fence.clone().scope(s.get("not-in-the-batch"));
         let other = tokio::time::timeout(std::time::Duration::from_secs(5), other).await;
         assert_eq!(other.expect("no wait").unwrap(), None);
+        let closed = ReadFence::new();
+        closed.close();
+        assert_eq!(closed.clone().scope(read(s.clone())).await.0, b"old");
+        assert_eq!(closed.dependency(&log), None);
         drop(pending);
 
         // The commit failed: the waiting get fails, and so do the fenced
-        // requests' writes.
+        // request's writes.
         log.settle(in_flight, false);
         assert!(get.await.unwrap().is_err());
-        for fence in [&fence, &plain] {
-            let refused = fence.clone().scope(s.set("other", b"x")).await;
-            assert!(refused.is_err(), "{refused:?}");
-            assert!(fence.settle().await.is_err());
-        }
+        let refused = fence.clone().scope(s.set("other", b"x")).await;
+        assert!(refused.is_err(), "{refused:?}");
         assert_eq!(s.get("other").await.unwrap(), None);
+        assert!(fence.settle().await.is_err());
         s.set("other", b"y").await.unwrap();
     }
 
@@ -473,8 +443,9 @@ mod tests {
     /// Readers racing a writer through the read cache: a read never
     /// returns a value older than the last write acknowledged before it
     /// began, and the two keys of one `set_many` are always read equal,
-    /// whether the reader holds a read fence (as a request does, and may
-    /// then read the batch in flight) or not (as a delivery).
+    /// whether the reader holds a read fence (as a request does, whose
+    /// compare-and-swap reads may see the batch in flight) or not (as a
+    /// delivery).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn cached_reads_never_go_back_and_a_batch_is_seen_whole() {
         use std::sync::atomic::{AtomicI64, Ordering};

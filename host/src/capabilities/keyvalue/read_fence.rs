@@ -2,11 +2,10 @@
 //! keeps everything derived from them inside the host until that commit is
 //! durable (docs/embedded-store.md, "What readers see meanwhile").
 //!
-//! The embedded store may answer a read (plain, or of a compare-and-swap)
-//! with the value a batch is committing (its fsync still running): a swap
-//! that follows then joins the next batch instead of failing against the
-//! old value and starting over, and the read is served from memory
-//! instead of SQLite. Should that commit fail, the value never
+//! The embedded store may answer the read of a compare-and-swap with the
+//! value a batch is committing (its fsync still running): the swap that
+//! follows then joins the next batch instead of failing against the old
+//! value and starting over. Should that commit fail, the value never
 //! existed, so the request that read it must not have told anyone. For a
 //! request holding a [`ReadFence`]:
 //! - its writes to that store name the batches they depend on, and the
