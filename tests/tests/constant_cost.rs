@@ -388,14 +388,11 @@ fn an_order_that_dies_mid_creation_gives_its_stock_back(backend: &Backend) {
     // dead creation (it releases its 100 holds, each a call to the product
     // service), which on a loaded machine may itself outlast the half-second
     // limit: a 503 says to retry, as a client would.
-    let mut r = call(&d, Method::GET, "/api/orders").tenant(t).send();
-    for _ in 0..10 {
-        if r.status != 503 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        r = call(&d, Method::GET, "/api/orders").tenant(t).send();
-    }
+    let r = wait_for(Duration::from_secs(10), || {
+        let r = call(&d, Method::GET, "/api/orders").tenant(t).send();
+        (r.status != 503).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the list answered 503 for 10 s: {}", d.logs()));
     assert_eq!((r.status, r.json()), (200, json!([])), "{}", d.logs());
 }
 
