@@ -1104,6 +1104,62 @@ fn an_unreachable_product_service_is_503() {
 // ------------------------------------------------- slow deliveries (issue 14)
 
 #[test]
+fn a_delivery_finding_every_instance_busy_waits_instead_of_spending_an_attempt() {
+    // daprd counts every RETRY as an attempt, so a pushed delivery that
+    // finds the pool full waits for an instance rather than refuse.
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
+    let host = start_next_to(
+        &sidecar,
+        Host::builder()
+            .manifest(recorder_manifest())
+            .arg("--dapr-allow-unauthenticated")
+            .arg("--max-instances")
+            .arg("1")
+            .arg("--request-timeout-secs")
+            .arg("3"),
+    );
+    // Holds the only instance until its 3 s time limit stops it.
+    let busy = {
+        let url = host.url("/recorder/loop");
+        std::thread::spawn(move || client().get(url).send().map(|r| r.status().as_u16()))
+    };
+    // An HTTP request waits 1 s for an instance: its 503 shows the loop
+    // holds the only one.
+    let c = client();
+    let refused = wait_for(Duration::from_secs(5), || {
+        (c.get(host.url("/recorder/echo")).send().unwrap().status() == 503).then_some(())
+    });
+    assert!(refused.is_some(), "the loop never held the instance");
+    let r = c
+        .post(sidecar.url(&format!("/v1.0/publish/{PUBSUB}/products")))
+        .body("while busy")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let delivered = wait_for(Duration::from_secs(30), || {
+        let d = cluster.deliveries();
+        d.iter().any(|d| d.outcome == "SUCCESS").then_some(d)
+    });
+    let deliveries =
+        delivered.unwrap_or_else(|| panic!("never delivered: {:?}", cluster.deliveries()));
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "delivered at the first attempt: {deliveries:?}"
+    );
+    assert_eq!(deliveries[0].attempt, 1, "{deliveries:?}");
+    assert_eq!(
+        busy.join().unwrap().unwrap(),
+        503,
+        "the loop hit its time limit"
+    );
+    let events = host.recorded_events("products");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"], "while busy");
+}
+
+#[test]
 fn slow_deliveries_hold_a_socket_never_an_instance() {
     use std::io::{Read, Write};
     use std::net::TcpStream;

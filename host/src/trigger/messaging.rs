@@ -20,6 +20,12 @@ use tokio::task::JoinHandle;
 /// Deliveries one receiver runs at once.
 pub const MAX_DELIVERIES_IN_FLIGHT: usize = 32;
 
+/// How long a pushed delivery (Dapr) waits for a free instance before it
+/// is refused, which its broker counts as an attempt: long enough to ride
+/// out a burst that fills the pool (runs take milliseconds), well inside
+/// the 30 s delivery timeout of `infra/dapr/resiliency.yaml`.
+pub const PUSHED_SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// Starts every backend's receiver; the returned tasks end at most
 /// `drain` after `shutdown` turns true.
 pub fn start(
@@ -51,6 +57,28 @@ struct AppDeliverer(Weak<App>);
 #[async_trait]
 impl Deliverer for AppDeliverer {
     async fn deliver(&self, component_id: &str, message: Message) -> Result<(), DeliveryError> {
+        self.deliver_within(component_id, message, None).await
+    }
+
+    async fn deliver_pushed(
+        &self,
+        component_id: &str,
+        message: Message,
+    ) -> Result<(), DeliveryError> {
+        self.deliver_within(component_id, message, Some(PUSHED_SLOT_WAIT))
+            .await
+    }
+}
+
+impl AppDeliverer {
+    /// One delivery; `slot_wait` is how long it may wait for a free
+    /// instance (`None`: not at all).
+    async fn deliver_within(
+        &self,
+        component_id: &str,
+        message: Message,
+        slot_wait: Option<Duration>,
+    ) -> Result<(), DeliveryError> {
         let app = self.0.upgrade().ok_or_else(|| {
             DeliveryError::NoHandler(
                 "the host is shutting down; the message will be redelivered".into(),
@@ -67,8 +95,11 @@ impl Deliverer for AppDeliverer {
         let started = Instant::now();
         let span =
             crate::telemetry::messaging::consumer(component_id, &message, app.subscriptions());
-        let outcome =
-            tracing::Instrument::instrument(run(&app, component_id, message), span.clone()).await;
+        let outcome = tracing::Instrument::instrument(
+            run(&app, component_id, message, slot_wait),
+            span.clone(),
+        )
+        .await;
         if outcome.is_err() {
             crate::telemetry::spans::record_error(&span);
         }
@@ -101,8 +132,14 @@ fn wanted(app: &App, component: &str, topic: &str, message: &Message) -> bool {
     subscriptions.any(|s| s.wants(kind.as_deref()))
 }
 
-/// One delivery in a fresh instance, under the app's time and memory limits.
-async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(), DeliveryError> {
+/// One delivery in a fresh instance, under the app's time and memory
+/// limits, after waiting up to `slot_wait` for a free one.
+async fn run(
+    app: &Arc<App>,
+    component_id: &str,
+    message: Message,
+    slot_wait: Option<Duration>,
+) -> Result<(), DeliveryError> {
     let component = app.component(component_id).ok_or_else(|| {
         DeliveryError::NoHandler(format!(
             "component '{component_id}' is not run by this process"
@@ -119,9 +156,14 @@ async fn run(app: &Arc<App>, component_id: &str, message: Message) -> Result<(),
             .or_else(|| crate::trace::from_metadata(&message.inner.metadata)),
         chaining: Chaining::of(app),
     };
-    // A delivery never waits for a slot: it is retried later without
-    // spending an attempt (docs/messaging.md, "Common rules").
-    let _slot = app.try_instance_slot().map_err(|capacity| {
+    // A polled delivery never waits for a slot: it is retried later
+    // without spending an attempt. A pushed one waits a while, since its
+    // broker would count a refusal (docs/messaging.md, "Common rules").
+    let slot = match slot_wait {
+        None => app.try_instance_slot(),
+        Some(wait) => app.instance_slot(wait).await,
+    };
+    let _slot = slot.map_err(|capacity| {
         crate::metrics::record_instance_refused(component_id);
         DeliveryError::Capacity(capacity.to_string())
     })?;

@@ -18,9 +18,10 @@
 //!   a default route, so daprd never pushes the other types here; a
 //!   component that wants fewer types than its neighbours on the route has
 //!   the rest acknowledged without running (the messaging trigger filters).
-//! - A handler that found no free instance (the pool is full) is answered
-//!   `RETRY` like any failure: daprd's resiliency policy counts it as an
-//!   attempt, which this host cannot prevent (docs/messaging.md).
+//! - A delivery that finds no free instance (the pool is full) waits for
+//!   one for up to 5 s, holding only daprd's connection: daprd
+//!   counts every `RETRY` as an attempt, so a refusal would spend one
+//!   (docs/messaging.md). Only if none frees up is it answered `RETRY`.
 //! - `POST` on such a route: the CloudEvent goes to each subscriber's
 //!   `wasi:messaging/incoming-handler` as the message data (content type
 //!   `application/cloudevents+json`, topic set, `traceparent` in the
@@ -397,7 +398,7 @@ async fn deliver(
     };
     let mut failed = false;
     for component in &sub.components {
-        if let Err(error) = deliverer.deliver(component, message.clone()).await {
+        if let Err(error) = deliverer.deliver_pushed(component, message.clone()).await {
             tracing::warn!(component, topic = %sub.topic, %error, "delivery failed; asking Dapr to retry");
             failed = true;
         }

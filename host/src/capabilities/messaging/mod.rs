@@ -164,8 +164,20 @@ pub fn event_type(message: &BrokerMessage) -> Option<String> {
 #[async_trait]
 pub trait Deliverer: Send + Sync {
     /// `Ok` when the handler accepted the message; `Err` means the
-    /// receiver should retry it.
+    /// receiver should retry it. Finding every instance busy is
+    /// [`DeliveryError::Capacity`] at once: a receiver that polls retries
+    /// it later without spending an attempt.
     async fn deliver(&self, component: &str, message: Message) -> Result<(), DeliveryError>;
+
+    /// As [`deliver`](Self::deliver), for a broker that pushes and counts
+    /// every failed answer as an attempt (Dapr): waits a while for a free
+    /// instance (the trigger's `PUSHED_SLOT_WAIT`, 5 s) before answering
+    /// [`DeliveryError::Capacity`]. A burst of busy
+    /// instances then slows the pusher down, holding only its connection,
+    /// instead of spending its retries. The default does not wait.
+    async fn deliver_pushed(&self, component: &str, message: Message) -> Result<(), DeliveryError> {
+        self.deliver(component, message).await
+    }
 }
 
 /// When receivers stop and how they share the work.
