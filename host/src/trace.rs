@@ -11,28 +11,57 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The vendor-specific companion of [`TRACEPARENT`], passed through as is.
 pub const TRACESTATE: &str = "tracestate";
 
-/// Whether `tp` has the shape `version-traceid-spanid-flags` with 2, 32,
-/// 16 and 2 hex digits.
+/// Whether `tp` is a `traceparent` a receiver may continue, per W3C
+/// Trace Context §3.2: `version-traceid-parentid-flags` of 2, 32, 16 and
+/// 2 lower-case hex digits, version not `ff`, and neither id all zeros.
+/// Anything else starts a new trace (§3.2.2.3: an invalid header is
+/// ignored, never repaired).
 pub fn is_valid(tp: &str) -> bool {
-    let parts: Vec<&str> = tp.split('-').collect();
-    parts.len() == 4
-        && parts[0].len() == 2
-        && parts[1].len() == 32
-        && parts[2].len() == 16
-        && parts[3].len() == 2
-        && parts
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+    let lower_hex = |p: &str| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let not_zero = |p: &str| p.bytes().any(|b| b != b'0');
+    let mut parts = tp.split('-');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(version), Some(trace_id), Some(parent_id), Some(flags), None) => {
+            version.len() == 2
+                && trace_id.len() == 32
+                && parent_id.len() == 16
+                && flags.len() == 2
+                && [version, trace_id, parent_id, flags]
+                    .into_iter()
+                    .all(lower_hex)
+                && version != "ff"
+                && not_zero(trace_id)
+                && not_zero(parent_id)
+        }
+        _ => false,
+    }
+}
+
+/// Random bytes for new ids from the thread's generator (ChaCha, seeded
+/// and reseeded from the OS): a request needs one trace id and several
+/// span ids, and a system call for each showed in the hot path's profile
+/// (docs/performance.md). An id of zeros is invalid, so one never is.
+fn random_id<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut id = [0u8; N];
+    while id.iter().all(|&b| b == 0) {
+        rand::rng().fill_bytes(&mut id);
+    }
+    id
 }
 
 /// A new trace: random trace and span ids, sampled.
 pub fn start() -> String {
-    let mut ids = [0u8; 24];
-    let _ = getrandom::fill(&mut ids);
     format!(
         "00-{}-{}-01",
-        hex::encode(&ids[..16]),
-        hex::encode(&ids[16..])
+        hex::encode(random_id::<16>()),
+        hex::encode(random_id::<8>())
     )
 }
 
@@ -45,11 +74,9 @@ pub fn child(parent: &str) -> Option<String> {
     let mut parts = parent.split('-');
     let (version, trace_id, _span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let mut span = [0u8; 8];
-    getrandom::fill(&mut span).ok()?;
     Some(format!(
         "{version}-{trace_id}-{}-{flags}",
-        hex::encode(span)
+        hex::encode(random_id::<8>())
     ))
 }
 
@@ -126,6 +153,35 @@ mod tests {
         let kept = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         headers.insert(TRACEPARENT, HeaderValue::from_static(kept));
         assert_eq!(ensure(&mut headers), kept);
+    }
+
+    #[test]
+    fn only_what_w3c_calls_valid_is_continued() {
+        let ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert!(is_valid(ok));
+        for bad in [
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "",
+        ] {
+            assert!(!is_valid(bad), "{bad}");
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, HeaderValue::from_str(bad).unwrap());
+            let started = ensure(&mut headers);
+            assert!(is_valid(&started) && started != bad, "{bad} -> {started}");
+        }
+    }
+
+    #[test]
+    fn new_ids_differ() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| start()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|tp| is_valid(tp)));
     }
 
     #[test]

@@ -429,6 +429,86 @@ fn every_request_writes_one_access_line_and_its_log_lines_carry_the_trace_id() {
     );
 }
 
+/// The JSON log lines of `host` whose `message` is `message`, once there
+/// is one (or none after 10 s).
+fn lines_saying(host: &Host, message: &str) -> Vec<Value> {
+    let lines = || -> Vec<Value> {
+        host.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), || {
+        let found = lines();
+        (!found.is_empty()).then_some(found)
+    })
+    .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_delivery_is_logged_under_the_trace_of_the_request_that_published() {
+    let host = Host::builder()
+        .manifest(wasmshop_tests::recorder_manifest(&["products"]))
+        .log_format("json")
+        .start();
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{trace}-{CALLER_SPAN}-01");
+    let r = client()
+        .post(host.url("/recorder/publish/products?client=product-pubsub"))
+        .header("traceparent", &tp)
+        .body("fail-times:1:traced")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let failed = lines_saying(&host, "a subscriber's handler failed on a delivery");
+    assert!(!failed.is_empty(), "no failure line: {}", host.logs());
+    assert_eq!(failed[0]["trace_id"], trace, "{}", failed[0]);
+    assert_eq!(failed[0]["span_id"].as_str().map(str::len), Some(16));
+    assert_eq!(failed[0]["topic"], "products");
+    // The second attempt succeeds.
+    let delivered = wait_for(Duration::from_secs(30), || {
+        let events = host.recorded_events("products");
+        (!events.is_empty()).then_some(events)
+    });
+    assert!(delivered.is_some(), "{}", host.logs());
+}
+
+#[test]
+fn a_traceparent_w3c_calls_invalid_starts_a_new_trace() {
+    let host = Host::builder().log_format("json").start();
+    let upper = "00-7BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
+    let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    for tp in [upper, zeros] {
+        let r = client()
+            .get(host.url("/api/products"))
+            .header("x-tenant-id", "obs")
+            .header("traceparent", tp)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let lines = wait_for(Duration::from_secs(10), || {
+        let access: Vec<Value> = host
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["route"] == "/api/products")
+            .collect();
+        (access.len() == 2).then_some(access)
+    })
+    .unwrap_or_else(|| panic!("two access lines expected: {}", host.logs()));
+    for line in &lines {
+        let id = line["trace_id"].as_str().unwrap();
+        assert_eq!(id.len(), 32, "{line}");
+        assert!(
+            id != "7bf92f3577b34da6a3ce929d0e0e4736" && id.bytes().any(|b| b != b'0'),
+            "an invalid traceparent was continued: {line}"
+        );
+    }
+    assert_ne!(lines[0]["trace_id"], lines[1]["trace_id"]);
+}
+
 #[test]
 fn across_the_two_processes_of_the_dapr_deployment_the_order_is_still_one_trace() {
     let otlp = Receiver::start();

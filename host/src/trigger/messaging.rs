@@ -100,8 +100,16 @@ impl AppDeliverer {
             span.clone(),
         )
         .await;
-        if outcome.is_err() {
+        if let Err(error) = &outcome {
             crate::telemetry::spans::record_error(&span);
+            // Logged in the delivery's span, so the line carries the trace
+            // of the event that failed; the receiver's retry or
+            // dead-letter decision follows in a line of its own.
+            if !error.is_capacity() {
+                span.in_scope(|| {
+                    tracing::warn!(component = component_id, topic, %error, "a subscriber's handler failed on a delivery");
+                });
+            }
         }
         if !matches!(&outcome, Err(e) if e.is_capacity()) {
             app.metrics()
