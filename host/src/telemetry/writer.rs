@@ -45,14 +45,32 @@ impl NonBlockingStderr {
     }
 
     /// Waits (at most `limit`) until the lines written so far reached
-    /// stderr: called before the process exits.
+    /// stderr: called before the process exits. A stderr that takes
+    /// nothing (a stalled pipe reader) fills the queue; the wait for room
+    /// in it counts against the same `limit`, so the exit never hangs.
     pub fn flush(limit: Duration) {
-        let Some(w) = WRITER.get() else { return };
-        let (done, wait) = sync_channel(1);
-        if w.tx.send(Line::Barrier(done)).is_ok() {
-            let _ = wait.recv_timeout(limit);
+        if let Some(w) = WRITER.get() {
+            flush_through(&w.tx, limit);
         }
     }
+}
+
+/// [`NonBlockingStderr::flush`] on the queue `tx`.
+fn flush_through(tx: &SyncSender<Line>, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let (done, wait) = sync_channel(1);
+    let mut barrier = Line::Barrier(done);
+    loop {
+        match tx.try_send(barrier) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                barrier = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
 }
 
 /// How long the writer thread lets lines gather after writing a batch
@@ -191,5 +209,28 @@ pub(crate) mod capture {
         let out = f();
         TO.with(|to| *to.borrow_mut() = None);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_gives_up_when_stderr_takes_nothing_and_the_queue_is_full() {
+        // A queue nobody drains, full: the writer thread is stuck in a
+        // write to a pipe whose reader stopped reading.
+        let (tx, _stuck) = sync_channel(1);
+        tx.try_send(Line::Text(b"waiting\n".to_vec())).unwrap();
+        let (returned, wait) = sync_channel(1);
+        std::thread::spawn(move || {
+            flush_through(&tx, Duration::from_millis(50));
+            let _ = returned.send(());
+        });
+        // Not a timing bound: before, the flush waited for room for ever.
+        assert!(
+            wait.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the flush never returned"
+        );
     }
 }
