@@ -447,11 +447,25 @@ fn lines_saying(host: &Host, message: &str) -> Vec<Value> {
 }
 
 #[test]
-fn a_failed_delivery_is_logged_under_the_trace_of_the_request_that_published() {
+fn failures_are_logged_under_the_trace_of_their_request() {
     let host = Host::builder()
         .manifest(wasmshop_tests::recorder_manifest(&["products"]))
         .log_format("json")
         .start();
+    // A component that traps: the host's line with the cause.
+    let trapped = "8bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client()
+        .get(host.url("/recorder/trap"))
+        .header("traceparent", format!("00-{trapped}-{CALLER_SPAN}-01"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let failed = lines_saying(&host, "component failed");
+    assert!(!failed.is_empty(), "no failure line: {}", host.logs());
+    assert_eq!(failed[0]["trace_id"], trapped, "{}", failed[0]);
+    assert_eq!(failed[0]["span_id"].as_str().map(str::len), Some(16));
+
+    // A delivery whose handler fails once.
     let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
     let tp = format!("00-{trace}-{CALLER_SPAN}-01");
     let r = client()

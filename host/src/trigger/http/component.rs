@@ -144,31 +144,43 @@ where
     // from values it read from a commit still in flight: nothing leaves
     // before that commit is durable, and later reads see committed data.
     fence.close();
-    let withheld = settle_or_withhold(&fence, limit, component_id).await;
+    let withheld = tracing::Instrument::instrument(
+        settle_or_withhold(&fence, limit, component_id),
+        span.clone(),
+    )
+    .await;
+    // What is logged about the outcome is logged in the request's span,
+    // so each line carries its trace id.
     let response = match (withheld, answered) {
         (Some(withheld), _) => withheld,
         (None, Ok(Ok(response))) => response,
-        (None, Ok(Err(code))) => {
+        (None, Ok(Err(code))) => span.in_scope(|| {
             tracing::warn!(component = component_id, error = ?code, "component answered with an HTTP error code");
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "component-error",
                 format!("component '{component_id}' reported an error: {code:?}"),
             )
+        }),
+        (None, Err(_)) => {
+            let ended = task.await;
+            span.in_scope(|| match ended {
+                Ok((Err(e), memory_hit)) => failure_response(app, component_id, &e, memory_hit),
+                Ok((Ok(()), _)) => problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no-response",
+                    format!("component '{component_id}' returned without sending a response"),
+                ),
+                Err(join) => {
+                    tracing::error!(component = component_id, error = %join, "component task failed");
+                    problem(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "component-failed",
+                        format!("component '{component_id}' task failed: {join}"),
+                    )
+                }
+            })
         }
-        (None, Err(_)) => match task.await {
-            Ok((Err(e), memory_hit)) => failure_response(app, component_id, &e, memory_hit),
-            Ok((Ok(()), _)) => problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no-response",
-                format!("component '{component_id}' returned without sending a response"),
-            ),
-            Err(join) => problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "component-failed",
-                format!("component '{component_id}' task failed: {join}"),
-            ),
-        },
     };
     app.metrics()
         .record_request(component_id, response.status().as_u16(), started.elapsed());
