@@ -3,10 +3,9 @@
 //!
 //! Each carries the request's trace id as `traceId` (32 hex digits), as
 //! the services' problems do, so a client can quote it and an operator
-//! find the host's log lines of that request: [`in_request_trace`] makes
-//! sure the request has a `traceparent` (the host sets one when the client
-//! sent none, and components continue it) and keeps its trace id for
-//! every problem made while the request is answered.
+//! find the host's log lines of that request: [`in_request_trace`] keeps
+//! a trace id for every problem made while the request is answered (its
+//! server span's once there is one, which components continue).
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -25,26 +24,36 @@ tokio::task_local! {
     static TRACE_ID: String;
 }
 
-/// Answers `request` with `answer`, after giving it a `traceparent` if it
-/// has no valid one; problems the host makes meanwhile (on this task)
-/// carry its trace id as `traceId`.
-pub async fn in_request_trace<B, F, Fut>(mut request: Request<B>, answer: F) -> Fut::Output
+/// Answers `request` with `answer`; problems the host makes meanwhile (on
+/// this task) carry a trace id as `traceId`: the request's server span's
+/// once it has one, before that the client's trace (a valid
+/// `traceparent`) or a new trace id. Nothing is written into the request:
+/// a request without a valid `traceparent` gets a root server span (no
+/// made-up parent), so the sampler's root rule applies to it.
+pub async fn in_request_trace<B, F, Fut>(request: Request<B>, answer: F) -> Fut::Output
 where
     F: FnOnce(Request<B>) -> Fut,
     Fut: Future,
 {
-    let traceparent = crate::trace::ensure(request.headers_mut());
-    let trace_id = crate::capabilities::error::trace_id_of(&traceparent)
-        .unwrap_or_default()
-        .to_string();
+    let trace_id = request
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|tp| crate::trace::is_valid(tp))
+        .and_then(crate::capabilities::error::trace_id_of)
+        .map(str::to_string)
+        .unwrap_or_else(crate::trace::new_trace_id);
     TRACE_ID.scope(trace_id, answer(request)).await
 }
 
-/// The trace id of the request this task answers, if any.
+/// The trace id of the request this task answers, if any: its server
+/// span's when called inside it.
 pub fn current_trace_id() -> Option<String> {
-    TRACE_ID
-        .try_with(|id| id.clone())
-        .ok()
+    crate::telemetry::spans::current_traceparent()
+        .as_deref()
+        .and_then(crate::capabilities::error::trace_id_of)
+        .map(str::to_string)
+        .or_else(|| TRACE_ID.try_with(|id| id.clone()).ok())
         .filter(|id| !id.is_empty())
 }
 

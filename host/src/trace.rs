@@ -13,13 +13,14 @@ pub const TRACESTATE: &str = "tracestate";
 
 /// Whether `tp` is a `traceparent` a receiver may continue, per W3C
 /// Trace Context §3.2: `version-traceid-parentid-flags` of 2, 32, 16 and
-/// 2 lower-case hex digits, version not `ff`, and neither id all zeros.
-/// Anything else starts a new trace (§3.2.2.3: an invalid header is
-/// ignored, never repaired).
+/// 2 lower-case hex digits, version not `ff`, and neither id all zeros;
+/// a version above `00` may add fields after the flags (§4.3: parse the
+/// four known ones). Anything else starts a new trace (§3.2.2.3: an
+/// invalid header is ignored, never repaired).
 pub fn is_valid(tp: &str) -> bool {
     let lower_hex = |p: &str| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let not_zero = |p: &str| p.bytes().any(|b| b != b'0');
-    let mut parts = tp.split('-');
+    let mut parts = tp.splitn(5, '-');
     match (
         parts.next(),
         parts.next(),
@@ -27,7 +28,9 @@ pub fn is_valid(tp: &str) -> bool {
         parts.next(),
         parts.next(),
     ) {
-        (Some(version), Some(trace_id), Some(parent_id), Some(flags), None) => {
+        (Some(version), Some(trace_id), Some(parent_id), Some(flags), more)
+            if more.is_none() || version != "00" =>
+        {
             version.len() == 2
                 && trace_id.len() == 32
                 && parent_id.len() == 16
@@ -56,6 +59,11 @@ fn random_id<const N: usize>() -> [u8; N] {
     id
 }
 
+/// A new random trace id: 32 lower-case hex digits.
+pub fn new_trace_id() -> String {
+    hex::encode(random_id::<16>())
+}
+
 /// A new trace: random trace and span ids, sampled.
 pub fn start() -> String {
     format!(
@@ -65,17 +73,18 @@ pub fn start() -> String {
     )
 }
 
-/// A child of `parent` (same trace id, new span id); `None` when `parent`
-/// is not a trace context.
+/// A child of `parent` (same trace id and flags, new span id) in the
+/// version this host writes, `00`; `None` when `parent` is not a trace
+/// context.
 pub fn child(parent: &str) -> Option<String> {
     if !is_valid(parent) {
         return None;
     }
     let mut parts = parent.split('-');
-    let (version, trace_id, _span, flags) =
+    let (_version, trace_id, _span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     Some(format!(
-        "{version}-{trace_id}-{}-{flags}",
+        "00-{trace_id}-{}-{flags}",
         hex::encode(random_id::<8>())
     ))
 }
@@ -175,6 +184,15 @@ mod tests {
             let started = ensure(&mut headers);
             assert!(is_valid(&started) && started != bad, "{bad} -> {started}");
         }
+    }
+
+    #[test]
+    fn a_later_version_with_more_fields_is_continued_as_version_00() {
+        let later = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next";
+        assert!(is_valid(later));
+        let c = child(later).unwrap();
+        assert!(c.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && c.ends_with("-01"));
+        assert_eq!(c.len(), 55);
     }
 
     #[test]

@@ -489,6 +489,62 @@ fn failures_are_logged_under_the_trace_of_their_request() {
 }
 
 #[test]
+fn a_request_without_a_traceparent_is_a_root_span_under_the_root_sampler() {
+    // parentbased_always_off: a trace the caller sampled is kept, and a
+    // request that starts a trace is not sampled (the root rule).
+    let otlp = Receiver::start();
+    let host = traced(&otlp)
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+        .start();
+    let sampled = "9bf92f3577b34da6a3ce929d0e0e4736";
+    for _ in 0..5 {
+        let r = client()
+            .get(host.url("/api/products"))
+            .header("x-tenant-id", "obs")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client()
+        .get(host.url("/api/products"))
+        .header("x-tenant-id", "obs")
+        .header("traceparent", format!("00-{sampled}-{CALLER_SPAN}-01"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let kept = wait_for(Duration::from_secs(30), || {
+        let spans = otlp.spans();
+        spans
+            .iter()
+            .any(|s| s.trace_id == sampled && s.kind == SERVER)
+            .then_some(spans)
+    })
+    .unwrap_or_else(|| panic!("the sampled trace was not exported: {:?}", otlp.spans()));
+    let servers: Vec<&Span> = kept.iter().filter(|s| s.kind == SERVER).collect();
+    assert!(
+        servers.iter().all(|s| s.trace_id == sampled),
+        "requests without a traceparent were sampled under parentbased_always_off: {}",
+        describe(&servers)
+    );
+    assert_eq!(servers[0].parent, CALLER_SPAN);
+
+    // Under the default sampler such a request is exported as a root.
+    let otlp = Receiver::start();
+    let host = traced(&otlp).start();
+    let r = client()
+        .get(host.url("/api/products"))
+        .header("x-tenant-id", "obs")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let root = wait_for(Duration::from_secs(30), || {
+        otlp.spans().into_iter().find(|s| s.kind == SERVER)
+    })
+    .unwrap_or_else(|| panic!("no server span: {:?}", otlp.spans()));
+    assert_eq!(root.parent, "", "a made-up parent: {root:?}");
+}
+
+#[test]
 fn a_traceparent_w3c_calls_invalid_starts_a_new_trace() {
     let host = Host::builder().log_format("json").start();
     let upper = "00-7BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
