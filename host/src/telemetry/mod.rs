@@ -81,6 +81,8 @@ impl Signal {
 
 static DROPPED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 static FAILED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Failed export calls per signal (each drops up to a batch of items).
+static FAILED_CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 /// Counts `n` items of `signal` dropped because their queue was full.
 pub fn count_dropped(signal: Signal, n: u64) {
@@ -101,11 +103,13 @@ pub fn failed() -> impl Iterator<Item = (Signal, u64)> {
         .map(|s| (s, FAILED[s.index()].load(Ordering::Relaxed)))
 }
 
-/// Counts a failed export of `n` items and logs the first failure and
-/// every hundredth after it (never exported itself: [`SELF_TARGET`]).
+/// Counts a failed export of `n` items and logs the first failed call
+/// and every hundredth after it, per signal (a collector that is down
+/// fails every batch: one line per batch would flood the log). Never
+/// exported itself: [`SELF_TARGET`].
 pub(crate) fn count_failed(signal: Signal, n: u64, error: &dyn std::fmt::Display) {
-    let before = FAILED[signal.index()].fetch_add(n.max(1), Ordering::Relaxed);
-    if before == 0 || before / 100 != (before + n.max(1)) / 100 {
+    FAILED[signal.index()].fetch_add(n.max(1), Ordering::Relaxed);
+    if should_warn_of_failed_call(&FAILED_CALLS[signal.index()]) {
         tracing::warn!(
             target: SELF_TARGET,
             signal = signal.label(),
@@ -113,6 +117,11 @@ pub(crate) fn count_failed(signal: Signal, n: u64, error: &dyn std::fmt::Display
             "OTLP export failed; the items are dropped and counted in wasmshop_telemetry_export_failures_total. Check OTEL_EXPORTER_OTLP_ENDPOINT and that the collector is up"
         );
     }
+}
+
+/// Counts one failed call in `calls`; true for the 1st, 101st, 201st...
+fn should_warn_of_failed_call(calls: &AtomicU64) -> bool {
+    calls.fetch_add(1, Ordering::Relaxed) % 100 == 0
 }
 
 /// What the `OTEL_*` environment asks for.
@@ -462,6 +471,15 @@ impl Export {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_exports_are_warned_of_at_the_first_call_and_every_hundredth() {
+        let calls = AtomicU64::new(0);
+        let warned: Vec<u64> = (1..=250)
+            .filter(|_| should_warn_of_failed_call(&calls))
+            .collect();
+        assert_eq!(warned, [1, 101, 201]);
+    }
 
     fn config(vars: &[(&str, &str)]) -> Config {
         let vars: HashMap<String, String> = vars
