@@ -414,19 +414,20 @@ fn every_request_writes_one_access_line_and_its_log_lines_carry_the_trace_id() {
     }
     // Exports every 500 ms; a loaded CI machine can be much slower.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let both = |names: &[String]| {
-        names.iter().any(|m| m == "wasmshop.kv.operations")
-            && names.iter().any(|m| m == "http.server.request.duration")
-    };
-    while !both(&otlp.metric_names()) && std::time::Instant::now() < deadline {
+    // The messaging metrics go out too: the product's ProductCreated was
+    // published and delivered to the order service.
+    let wanted = [
+        "wasmshop.kv.operations",
+        "http.server.request.duration",
+        "wasmshop.messaging.published",
+        "wasmshop.messaging.delivered",
+    ];
+    let all = |names: &[String]| wanted.iter().all(|w| names.iter().any(|m| m == w));
+    while !all(&otlp.metric_names()) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let names = otlp.metric_names();
-    assert!(
-        names.iter().any(|m| m == "wasmshop.kv.operations")
-            && names.iter().any(|m| m == "http.server.request.duration"),
-        "{names:?}"
-    );
+    assert!(all(&names), "{wanted:?} not all in {names:?}");
 }
 
 /// The JSON log lines of `host` whose `message` is `message`, once there

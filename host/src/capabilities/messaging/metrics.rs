@@ -1,8 +1,12 @@
 //! The messaging metrics, one set per process: the backends record into
 //! [`messaging`] without a handle passed down to them, and
 //! `metrics.rs` registers the families on every registry ([`register`]).
-//! What each means: docs/messaging.md, "Metrics".
+//! Each is mirrored into an OpenTelemetry instrument of the same meaning
+//! (`wasmshop.messaging.*`), exported over OTLP when metrics export is on
+//! (a no-op otherwise). What each means: docs/messaging.md, "Metrics".
 
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter as OtelCounter, Gauge as OtelGauge};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -55,6 +59,72 @@ pub fn messaging() -> &'static MessagingMetrics {
     })
 }
 
+/// The OpenTelemetry mirrors, made on first use (after `telemetry::start`
+/// set the meter provider).
+struct Otel {
+    queue_depth: OtelGauge<u64>,
+    consumer_lag: OtelGauge<u64>,
+    dead_letters: OtelGauge<u64>,
+    published: OtelCounter<u64>,
+    delivered: OtelCounter<u64>,
+    retried: OtelCounter<u64>,
+    dead_lettered: OtelCounter<u64>,
+}
+
+static OTEL: std::sync::LazyLock<Otel> = std::sync::LazyLock::new(|| {
+    let meter = opentelemetry::global::meter("wasmshop");
+    let gauge = |name: &'static str, description: &'static str| {
+        meter.u64_gauge(name).with_description(description).build()
+    };
+    let counter = |name: &'static str, description: &'static str| {
+        meter
+            .u64_counter(name)
+            .with_description(description)
+            .build()
+    };
+    Otel {
+        queue_depth: gauge(
+            "wasmshop.messaging.queue_depth",
+            "Messages stored for a subscription and not yet acknowledged by it",
+        ),
+        consumer_lag: gauge(
+            "wasmshop.messaging.consumer_lag",
+            "Messages stored for a subscription and not yet handed to it",
+        ),
+        dead_letters: gauge(
+            "wasmshop.messaging.dead_letters",
+            "Dead letters stored on a <topic>.deadletter topic",
+        ),
+        published: counter(
+            "wasmshop.messaging.published",
+            "Messages accepted by a broker",
+        ),
+        delivered: counter(
+            "wasmshop.messaging.delivered",
+            "Deliveries by outcome: success, failure, capacity, filtered",
+        ),
+        retried: counter(
+            "wasmshop.messaging.retried",
+            "Failed deliveries scheduled again",
+        ),
+        dead_lettered: counter(
+            "wasmshop.messaging.dead_lettered",
+            "Messages moved to <topic>.deadletter",
+        ),
+    }
+});
+
+fn topic_attributes(topic: &str) -> [KeyValue; 1] {
+    [KeyValue::new("topic", topic.to_string())]
+}
+
+fn subscription_attributes(topic: &str, subscription: &str) -> [KeyValue; 2] {
+    [
+        KeyValue::new("topic", topic.to_string()),
+        KeyValue::new("subscription", subscription.to_string()),
+    ]
+}
+
 /// Registers the messaging families on `registry` (names get the
 /// registry's `wasmshop_` prefix; counters the `_total` suffix).
 pub fn register(registry: &mut Registry) {
@@ -100,6 +170,7 @@ impl MessagingMetrics {
     /// Counts a message a broker accepted on `topic`.
     pub fn published(&self, topic: &str) {
         self.published.get_or_create(&topic_labels(topic)).inc();
+        OTEL.published.add(1, &topic_attributes(topic));
     }
 
     /// Counts a delivery to `subscription` with `outcome` (`success`,
@@ -112,6 +183,9 @@ impl MessagingMetrics {
                 outcome,
             })
             .inc();
+        let [topic, subscription] = subscription_attributes(topic, subscription);
+        OTEL.delivered
+            .add(1, &[topic, subscription, KeyValue::new("outcome", outcome)]);
     }
 
     /// Counts a failed delivery scheduled again.
@@ -119,11 +193,14 @@ impl MessagingMetrics {
         self.retried
             .get_or_create(&subscription_labels(topic, subscription))
             .inc();
+        OTEL.retried
+            .add(1, &subscription_attributes(topic, subscription));
     }
 
     /// Counts a message moved to `topic`'s dead-letter topic.
     pub fn dead_lettered(&self, topic: &str) {
         self.dead_lettered.get_or_create(&topic_labels(topic)).inc();
+        OTEL.dead_lettered.add(1, &topic_attributes(topic));
     }
 
     /// Sets a subscription's stored-and-unacknowledged count and its lag.
@@ -131,6 +208,9 @@ impl MessagingMetrics {
         let labels = subscription_labels(topic, subscription);
         self.queue_depth.get_or_create(&labels).set(depth as i64);
         self.consumer_lag.get_or_create(&labels).set(lag as i64);
+        let attributes = subscription_attributes(topic, subscription);
+        OTEL.queue_depth.record(depth, &attributes);
+        OTEL.consumer_lag.record(lag, &attributes);
     }
 
     /// Sets the number of dead letters stored on `dead_letter_topic`.
@@ -138,6 +218,8 @@ impl MessagingMetrics {
         self.dead_letters
             .get_or_create(&topic_labels(dead_letter_topic))
             .set(count as i64);
+        OTEL.dead_letters
+            .record(count, &topic_attributes(dead_letter_topic));
     }
 }
 
