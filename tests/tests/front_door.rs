@@ -297,6 +297,49 @@ fn bodies_past_the_size_limit_or_the_memory_budget_are_refused_before_any_compon
 }
 
 #[test]
+fn a_body_finding_the_memory_budget_spent_sheds_the_oldest_slow_body() {
+    // Clients that send most of a large body and stop would otherwise
+    // hold the whole budget until their body deadline (30 s by default)
+    // and every request with a body would get 503 meanwhile.
+    let host = Host::builder()
+        .arg("--max-request-body-bytes")
+        .arg("600000")
+        .arg("--body-buffer-mb")
+        .arg("1")
+        .start();
+    let stalled = |sent: usize| {
+        let mut s = TcpStream::connect(addr(&host)).unwrap();
+        write!(
+            s,
+            "POST /api/products HTTP/1.1\r\nhost: x\r\nx-tenant-id: big\r\ncontent-type: application/json\r\ncontent-length: 550000\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&vec![b' '; sent]).unwrap();
+        s
+    };
+    // 2 x 500 KB of unfinished bodies: 48 KB of the 1 MiB budget left.
+    let mut oldest = stalled(500_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let _younger = stalled(500_000);
+    std::thread::sleep(Duration::from_millis(1500));
+    // A complete 100 KB product (JSON padded with spaces) needs room.
+    let product = json!({"name": "Padded", "price": 1.0, "stock": 1, "category": "tools"});
+    let body = format!("{product}{}", " ".repeat(100_000));
+    let r = client()
+        .post(host.url("/api/products"))
+        .header("x-tenant-id", "big")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    // The oldest stalled body was shed to make that room.
+    let (status, head) = read_head(&mut oldest).expect("the shed body gets an answer");
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("retry-after:"), "{head}");
+}
+
+#[test]
 fn slow_heads_on_the_metrics_port_do_not_stop_a_scrape() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -419,9 +419,25 @@ impl Body for TrackedBody {
 }
 
 /// Bytes of request bodies buffered at once, shared by all requests.
+///
+/// When a body finds the budget spent, the oldest body that has been
+/// arriving for over [`SHED_AFTER`] is shed (answered 503 and closed) to
+/// make room: otherwise a few clients that send most of a large body and
+/// stop would hold the whole budget until their body deadline, and every
+/// other request with a body would be refused meanwhile.
 pub struct BodyBudget {
     used: AtomicUsize,
     max: usize,
+    /// Bodies being read now, oldest first.
+    readers: Mutex<VecDeque<Reader>>,
+    next_reader: AtomicU64,
+}
+
+/// A body being read, and how to stop it.
+struct Reader {
+    id: u64,
+    started: Instant,
+    shed: Arc<Notify>,
 }
 
 impl BodyBudget {
@@ -430,7 +446,45 @@ impl BodyBudget {
         Arc::new(BodyBudget {
             used: AtomicUsize::new(0),
             max,
+            readers: Mutex::new(VecDeque::new()),
+            next_reader: AtomicU64::new(0),
         })
+    }
+
+    /// Registers a body being read; it leaves the registry when the
+    /// returned ticket drops.
+    fn reading(self: &Arc<Self>) -> ReaderTicket {
+        let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let shed = Arc::new(Notify::new());
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Reader {
+                id,
+                started: Instant::now(),
+                shed: shed.clone(),
+            });
+        ReaderTicket {
+            budget: self.clone(),
+            id,
+            shed,
+        }
+    }
+
+    /// Tells the oldest body reader other than `me` that has been reading
+    /// for over [`SHED_AFTER`] to give up; `false` when there is none.
+    fn shed_oldest_slow(&self, me: u64) -> bool {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = readers
+            .iter()
+            .position(|r| r.id != me && r.started.elapsed() >= SHED_AFTER);
+        match victim.and_then(|i| readers.remove(i)) {
+            Some(victim) => {
+                victim.shed.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes `n` more bytes into `held`, or `false` when that would pass
@@ -459,6 +513,31 @@ impl BodyBudget {
         self.used.load(Ordering::Relaxed)
     }
 }
+
+/// A body reader's place in [`BodyBudget`]'s registry.
+struct ReaderTicket {
+    budget: Arc<BodyBudget>,
+    id: u64,
+    /// Notified when the reader is shed.
+    shed: Arc<Notify>,
+}
+
+impl Drop for ReaderTicket {
+    fn drop(&mut self) {
+        let mut readers = self
+            .budget
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = readers.iter().position(|r| r.id == self.id) {
+            readers.remove(i);
+        }
+    }
+}
+
+/// How long a body that found the budget spent waits for the bytes of
+/// the body it shed to be given back.
+const SHED_WAIT: Duration = Duration::from_secs(1);
 
 /// Bytes taken from a [`BodyBudget`], given back when dropped.
 pub struct Reservation {
@@ -541,8 +620,25 @@ pub async fn read_body(
     let mut data = BytesMut::with_capacity(0);
     let mut trailers = None;
     let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
+    let ticket = (!body.is_end_stream()).then(|| budget.reading());
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+        let next = async {
+            match &ticket {
+                Some(t) => tokio::select! {
+                    frame = tokio::time::timeout_at(deadline, body.frame()) => Some(frame),
+                    () = t.shed.notified() => None,
+                },
+                None => Some(tokio::time::timeout_at(deadline, body.frame()).await),
+            }
+        };
+        let Some(frame) = next.await else {
+            tracing::warn!(
+                used = budget.used(),
+                "request shed: its body had been arriving for over a second when another body needed the memory for buffered bodies (--body-buffer-mb)"
+            );
+            return Err(budget_spent());
+        };
+        let frame = match frame {
             Err(_) => {
                 let mut r = problem(
                     StatusCode::REQUEST_TIMEOUT,
@@ -572,20 +668,14 @@ pub async fn read_body(
                 if data.len() + chunk.len() > limits.max_body_bytes {
                     return Err(too_large());
                 }
-                if !budget.take(chunk.len(), &mut reservation) {
+                if !budget.take(chunk.len(), &mut reservation)
+                    && !make_room(budget, ticket.as_ref(), chunk.len(), &mut reservation).await
+                {
                     tracing::warn!(
                         used = budget.used(),
                         "request refused: the memory for buffered request bodies is spent (--body-buffer-mb)"
                     );
-                    let mut r = problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "capacity",
-                        "the host is buffering as many request bodies as its memory budget allows; retry after the Retry-After seconds",
-                    );
-                    r.headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    close(&mut r);
-                    return Err(r);
+                    return Err(budget_spent());
                 }
                 data.extend_from_slice(&chunk);
                 continue;
@@ -603,6 +693,43 @@ pub async fn read_body(
         _reservation: reservation,
     };
     Ok(Request::from_parts(parts, body))
+}
+
+/// 503 with `Retry-After`, closing the connection: the memory for
+/// buffered request bodies is spent.
+fn budget_spent() -> http::Response<HyperOutgoingBody> {
+    let mut r = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "capacity",
+        "the host is buffering as many request bodies as its memory budget allows; retry after the Retry-After seconds",
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    close(&mut r);
+    r
+}
+
+/// Sheds the oldest slow body reader, then takes `n` bytes into `held`
+/// once its bytes are given back (within [`SHED_WAIT`]); `false` when
+/// there is no slow reader to shed or the bytes did not come back.
+async fn make_room(
+    budget: &Arc<BodyBudget>,
+    me: Option<&ReaderTicket>,
+    n: usize,
+    held: &mut Reservation,
+) -> bool {
+    if !budget.shed_oldest_slow(me.map_or(u64::MAX, |t| t.id)) {
+        return false;
+    }
+    let until = Instant::now() + SHED_WAIT;
+    while Instant::now() < until {
+        // The shed reader gives its bytes back when its task next runs.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if budget.take(n, held) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The front door's body reader, for request handlers that run before
