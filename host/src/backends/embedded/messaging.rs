@@ -309,6 +309,11 @@ impl Dispatcher {
     async fn dispatch_due(&self) -> Result<Duration, BackendError> {
         let now = now_ms();
         let here = self.here.clone();
+        // Rows running now are read as they were before their outcome was
+        // written: one that ends while this loop waits for a permit would
+        // otherwise be delivered again from that stale copy. They are
+        // skipped here and read afresh next time if still due.
+        let running: HashSet<(i64, String)> = self.in_flight.lock().unwrap().clone();
         let (due, next_due): (Vec<Due>, Option<i64>) = self
             .db
             .call(move |s| {
@@ -346,7 +351,7 @@ impl Dispatcher {
             .await?;
         for d in due {
             let key = (d.seq, d.subscriber.clone());
-            if !self.in_flight.lock().unwrap().insert(key.clone()) {
+            if running.contains(&key) || !self.in_flight.lock().unwrap().insert(key.clone()) {
                 continue;
             }
             let permit = self.permits.clone().acquire_owned().await.ok();
