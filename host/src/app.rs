@@ -335,7 +335,8 @@ impl App {
                 component.allowed_stores.clone(),
                 self.backends.stores.clone(),
             )
-            .with_traceparent(context.traceparent.clone()),
+            .with_traceparent(context.traceparent.clone())
+            .with_memory_limit(self.max_memory()),
             messaging: MessagingCtx::new(
                 id,
                 component.allowed_clients.clone(),

@@ -163,15 +163,28 @@ fn a_get_many_over_spins_cap_is_an_error_the_guest_handles_not_a_trap() {
     let status = r.status().as_u16();
     let body = r.text().unwrap();
     // The fixture answers a keyvalue error as 500 with the error it got; a
-    // trap would be the host's component-failed problem instead.
+    // trap would be the host's component-failed problem instead. The
+    // limit is half the instance's 64 MiB: Spin's 128 MiB would not fit.
+    let limit = (64 << 20) / 2;
+    assert!(limit < SPIN_GET_MANY_CAP);
     assert_eq!(status, 500, "{body}");
     assert!(
-        body.contains(&format!(
-            "query result exceeds limit of {SPIN_GET_MANY_CAP} bytes"
-        )),
+        body.contains(&format!("query result exceeds limit of {limit} bytes")),
         "the guest got Spin's error, not a trap: {body}"
     );
     assert!(!body.contains("component-failed"), "{body}");
+    // 60 MiB: under Spin's cap, but more than the instance could take.
+    let r = slow
+        .get(host.url("/alpha/kv-get-many/big?count=60"))
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains(&format!("query result exceeds limit of {limit} bytes")),
+        "an error the guest handles, not a trap on its memory: {body}"
+    );
     // Under the cap, get-many answers; the instance and host are fine.
     let r = slow
         .get(host.url("/alpha/kv-get-many/big?count=16"))

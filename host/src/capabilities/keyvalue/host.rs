@@ -10,18 +10,20 @@ use wasmtime::component::Resource;
 
 /// Most bytes a `get-many` hands a guest (keys, values and per-entry
 /// overhead counted as Spin counts them): Spin's `MAX_HOST_BUFFERED_BYTES`,
-/// 128 MiB (`docs/spin-parity.md`). A larger result is a key-value error
-/// the guest can handle, not a trap on its memory limit.
+/// 128 MiB (`docs/spin-parity.md`), lowered per instance to half its
+/// memory limit ([`super::KeyValueCtx::with_memory_limit`]). A larger
+/// result is a key-value error the guest can handle, not a trap on its
+/// memory limit.
 pub const MAX_GET_MANY_BYTES: usize = 128 << 20;
 
 /// Keys fetched per backend call while a `get-many` is assembled, so the
 /// host stops reading soon after the cap is passed.
 const GET_MANY_CHUNK: usize = 64;
 
-/// The text of a `get-many` over [`MAX_GET_MANY_BYTES`] (Spin's wording).
-fn too_large() -> Error {
+/// The text of a `get-many` over `limit` bytes (Spin's wording).
+fn too_large(limit: usize) -> Error {
     Error::Other(format!(
-        "query result exceeds limit of {MAX_GET_MANY_BYTES} bytes; ask for fewer keys at a time"
+        "query result exceeds limit of {limit} bytes; ask for fewer keys at a time"
     ))
 }
 
@@ -268,14 +270,14 @@ impl batch::Host for KeyValueCtx {
                 total += std::mem::size_of::<(String, Option<Vec<u8>>)>()
                     + key.len()
                     + value.as_ref().map_or(0, Vec::len);
-                if total > MAX_GET_MANY_BYTES {
+                if total > self.get_many_limit {
                     tracing::warn!(
                         component = %self.component,
                         keys = keys.len(),
-                        limit = MAX_GET_MANY_BYTES,
-                        "get-many refused: the values exceed the limit; the component should ask for fewer keys at a time"
+                        limit = self.get_many_limit,
+                        "get-many refused: the values exceed the limit (half the instance's memory limit, at most 128 MiB); the component should ask for fewer keys at a time"
                     );
-                    return Ok(Err(too_large()));
+                    return Ok(Err(too_large(self.get_many_limit)));
                 }
                 out.push((key.clone(), value));
             }

@@ -256,6 +256,9 @@ pub struct KeyValueCtx {
     /// The trace context of the request or delivery the instance serves,
     /// logged with every backend error.
     traceparent: Option<String>,
+    /// Most bytes one `get-many` hands this instance (see
+    /// [`KeyValueCtx::with_memory_limit`]).
+    get_many_limit: usize,
 }
 
 impl KeyValueCtx {
@@ -271,7 +274,19 @@ impl KeyValueCtx {
             allowed_stores,
             stores,
             traceparent: None,
+            get_many_limit: host::MAX_GET_MANY_BYTES,
         }
+    }
+
+    /// Caps a `get-many` result at half of the instance's memory limit
+    /// (`max_memory` bytes) when that is below Spin's 128 MiB: the
+    /// canonical ABI copies the whole result into the guest's memory at
+    /// once, so a result near the limit would trap the guest instead of
+    /// being an error it can handle; the other half is left for the
+    /// guest's own copies and its other data.
+    pub fn with_memory_limit(mut self, max_memory: usize) -> Self {
+        self.get_many_limit = host::MAX_GET_MANY_BYTES.min(max_memory / 2);
+        self
     }
 
     /// The trace context backend errors are logged with (the request's or
