@@ -103,7 +103,7 @@ pub struct UpArgs {
     pub from: PathBuf,
 
     /// Address to serve HTTP on (port 0 picks a free port, printed at start-up).
-    #[arg(long, env = "WASMSHOP_LISTEN", default_value = "127.0.0.1:3000")]
+    #[arg(long, env = "WASMSHOP_LISTEN", default_value = "127.0.0.1:3000", value_parser = parse_listen)]
     pub listen: String,
 
     /// Runtime config file choosing the backend of each key-value store
@@ -124,7 +124,7 @@ pub struct UpArgs {
     pub component_id: Vec<String>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
-    #[arg(long, env = "WASMSHOP_METRICS_LISTEN")]
+    #[arg(long, env = "WASMSHOP_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<String>,
 
     /// Directory of the embedded database and the compiled-component cache
@@ -248,6 +248,25 @@ fn parse_secs(text: &str, min: f64, max: f64) -> Result<f64, String> {
 /// The shortest time limit a flag takes (1 ms): shorter ones cannot be
 /// met by any request and are surely typos.
 const MIN_LIMIT_SECS: f64 = 0.001;
+
+/// `HOST:PORT` (an IPv6 host in brackets), checked when the command line
+/// is read so a typo is one line and exit 2, not a failed bind after the
+/// components were compiled.
+fn parse_listen(text: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "'{text}' is not HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:3000, 0.0.0.0:8080, [::]:3000)"
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[') == host.ends_with(']'))
+        && !host.trim_matches(|c| c == '[' || c == ']').is_empty();
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(text.to_string())
+}
 
 fn parse_request_timeout(text: &str) -> Result<f64, String> {
     parse_secs(text, MIN_LIMIT_SECS, 86_400.0)
@@ -575,8 +594,32 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{Cli, parse_listen};
     use clap::CommandFactory;
+
+    #[test]
+    fn listen_addresses_are_host_and_port() {
+        for ok in [
+            "127.0.0.1:3000",
+            "0.0.0.0:0",
+            "[::]:8080",
+            "localhost:65535",
+        ] {
+            assert_eq!(parse_listen(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "bad",
+            ":3000",
+            "127.0.0.1:99999",
+            "127.0.0.1:",
+            "[::1:80",
+            "[]:80",
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn the_flags_of_every_backend_fit_together() {

@@ -91,6 +91,10 @@ fn every_bad_flag_or_environment_value_is_one_line_and_exit_2() {
         ("--idle-timeout-secs", "1e-300"),
         ("--send-timeout-secs", "0"),
         ("--response-buffer-mb", "-1"),
+        ("--metrics-listen", "bad"),
+        ("--metrics-listen", "127.0.0.1:99999"),
+        ("--metrics-listen", ""),
+        ("--metrics-listen", "localhost"),
     ];
     let mut cases: Vec<(String, Command)> = flags
         .iter()
@@ -107,6 +111,7 @@ fn every_bad_flag_or_environment_value_is_one_line_and_exit_2() {
         ("WASMSHOP_MAX_MEMORY_MB", "99999999999999"),
         ("WASMSHOP_DEAD_LETTER_MAX_COUNT", "0"),
         ("WASMSHOP_DEAD_LETTER_MAX_AGE_SECS", "two weeks"),
+        ("WASMSHOP_METRICS_LISTEN", ":3000"),
     ] {
         cases.push((
             format!("{var}={value}"),
