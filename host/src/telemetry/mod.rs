@@ -121,7 +121,7 @@ pub(crate) fn count_failed(signal: Signal, n: u64, error: &dyn std::fmt::Display
 
 /// Counts one failed call in `calls`; true for the 1st, 101st, 201st...
 fn should_warn_of_failed_call(calls: &AtomicU64) -> bool {
-    calls.fetch_add(1, Ordering::Relaxed) % 100 == 0
+    calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(100)
 }
 
 /// What the `OTEL_*` environment asks for.
