@@ -169,6 +169,25 @@ pub fn check(var: &dyn Fn(&str) -> Option<String>) -> Vec<Finding> {
         }
     }
 
+    // `http/json` is an OTLP protocol this build cannot speak (refused at
+    // start, telemetry/mod.rs); anything else unknown is ignored.
+    for k in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        let Some(v) = get(k) else { continue };
+        if !matches!(v.trim(), "grpc" | "http/protobuf" | "http/json") {
+            bad(
+                k,
+                &v,
+                "is not an OTLP protocol (grpc, http/protobuf)",
+                "http/protobuf",
+            );
+        }
+    }
+
     if let Some(v) = get("OTEL_RESOURCE_ATTRIBUTES")
         && let Some(problem) = resource_attributes_problem(&v)
     {
@@ -240,8 +259,25 @@ mod tests {
                 "deployment.environment=prod, team=shop",
             ),
             ("OTEL_LOGS_EXPORTER", ""),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
         ]);
         assert_eq!(ok, vec![]);
+    }
+
+    #[test]
+    fn an_unknown_protocol_is_ignored_for_http_protobuf() {
+        let w = warned(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "bogus")]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && w[0].contains("http/protobuf"),
+            "{w:?}"
+        );
+        // http/json is known, only not spoken here: refused elsewhere.
+        assert_eq!(
+            warned(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -233,7 +233,9 @@ where
 /// Marks a server or client span with its HTTP status (5xx is an error,
 /// as the HTTP semantic conventions say for servers).
 pub fn record_status(span: &Span, status: u16) {
-    span.record("http.response.status_code", status);
+    // As an int, as the conventions type it: tracing-opentelemetry turns
+    // unsigned values into text, signed ones into ints.
+    span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
@@ -284,7 +286,7 @@ pub fn producer(system: &str, topic: &str, component: &str) -> Span {
 /// [`set_parent`] with the delivered CloudEvent's `traceparent` and
 /// [`link`] with the producer's.
 pub fn consumer(system: &str, topic: &str, message_id: &str, component: &str) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "deliver",
         otel.name = %format_args!("process {topic}"),
         otel.kind = "consumer",
@@ -292,11 +294,16 @@ pub fn consumer(system: &str, topic: &str, message_id: &str, component: &str) ->
         messaging.system = system,
         messaging.operation.type = "process",
         messaging.destination.name = topic,
-        messaging.message.id = message_id,
+        messaging.message.id = Empty,
         component = component,
         trace_id = Empty,
         span_id = Empty,
-    )
+    );
+    // A message that is no CloudEvent has no id: the attribute is left out.
+    if !message_id.is_empty() {
+        span.record("messaging.message.id", message_id);
+    }
+    span
 }
 
 /// A client span of one outbound HTTP call by `component`: a chained call
@@ -330,7 +337,7 @@ pub fn outbound_call<B>(component: &str, request: &mut http::Request<B>) -> Outb
     let destination = request.uri().host().unwrap_or("").to_string();
     let span = outbound(request.method().as_str(), &destination, component);
     if let Some(port) = request.uri().port_u16() {
-        span.record("server.port", port);
+        span.record("server.port", i64::from(port));
     }
     if let Some(tp) = traceparent(&span) {
         let trace_of = |v: &str| v.split('-').nth(1).map(str::to_string);
