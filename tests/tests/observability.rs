@@ -546,6 +546,39 @@ fn a_request_without_a_traceparent_is_a_root_span_under_the_root_sampler() {
 }
 
 #[test]
+fn otel_service_name_names_the_hosts_own_records_over_resource_attributes() {
+    let otlp = Receiver::start();
+    let host = traced(&otlp)
+        .env("OTEL_SERVICE_NAME", "shop-host")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=not-this,deployment.environment.name=test",
+        )
+        .start();
+    // The host's own lines (start-up, no component) go out under it.
+    let services = wait_for(Duration::from_secs(30), || {
+        let services: BTreeSet<String> = otlp.logs().into_iter().map(|l| l.service).collect();
+        services.contains("shop-host").then_some(services)
+    })
+    .unwrap_or_else(|| panic!("no record of the host's resource: {:?}", otlp.logs()));
+    assert!(!services.contains("not-this"), "{services:?}");
+    // Components keep their Dapr app ids.
+    let r = client()
+        .get(host.url("/api/products"))
+        .header("x-tenant-id", "obs")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let component = wait_for(Duration::from_secs(30), || {
+        otlp.logs()
+            .into_iter()
+            .any(|l| l.service == "productservice")
+            .then_some(())
+    });
+    assert!(component.is_some(), "{:?}", otlp.logs());
+}
+
+#[test]
 fn a_traceparent_w3c_calls_invalid_starts_a_new_trace() {
     let host = Host::builder().log_format("json").start();
     let upper = "00-7BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";

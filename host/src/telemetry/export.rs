@@ -182,10 +182,13 @@ fn exception_of(record: &mut SdkLogRecord) {
 pub fn resource(component: &str) -> Resource {
     let builder = Resource::builder();
     if component.is_empty() {
-        if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty()) {
-            return builder.build();
-        }
-        return builder.with_service_name("wasmshop").build();
+        // Set last, so OTEL_SERVICE_NAME wins over a service.name in
+        // OTEL_RESOURCE_ATTRIBUTES, as the SDK configuration spec says.
+        let name = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "wasmshop".to_string());
+        return builder.with_service_name(name).build();
     }
     builder
         .with_service_name(super::service_name(component))
