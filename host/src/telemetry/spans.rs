@@ -108,6 +108,25 @@ pub fn server(method: &str, route: Option<&str>, component: &str, tenant: &str) 
     )
 }
 
+/// The tenant a request's access line and span name: its `x-tenant-id`,
+/// `default` without one, and `(invalid)` for a header that is there but
+/// no valid tenant id (bytes outside visible ASCII included), so a forged
+/// value never reaches the log and a bad one is never taken for `default`.
+fn tenant_label(headers: &http::HeaderMap) -> String {
+    let Some(value) = headers.get("x-tenant-id") else {
+        return "default".to_string();
+    };
+    let t = value.as_bytes();
+    let valid = !t.is_empty()
+        && t.len() <= 64
+        && t.iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-');
+    match std::str::from_utf8(t) {
+        Ok(t) if valid => t.to_string(),
+        _ => "(invalid)".to_string(),
+    }
+}
+
 /// What the access line of a request says besides its status and
 /// duration.
 #[derive(Debug, Clone)]
@@ -141,19 +160,7 @@ pub fn request<B>(
 ) -> (Span, Access) {
     use crate::trace::{TRACEPARENT, is_valid};
     let method = request.method().as_str().to_string();
-    let tenant = request
-        .headers()
-        .get("x-tenant-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|t| {
-            let valid = !t.is_empty()
-                && t.len() <= 64
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if valid { t } else { "(invalid)" }
-        })
-        .unwrap_or("default")
-        .to_string();
+    let tenant = tenant_label(request.headers());
     let span = server(&method, route, component, &tenant);
     let incoming = request
         .headers()
@@ -457,6 +464,22 @@ pub fn current_component() -> Option<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_header_that_is_no_tenant_id_is_logged_as_invalid() {
+        let tenant_of = |value: Option<&[u8]>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert("x-tenant-id", http::HeaderValue::from_bytes(v).unwrap());
+            }
+            tenant_label(&headers)
+        };
+        assert_eq!(tenant_of(None), "default");
+        assert_eq!(tenant_of(Some(b"acme-1")), "acme-1");
+        assert_eq!(tenant_of(Some("é".as_bytes())), "(invalid)");
+        assert_eq!(tenant_of(Some(b"\xff")), "(invalid)");
+        assert_eq!(tenant_of(Some(b"a\"b")), "(invalid)");
+    }
 
     #[test]
     fn a_traceparent_parses_into_its_span_context() {
