@@ -106,6 +106,9 @@ struct Shared {
     subs: Mutex<Vec<Sub>>,
     published: Mutex<Vec<(String, String, Value)>>,
     deliveries: Mutex<Vec<Delivery>>,
+    /// The `traceparent` of each state API call, in order (`None`: none
+    /// sent). daprd continues it in its own state spans.
+    state_traceparents: Mutex<Vec<Option<String>>>,
     state_fault: AtomicBool,
     max_attempts: AtomicU32,
     ids: AtomicU64,
@@ -168,6 +171,7 @@ impl DaprCluster {
                 subs: Mutex::default(),
                 published: Mutex::default(),
                 deliveries: Mutex::default(),
+                state_traceparents: Mutex::default(),
                 state_fault: AtomicBool::new(false),
                 max_attempts: AtomicU32::new(5),
                 ids: AtomicU64::new(1),
@@ -244,6 +248,11 @@ impl DaprCluster {
     /// Every delivery attempt so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.shared.deliveries.lock().unwrap().clone()
+    }
+
+    /// The `traceparent` each state API call carried, in order.
+    pub fn state_traceparents(&self) -> Vec<Option<String>> {
+        self.shared.state_traceparents.lock().unwrap().clone()
     }
 
     /// The largest value in the state store: its full key
@@ -407,6 +416,14 @@ async fn handle(shared: Arc<Shared>, cfg: Arc<SidecarCfg>, req: Request<Incoming
         return reply(401, "text/plain", "invalid api token");
     }
     let (parts, body) = req.into_parts();
+    if seg.get(1) == Some(&"state") {
+        let tp = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        shared.state_traceparents.lock().unwrap().push(tp);
+    }
     let body = match http_body_util::Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await

@@ -637,6 +637,38 @@ fn key_value_maps_onto_the_state_api() {
     );
 }
 
+#[test]
+fn state_calls_carry_the_trace_of_their_request() {
+    // daprd continues a caller's traceparent in its own state spans; a
+    // call without one starts a trace of its own in Application Insights.
+    let cluster = DaprCluster::new();
+    let sidecar = cluster.sidecar("productservice", SidecarOptions::default());
+    let host = start_host(
+        &sidecar,
+        Host::builder().component_ids(&["product"]),
+        None,
+        None,
+    );
+    let trace = "3bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client()
+        .post(host.url("/api/products"))
+        .header("x-tenant-id", "traced")
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(r#"{"name": "Traced", "price": 1.0, "stock": 1, "category": "tools"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let calls = cluster.state_traceparents();
+    assert!(!calls.is_empty(), "no state call recorded");
+    assert!(
+        calls.iter().all(|tp| tp
+            .as_deref()
+            .is_some_and(|tp| tp.split('-').nth(1) == Some(trace))),
+        "a state call without the request's trace: {calls:?}"
+    );
+}
+
 // ---------------------------------------------------------------- delivery
 
 #[test]

@@ -106,6 +106,15 @@ impl DaprClient {
             if let Some(t) = &self.token {
                 h.insert(TOKEN_HEADER, t.clone());
             }
+            // daprd continues the caller's trace in its own spans (state
+            // calls included); the current span is the key-value call's,
+            // or the request's when key-value spans are not made.
+            if !h.contains_key(crate::trace::TRACEPARENT)
+                && let Some(tp) = crate::telemetry::spans::current_traceparent()
+                && let Ok(v) = HeaderValue::from_str(&tp)
+            {
+                h.insert(crate::trace::TRACEPARENT, v);
+            }
         }
         let request = builder.body(Full::new(body)).map_err(|e| {
             BackendError::rejected(
