@@ -393,7 +393,10 @@ impl LocalComponents for App {
 }
 
 /// The components to run: `component_ids`, or all when empty.
-fn select(manifest: &AppManifest, component_ids: Vec<String>) -> anyhow::Result<BTreeSet<String>> {
+pub(crate) fn select(
+    manifest: &AppManifest,
+    component_ids: Vec<String>,
+) -> anyhow::Result<BTreeSet<String>> {
     let defined = || manifest.components.keys().cloned().collect::<Vec<_>>();
     if let Some(id) = component_ids
         .iter()

@@ -119,7 +119,8 @@ pub struct UpArgs {
         short = 'c',
         long = "component-id",
         env = "WASMSHOP_COMPONENT_ID",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_component_id
     )]
     pub component_id: Vec<String>,
 
@@ -249,6 +250,18 @@ fn parse_secs(text: &str, min: f64, max: f64) -> Result<f64, String> {
 /// met by any request and are surely typos.
 const MIN_LIMIT_SECS: f64 = 0.001;
 
+/// A component id as listed (`product, order` in the environment is two
+/// ids): surrounding spaces are dropped, an empty one is refused.
+fn parse_component_id(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(
+            "a component id is empty; name components of the manifest, separated by commas".into(),
+        );
+    }
+    Ok(id.to_string())
+}
+
 /// `HOST:PORT` (an IPv6 host in brackets), checked when the command line
 /// is read so a typo is one line and exit 2, not a failed bind after the
 /// components were compiled.
@@ -373,6 +386,9 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
     crate::capabilities::messaging::delivery::DeadLetterRetention::from_env()
         .map_err(ExitError::input)?;
     let manifest = AppManifest::load(&args.from).map_err(ExitError::input)?;
+    // An unknown --component-id is a bad flag: one line and exit 2.
+    crate::app::select(&manifest, args.component_id.clone())
+        .map_err(|e| ExitError::input(format!("{e:#}")))?;
     crate::telemetry::name_components(&manifest);
     let runtime_config = match &args.runtime_config_file {
         Some(path) => RuntimeConfig::load(path).map_err(ExitError::input)?,
@@ -596,6 +612,20 @@ async fn wait_for_signal() {
 mod tests {
     use super::{Cli, parse_listen};
     use clap::CommandFactory;
+
+    #[test]
+    fn component_ids_are_trimmed_and_none_is_empty() {
+        use clap::Parser;
+        let cli =
+            Cli::try_parse_from(["wasmshop", "up", "--component-id", "product, order"]).unwrap();
+        let super::Command::Up(args) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(args.component_id, ["product", "order"]);
+        assert!(
+            Cli::try_parse_from(["wasmshop", "up", "--component-id", "product,,order"]).is_err()
+        );
+    }
 
     #[test]
     fn listen_addresses_are_host_and_port() {
