@@ -1135,6 +1135,16 @@ fn an_unreachable_product_service_is_503() {
 
 // ------------------------------------------------- slow deliveries (issue 14)
 
+/// The recorder without tokens (the explicit opt-in) and with at most
+/// `instances` instances at once.
+fn open_recorder_with_instances(instances: u32) -> wasmshop_tests::HostBuilder {
+    Host::builder()
+        .manifest(recorder_manifest())
+        .arg("--dapr-allow-unauthenticated")
+        .arg("--max-instances")
+        .arg(&instances.to_string())
+}
+
 #[test]
 fn a_delivery_finding_every_instance_busy_waits_instead_of_spending_an_attempt() {
     // daprd counts every RETRY as an attempt, so a pushed delivery that
@@ -1143,11 +1153,7 @@ fn a_delivery_finding_every_instance_busy_waits_instead_of_spending_an_attempt()
     let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
     let host = start_next_to(
         &sidecar,
-        Host::builder()
-            .manifest(recorder_manifest())
-            .arg("--dapr-allow-unauthenticated")
-            .arg("--max-instances")
-            .arg("1")
+        open_recorder_with_instances(1)
             .arg("--request-timeout-secs")
             .arg("3"),
     );
@@ -1199,11 +1205,7 @@ fn slow_deliveries_hold_a_socket_never_an_instance() {
     let sidecar = cluster.sidecar("recorder", SidecarOptions::default());
     let host = start_next_to(
         &sidecar,
-        Host::builder()
-            .manifest(recorder_manifest())
-            .arg("--dapr-allow-unauthenticated")
-            .arg("--max-instances")
-            .arg("2")
+        open_recorder_with_instances(2)
             .arg("--body-read-timeout-secs")
             .arg("3"),
     );

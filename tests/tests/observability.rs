@@ -447,6 +447,18 @@ fn lines_saying(host: &Host, message: &str) -> Vec<Value> {
     .unwrap_or_default()
 }
 
+/// The first JSON log line saying `message`, checked to carry `trace`
+/// and a span id.
+fn logged_in_trace(host: &Host, message: &str, trace: &str) -> Value {
+    let line = lines_saying(host, message)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no line saying {message:?}: {}", host.logs()));
+    assert_eq!(line["trace_id"], trace, "{line}");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    line
+}
+
 #[test]
 fn failures_are_logged_under_the_trace_of_their_request() {
     let host = Host::builder()
@@ -461,10 +473,7 @@ fn failures_are_logged_under_the_trace_of_their_request() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 500);
-    let failed = lines_saying(&host, "component failed");
-    assert!(!failed.is_empty(), "no failure line: {}", host.logs());
-    assert_eq!(failed[0]["trace_id"], trapped, "{}", failed[0]);
-    assert_eq!(failed[0]["span_id"].as_str().map(str::len), Some(16));
+    logged_in_trace(&host, "component failed", trapped);
 
     // A delivery whose handler fails once.
     let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
@@ -476,11 +485,8 @@ fn failures_are_logged_under_the_trace_of_their_request() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 202);
-    let failed = lines_saying(&host, "a subscriber's handler failed on a delivery");
-    assert!(!failed.is_empty(), "no failure line: {}", host.logs());
-    assert_eq!(failed[0]["trace_id"], trace, "{}", failed[0]);
-    assert_eq!(failed[0]["span_id"].as_str().map(str::len), Some(16));
-    assert_eq!(failed[0]["topic"], "products");
+    let failed = logged_in_trace(&host, "a subscriber's handler failed on a delivery", trace);
+    assert_eq!(failed["topic"], "products");
     // The second attempt succeeds.
     let delivered = wait_for(Duration::from_secs(30), || {
         let events = host.recorded_events("products");
