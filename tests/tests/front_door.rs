@@ -297,7 +297,7 @@ fn bodies_past_the_size_limit_or_the_memory_budget_are_refused_before_any_compon
 }
 
 #[test]
-fn a_body_finding_the_memory_budget_spent_sheds_the_oldest_slow_body() {
+fn a_body_finding_the_memory_budget_spent_sheds_the_largest_stalled_body() {
     // Clients that send most of a large body and stop would otherwise
     // hold the whole budget until their body deadline (30 s by default)
     // and every request with a body would get 503 meanwhile.
@@ -311,16 +311,16 @@ fn a_body_finding_the_memory_budget_spent_sheds_the_oldest_slow_body() {
         let mut s = TcpStream::connect(addr(&host)).unwrap();
         write!(
             s,
-            "POST /api/products HTTP/1.1\r\nhost: x\r\nx-tenant-id: big\r\ncontent-type: application/json\r\ncontent-length: 550000\r\n\r\n"
+            "POST /api/products HTTP/1.1\r\nhost: x\r\nx-tenant-id: big\r\ncontent-type: application/json\r\ncontent-length: 590000\r\n\r\n"
         )
         .unwrap();
         s.write_all(&vec![b' '; sent]).unwrap();
         s
     };
-    // 2 x 500 KB of unfinished bodies: 48 KB of the 1 MiB budget left.
-    let mut oldest = stalled(500_000);
-    std::thread::sleep(Duration::from_millis(300));
-    let _younger = stalled(500_000);
+    // 520 + 480 KB of bodies that stopped: 48 KB of the 1 MiB budget left.
+    let mut largest = stalled(520_000);
+    let _smaller = stalled(480_000);
+    // A body with no byte for over a second has stalled.
     std::thread::sleep(Duration::from_millis(1500));
     // A complete 100 KB product (JSON padded with spaces) needs room.
     let product = json!({"name": "Padded", "price": 1.0, "stock": 1, "category": "tools"});
@@ -333,8 +333,9 @@ fn a_body_finding_the_memory_budget_spent_sheds_the_oldest_slow_body() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
-    // The oldest stalled body was shed to make that room.
-    let (status, head) = read_head(&mut oldest).expect("the shed body gets an answer");
+    // The largest stalled body was shed to make that room (it alone freed
+    // enough).
+    let (status, head) = read_head(&mut largest).expect("the shed body gets an answer");
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("retry-after:"), "{head}");
 }

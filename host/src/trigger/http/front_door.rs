@@ -420,24 +420,38 @@ impl Body for TrackedBody {
 
 /// Bytes of request bodies buffered at once, shared by all requests.
 ///
-/// When a body finds the budget spent, the oldest body that has been
-/// arriving for over [`SHED_AFTER`] is shed (answered 503 and closed) to
-/// make room: otherwise a few clients that send most of a large body and
-/// stop would hold the whole budget until their body deadline, and every
-/// other request with a body would be refused meanwhile.
+/// When a body finds the budget spent, bodies that have **stalled** (no
+/// byte for over [`SHED_AFTER`]) are shed, those holding the most bytes
+/// first, until they free enough: each is answered 503 and closed, and
+/// the body that needed the room takes it. Otherwise a few clients that
+/// send most of a large body and stop would hold the whole budget until
+/// their body deadline, and every other request with a body would be
+/// refused meanwhile. A body that keeps arriving is never shed, however
+/// slow or large; nor is one while it waits for room itself.
 pub struct BodyBudget {
     used: AtomicUsize,
     max: usize,
-    /// Bodies being read now, oldest first.
-    readers: Mutex<VecDeque<Reader>>,
+    /// Bodies being read now.
+    readers: Mutex<Vec<Reader>>,
     next_reader: AtomicU64,
+    /// Origin of the readers' progress clocks.
+    epoch: Instant,
 }
 
-/// A body being read, and how to stop it.
+/// A body being read: how far it got, and how to stop it.
 struct Reader {
     id: u64,
-    started: Instant,
+    progress: Arc<Progress>,
     shed: Arc<Notify>,
+}
+
+/// What a body reader last did, shared with the registry.
+struct Progress {
+    /// Milliseconds after the budget's epoch of the last byte (or of the
+    /// start, or of the last wait for room).
+    last_ms: AtomicU64,
+    /// Bytes it holds from the budget.
+    held: AtomicUsize,
 }
 
 impl BodyBudget {
@@ -446,9 +460,14 @@ impl BodyBudget {
         Arc::new(BodyBudget {
             used: AtomicUsize::new(0),
             max,
-            readers: Mutex::new(VecDeque::new()),
+            readers: Mutex::new(Vec::new()),
             next_reader: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Registers a body being read; it leaves the registry when the
@@ -456,35 +475,63 @@ impl BodyBudget {
     fn reading(self: &Arc<Self>) -> ReaderTicket {
         let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
         let shed = Arc::new(Notify::new());
+        let progress = Arc::new(Progress {
+            last_ms: AtomicU64::new(self.now_ms()),
+            held: AtomicUsize::new(0),
+        });
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back(Reader {
+            .push(Reader {
                 id,
-                started: Instant::now(),
+                progress: progress.clone(),
                 shed: shed.clone(),
             });
         ReaderTicket {
             budget: self.clone(),
             id,
+            progress,
             shed,
         }
     }
 
-    /// Tells the oldest body reader other than `me` that has been reading
-    /// for over [`SHED_AFTER`] to give up; `false` when there is none.
-    fn shed_oldest_slow(&self, me: u64) -> bool {
+    /// Sheds stalled body readers other than `me`, the largest first,
+    /// until they hold at least `needed` bytes together; sheds none and
+    /// returns `false` when all stalled readers together hold less.
+    fn shed_stalled(&self, me: u64, needed: usize) -> bool {
+        // In the budget's first second nothing has stalled yet.
+        let Some(stalled_since) = self.now_ms().checked_sub(SHED_AFTER.as_millis() as u64) else {
+            return false;
+        };
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        let victim = readers
+        let mut stalled: Vec<(usize, usize)> = readers
             .iter()
-            .position(|r| r.id != me && r.started.elapsed() >= SHED_AFTER);
-        match victim.and_then(|i| readers.remove(i)) {
-            Some(victim) => {
-                victim.shed.notify_one();
-                true
-            }
-            None => false,
+            .enumerate()
+            .filter(|(_, r)| {
+                r.id != me && r.progress.last_ms.load(Ordering::Relaxed) <= stalled_since
+            })
+            .map(|(i, r)| (i, r.progress.held.load(Ordering::Relaxed)))
+            .filter(|(_, held)| *held > 0)
+            .collect();
+        stalled.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut freed = 0;
+        let take = stalled
+            .iter()
+            .take_while(|(_, held)| {
+                let more = freed < needed;
+                freed += held;
+                more
+            })
+            .count();
+        if freed < needed {
+            return false;
         }
+        let mut victims: Vec<usize> = stalled[..take].iter().map(|(i, _)| *i).collect();
+        victims.sort_unstable_by(|a, b| b.cmp(a));
+        for i in victims {
+            readers.swap_remove(i).shed.notify_one();
+        }
+        true
     }
 
     /// Takes `n` more bytes into `held`, or `false` when that would pass
@@ -518,8 +565,19 @@ impl BodyBudget {
 struct ReaderTicket {
     budget: Arc<BodyBudget>,
     id: u64,
+    progress: Arc<Progress>,
     /// Notified when the reader is shed.
     shed: Arc<Notify>,
+}
+
+impl ReaderTicket {
+    /// Records progress: `held` bytes taken so far, now.
+    fn advanced(&self, held: usize) {
+        self.progress.held.store(held, Ordering::Relaxed);
+        self.progress
+            .last_ms
+            .store(self.budget.now_ms(), Ordering::Relaxed);
+    }
 }
 
 impl Drop for ReaderTicket {
@@ -530,14 +588,15 @@ impl Drop for ReaderTicket {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(i) = readers.iter().position(|r| r.id == self.id) {
-            readers.remove(i);
+            readers.swap_remove(i);
         }
     }
 }
 
 /// How long a body that found the budget spent waits for the bytes of
-/// the body it shed to be given back.
-const SHED_WAIT: Duration = Duration::from_secs(1);
+/// the bodies it shed to be given back; shorter than [`SHED_AFTER`], so
+/// a reader waiting for room never counts as stalled itself.
+const SHED_WAIT: Duration = Duration::from_millis(500);
 
 /// Bytes taken from a [`BodyBudget`], given back when dropped.
 pub struct Reservation {
@@ -634,7 +693,8 @@ pub async fn read_body(
         let Some(frame) = next.await else {
             tracing::warn!(
                 used = budget.used(),
-                "request shed: its body had been arriving for over a second when another body needed the memory for buffered bodies (--body-buffer-mb)"
+                trace_id = crate::problem::current_trace_id().unwrap_or_default(),
+                "request shed: its body had stalled for over a second when another body needed the memory for buffered bodies (--body-buffer-mb)"
             );
             return Err(budget_spent());
         };
@@ -673,9 +733,13 @@ pub async fn read_body(
                 {
                     tracing::warn!(
                         used = budget.used(),
+                        trace_id = crate::problem::current_trace_id().unwrap_or_default(),
                         "request refused: the memory for buffered request bodies is spent (--body-buffer-mb)"
                     );
                     return Err(budget_spent());
+                }
+                if let Some(t) = &ticket {
+                    t.advanced(reservation.bytes);
                 }
                 data.extend_from_slice(&chunk);
                 continue;
@@ -709,21 +773,26 @@ fn budget_spent() -> http::Response<HyperOutgoingBody> {
     r
 }
 
-/// Sheds the oldest slow body reader, then takes `n` bytes into `held`
-/// once its bytes are given back (within [`SHED_WAIT`]); `false` when
-/// there is no slow reader to shed or the bytes did not come back.
+/// Sheds stalled body readers that free at least `n` bytes, then takes
+/// `n` bytes into `held` once they are given back (within
+/// [`SHED_WAIT`]); `false` when the stalled readers hold too little or
+/// the bytes did not come back.
 async fn make_room(
     budget: &Arc<BodyBudget>,
     me: Option<&ReaderTicket>,
     n: usize,
     held: &mut Reservation,
 ) -> bool {
-    if !budget.shed_oldest_slow(me.map_or(u64::MAX, |t| t.id)) {
+    // Waiting for room is not stalling.
+    if let Some(me) = me {
+        me.advanced(held.bytes);
+    }
+    if !budget.shed_stalled(me.map_or(u64::MAX, |t| t.id), n) {
         return false;
     }
     let until = Instant::now() + SHED_WAIT;
     while Instant::now() < until {
-        // The shed reader gives its bytes back when its task next runs.
+        // The shed readers give their bytes back when their tasks next run.
         tokio::time::sleep(Duration::from_millis(5)).await;
         if budget.take(n, held) {
             return true;
@@ -1002,6 +1071,48 @@ mod tests {
         };
         c.enter(Phase::Busy);
         assert!(matches!(conns.admit(), Admission::Refuse));
+    }
+
+    #[tokio::test]
+    async fn only_stalled_bodies_are_shed_the_largest_first_and_only_if_they_free_enough() {
+        let budget = Arc::new(BodyBudget {
+            used: AtomicUsize::new(0),
+            max: 100,
+            readers: Mutex::new(Vec::new()),
+            next_reader: AtomicU64::new(0),
+            epoch: Instant::now() - Duration::from_secs(10),
+        });
+        let stalled = |held: usize| {
+            let t = budget.reading();
+            t.progress.held.store(held, Ordering::Relaxed);
+            t.progress.last_ms.store(0, Ordering::Relaxed);
+            t
+        };
+        let moving = budget.reading();
+        moving.advanced(50);
+        let big = stalled(30);
+        let small = stalled(10);
+        let count = || budget.readers.lock().unwrap().len();
+        // The stalled ones hold 40 together: shedding them cannot free 50,
+        // and the body still arriving is never a victim.
+        assert!(!budget.shed_stalled(u64::MAX, 50));
+        assert_eq!(count(), 3);
+        // 25 bytes: the largest stalled body alone frees them.
+        assert!(budget.shed_stalled(u64::MAX, 25));
+        assert_eq!(count(), 2);
+        let told = |t: &ReaderTicket| {
+            let shed = t.shed.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), shed.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(told(&big).await, "the largest stalled body is shed");
+        assert!(!told(&small).await);
+        assert!(!told(&moving).await);
+        // A reader never sheds itself.
+        assert!(!budget.shed_stalled(small.id, 5));
     }
 
     #[test]
