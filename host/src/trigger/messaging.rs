@@ -4,7 +4,7 @@
 //! fresh instance — for them (the [`Deliverer`] they deliver through).
 
 use super::http::component::Chaining;
-use crate::app::{App, Capacity, InstanceContext, TimeLimitExceeded};
+use crate::app::{App, Capacity, InstanceContext, InstanceSlot, TimeLimitExceeded};
 use crate::capabilities::BackendError;
 use crate::capabilities::messaging::delivery::DeadLetterRetention;
 use crate::capabilities::messaging::metrics as messaging_metrics;
@@ -140,6 +140,21 @@ fn wanted(app: &App, component: &str, topic: &str, message: &Message) -> bool {
     subscriptions.any(|s| s.wants(kind.as_deref()))
 }
 
+/// A slot taken when one is free, looking every 20 ms for up to `wait`.
+/// Not a place in the slot queue: HTTP requests wait in it (for 1 s), and
+/// a delivery that can wait 5 s must never be served before them, or a
+/// burst of pushes would starve the API.
+async fn free_slot_within(app: &App, wait: Duration) -> Result<InstanceSlot, Capacity> {
+    let until = Instant::now() + wait;
+    loop {
+        match app.try_instance_slot() {
+            Ok(slot) => return Ok(slot),
+            Err(capacity) if Instant::now() >= until => return Err(capacity),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// One delivery in a fresh instance, under the app's time and memory
 /// limits, after waiting up to `slot_wait` for a free one.
 async fn run(
@@ -169,7 +184,7 @@ async fn run(
     // broker would count a refusal (docs/messaging.md, "Common rules").
     let slot = match slot_wait {
         None => app.try_instance_slot(),
-        Some(wait) => app.instance_slot(wait).await,
+        Some(wait) => free_slot_within(app, wait).await,
     };
     let _slot = slot.map_err(|capacity| {
         crate::metrics::record_instance_refused(component_id);
