@@ -10,11 +10,19 @@ use wasmtime::component::Resource;
 
 /// Most bytes a `get-many` hands a guest (keys, values and per-entry
 /// overhead counted as Spin counts them): Spin's `MAX_HOST_BUFFERED_BYTES`,
-/// 128 MiB (`docs/spin-parity.md`), lowered per instance to half its
-/// memory limit ([`super::KeyValueCtx::with_memory_limit`]). A larger
+/// 128 MiB (`docs/spin-parity.md`), lowered per instance to a quarter of
+/// its memory limit ([`super::KeyValueCtx::with_memory_limit`]). A larger
 /// result is a key-value error the guest can handle, not a trap on its
 /// memory limit.
 pub const MAX_GET_MANY_BYTES: usize = 128 << 20;
+
+/// Bytes one `get-many` entry costs the guest besides its key and value:
+/// Spin counts a `(String, Option<Vec<u8>>)` (48), but the guest also gets
+/// the lowered entry (a string and an optional list: 24), the list of
+/// entries its bindings build from it, and an allocation header for the
+/// key and for the value; 128 covers them (review: 72,000 one-byte values
+/// counted as 4 MB trapped an 8 MiB instance).
+const GET_MANY_ENTRY_OVERHEAD: usize = 128;
 
 /// Keys fetched per backend call while a `get-many` is assembled, so the
 /// host stops reading soon after the cap is passed.
@@ -267,15 +275,13 @@ impl batch::Host for KeyValueCtx {
                 Err(e) => return Ok(Err(self.to_wit("get-many", e))),
             };
             for (key, value) in chunk.iter().zip(values) {
-                total += std::mem::size_of::<(String, Option<Vec<u8>>)>()
-                    + key.len()
-                    + value.as_ref().map_or(0, Vec::len);
+                total += GET_MANY_ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, Vec::len);
                 if total > self.get_many_limit {
                     tracing::warn!(
                         component = %self.component,
                         keys = keys.len(),
                         limit = self.get_many_limit,
-                        "get-many refused: the values exceed the limit (half the instance's memory limit, at most 128 MiB); the component should ask for fewer keys at a time"
+                        "get-many refused: the values exceed the limit (a quarter of the instance's memory limit, at most 128 MiB); the component should ask for fewer keys at a time"
                     );
                     return Ok(Err(too_large(self.get_many_limit)));
                 }

@@ -278,14 +278,15 @@ impl KeyValueCtx {
         }
     }
 
-    /// Caps a `get-many` result at half of the instance's memory limit
-    /// (`max_memory` bytes) when that is below Spin's 128 MiB: the
+    /// Caps a `get-many` result at a quarter of the instance's memory
+    /// limit (`max_memory` bytes) when that is below Spin's 128 MiB: the
     /// canonical ABI copies the whole result into the guest's memory at
     /// once, so a result near the limit would trap the guest instead of
-    /// being an error it can handle; the other half is left for the
-    /// guest's own copies and its other data.
+    /// being an error it can handle. The rest is left for what the guest
+    /// makes of the result (its own list of entries) and its other data;
+    /// a bound, not a promise, since the guest's own use is unknown.
     pub fn with_memory_limit(mut self, max_memory: usize) -> Self {
-        self.get_many_limit = host::MAX_GET_MANY_BYTES.min(max_memory / 2);
+        self.get_many_limit = host::MAX_GET_MANY_BYTES.min(max_memory / 4);
         self
     }
 
