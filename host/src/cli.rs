@@ -125,7 +125,8 @@ pub struct UpArgs {
     pub component_id: Vec<String>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
-    #[arg(long, env = "WASMSHOP_METRICS_LISTEN", value_parser = parse_listen)]
+    /// An empty value (`WASMSHOP_METRICS_LISTEN=` in a template) is off.
+    #[arg(long, env = "WASMSHOP_METRICS_LISTEN", value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<String>,
 
     /// Directory of the embedded database and the compiled-component cache
@@ -279,6 +280,14 @@ fn parse_listen(text: &str) -> Result<String, String> {
         return Err(bad());
     }
     Ok(text.to_string())
+}
+
+/// [`parse_listen`], or empty for off.
+fn parse_metrics_listen(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Ok(String::new());
+    }
+    parse_listen(text)
 }
 
 fn parse_request_timeout(text: &str) -> Result<f64, String> {
@@ -448,7 +457,7 @@ pub async fn up(args: UpArgs) -> Result<(), ExitError> {
     let grace = Duration::from_secs_f64(args.shutdown_grace_secs);
 
     let mut tasks = Vec::new();
-    if let Some(metrics_addr) = &args.metrics_listen {
+    if let Some(metrics_addr) = args.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
         let l = tokio::net::TcpListener::bind(metrics_addr).await.map_err(|e| {
             ExitError::runtime(format!("cannot listen on {metrics_addr} for metrics ({e}); choose another --metrics-listen"))
         })?;
@@ -610,7 +619,7 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, parse_listen};
+    use super::{Cli, parse_listen, parse_metrics_listen};
     use clap::CommandFactory;
 
     #[test]
@@ -649,6 +658,9 @@ mod tests {
             let e = parse_listen(bad).unwrap_err();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");
         }
+        // The metrics listener is off when empty (a template's blank value).
+        assert_eq!(parse_metrics_listen("").as_deref(), Ok(""));
+        assert!(parse_metrics_listen("bad").is_err());
     }
 
     #[test]
