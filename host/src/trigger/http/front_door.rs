@@ -513,7 +513,7 @@ impl BodyBudget {
             .map(|(i, r)| (i, r.progress.held.load(Ordering::Relaxed)))
             .filter(|(_, held)| *held > 0)
             .collect();
-        stalled.sort_by(|a, b| b.1.cmp(&a.1));
+        stalled.sort_by_key(|&(_, held)| std::cmp::Reverse(held));
         let mut freed = 0;
         let take = stalled
             .iter()
