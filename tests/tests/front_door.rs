@@ -297,30 +297,35 @@ fn bodies_past_the_size_limit_or_the_memory_budget_are_refused_before_any_compon
 }
 
 #[test]
-fn a_body_finding_the_memory_budget_spent_sheds_the_largest_stalled_body() {
-    // Clients that send most of a large body and stop would otherwise
-    // hold the whole budget until their body deadline (30 s by default)
-    // and every request with a body would get 503 meanwhile.
+fn a_body_finding_the_memory_budget_spent_sheds_a_stalled_trickling_body() {
+    // A client that sends most of a large body and then a byte now and
+    // then would otherwise hold the budget until its body deadline (30 s
+    // by default), and every request with a body would get 503 meanwhile.
     let host = Host::builder()
         .arg("--max-request-body-bytes")
-        .arg("600000")
+        .arg("1100000")
         .arg("--body-buffer-mb")
         .arg("1")
         .start();
-    let stalled = |sent: usize| {
-        let mut s = TcpStream::connect(addr(&host)).unwrap();
-        write!(
-            s,
-            "POST /api/products HTTP/1.1\r\nhost: x\r\nx-tenant-id: big\r\ncontent-type: application/json\r\ncontent-length: 590000\r\n\r\n"
-        )
-        .unwrap();
-        s.write_all(&vec![b' '; sent]).unwrap();
-        s
+    let mut trickler = TcpStream::connect(addr(&host)).unwrap();
+    write!(
+        trickler,
+        "POST /api/products HTTP/1.1\r\nhost: x\r\nx-tenant-id: big\r\ncontent-type: application/json\r\ncontent-length: 1040000\r\n\r\n"
+    )
+    .unwrap();
+    // 1,000,000 bytes: 48 KB of the 1 MiB budget left.
+    trickler.write_all(&vec![b' '; 1_000_000]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let mut s = trickler.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // A byte every 200 ms: arriving, but far below 64 KiB/s.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && s.write_all(b" ").is_ok() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
     };
-    // 520 + 480 KB of bodies that stopped: 48 KB of the 1 MiB budget left.
-    let mut largest = stalled(520_000);
-    let _smaller = stalled(480_000);
-    // A body with no byte for over a second has stalled.
     std::thread::sleep(Duration::from_millis(1500));
     // A complete 100 KB product (JSON padded with spaces) needs room.
     let product = json!({"name": "Padded", "price": 1.0, "stock": 1, "category": "tools"});
@@ -333,9 +338,10 @@ fn a_body_finding_the_memory_budget_spent_sheds_the_largest_stalled_body() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
-    // The largest stalled body was shed to make that room (it alone freed
-    // enough).
-    let (status, head) = read_head(&mut largest).expect("the shed body gets an answer");
+    // The trickling body was shed to make that room.
+    let (status, head) = read_head(&mut trickler).expect("the shed body gets an answer");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = trickle.join();
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("retry-after:"), "{head}");
 }
