@@ -265,9 +265,16 @@ impl batch::Host for KeyValueCtx {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, Error>> {
         let store = self.bucket(&b)?.store.clone();
-        // Counted as Spin counts: the list, then per entry its overhead,
-        // key and value; fetched in chunks so reading stops soon after the cap.
-        let mut total = std::mem::size_of::<Vec<String>>();
+        // Counted as Spin counts (the list, then per entry its overhead,
+        // key and value), with the guest's real overhead per entry, and
+        // the keys the guest still holds in the list it sent (each key is
+        // in its memory twice once the result is in); fetched in chunks so
+        // reading stops soon after the cap.
+        let mut total = std::mem::size_of::<Vec<String>>()
+            + keys
+                .iter()
+                .map(|k| std::mem::size_of::<String>() + k.len())
+                .sum::<usize>();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(GET_MANY_CHUNK) {
             let values = match store.get_many(chunk).await {
