@@ -3,7 +3,7 @@
 //! delivery — the subscriber's `wasi:messaging/incoming-handler` in a
 //! fresh instance — for them (the [`Deliverer`] they deliver through).
 
-use super::http::component::Chaining;
+use super::http::component::{Chaining, SLOT_WAIT};
 use crate::app::{App, Capacity, InstanceContext, InstanceSlot, TimeLimitExceeded};
 use crate::capabilities::BackendError;
 use crate::capabilities::messaging::delivery::DeadLetterRetention;
@@ -140,19 +140,22 @@ fn wanted(app: &App, component: &str, topic: &str, message: &Message) -> bool {
     subscriptions.any(|s| s.wants(kind.as_deref()))
 }
 
-/// A slot taken when one is free, looking every 20 ms for up to `wait`.
-/// Not a place in the slot queue: HTTP requests wait in it (for 1 s), and
-/// a delivery that can wait 5 s must never be served before them, or a
-/// burst of pushes would starve the API.
+/// A slot within `wait`: taken when one is free, looking every 20 ms,
+/// and for the last [`SLOT_WAIT`] (1 s) from the slot queue itself. HTTP
+/// requests wait in that queue for 1 s: a delivery that queued for all of
+/// its 5 s would be served before them and a burst of pushes would starve
+/// the API; one that only looked would lose every freed slot to them and
+/// a busy API would starve the deliveries (each refusal an attempt spent
+/// at daprd). Queueing only at the end shares the slots in turn.
 async fn free_slot_within(app: &App, wait: Duration) -> Result<InstanceSlot, Capacity> {
-    let until = Instant::now() + wait;
-    loop {
-        match app.try_instance_slot() {
-            Ok(slot) => return Ok(slot),
-            Err(capacity) if Instant::now() >= until => return Err(capacity),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+    let queue_from = Instant::now() + wait.saturating_sub(SLOT_WAIT);
+    while Instant::now() < queue_from {
+        if let Ok(slot) = app.try_instance_slot() {
+            return Ok(slot);
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    app.instance_slot(wait.min(SLOT_WAIT)).await
 }
 
 /// One delivery in a fresh instance, under the app's time and memory
