@@ -35,11 +35,7 @@ where
     F: FnOnce(Request<B>) -> Fut,
     Fut: Future,
 {
-    let trace_id = request
-        .headers()
-        .get(crate::trace::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .filter(|tp| crate::trace::is_valid(tp))
+    let trace_id = crate::trace::valid_in(request.headers())
         .and_then(crate::capabilities::error::trace_id_of)
         .map(str::to_string)
         .unwrap_or_else(crate::trace::new_trace_id);

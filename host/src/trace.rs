@@ -89,12 +89,19 @@ pub fn child(parent: &str) -> Option<String> {
     ))
 }
 
+/// The `traceparent` of `headers`, when there is one and it is valid
+/// ([`is_valid`]).
+pub fn valid_in(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|tp| is_valid(tp))
+}
+
 /// The request's valid `traceparent`, or a new trace written into the
 /// headers; returns the value either way.
 pub fn ensure(headers: &mut HeaderMap) -> String {
-    if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
-        && is_valid(tp)
-    {
+    if let Some(tp) = valid_in(headers) {
         return tp.to_string();
     }
     let tp = start();

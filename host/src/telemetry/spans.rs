@@ -158,17 +158,11 @@ pub fn request<B>(
     route: Option<&str>,
     component: &str,
 ) -> (Span, Access) {
-    use crate::trace::{TRACEPARENT, is_valid};
+    use crate::trace::TRACEPARENT;
     let method = request.method().as_str().to_string();
     let tenant = tenant_label(request.headers());
     let span = server(&method, route, component, &tenant);
-    let incoming = request
-        .headers()
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .filter(|tp| is_valid(tp))
-        .map(str::to_string);
-    set_parent(&span, incoming.as_deref());
+    set_parent(&span, crate::trace::valid_in(request.headers()));
     let tp = ids(&span, || crate::trace::ensure(request.headers_mut()));
     if let Ok(v) = http::HeaderValue::from_str(&tp) {
         request.headers_mut().insert(TRACEPARENT, v);
