@@ -420,14 +420,14 @@ impl Body for TrackedBody {
 
 /// Bytes of request bodies buffered at once, shared by all requests.
 ///
-/// When a body finds the budget spent, bodies that have **stalled** (no
-/// byte for over [`SHED_AFTER`]) are shed, those holding the most bytes
-/// first, until they free enough: each is answered 503 and closed, and
-/// the body that needed the room takes it. Otherwise a few clients that
-/// send most of a large body and stop would hold the whole budget until
-/// their body deadline, and every other request with a body would be
-/// refused meanwhile. A body that keeps arriving is never shed, however
-/// slow or large; nor is one while it waits for room itself.
+/// When a body finds the budget spent, bodies that have **stalled**
+/// (under [`PROGRESS_BYTES`] in the last [`SHED_AFTER`]) are shed if
+/// together they free enough (see [`BodyBudget::shed_stalled`]): each is
+/// answered 503 and closed, and the body that needed the room takes it.
+/// Otherwise a few clients that send most of a large body and then stop,
+/// or trickle, would hold the whole budget until their body deadline, and
+/// every other request with a body would be refused meanwhile. A body
+/// arriving faster is never shed, nor one while it waits for room.
 pub struct BodyBudget {
     used: AtomicUsize,
     max: usize,
@@ -447,8 +447,9 @@ struct Reader {
 
 /// What a body reader last did, shared with the registry.
 struct Progress {
-    /// Milliseconds after the budget's epoch of the last byte (or of the
-    /// start, or of the last wait for room).
+    /// Milliseconds after the budget's epoch when it last made progress:
+    /// its start, each [`PROGRESS_BYTES`] received, or its last wait for
+    /// room.
     last_ms: AtomicU64,
     /// Bytes it holds from the budget.
     held: AtomicUsize,
@@ -491,6 +492,7 @@ impl BodyBudget {
             budget: self.clone(),
             id,
             progress,
+            since_progress: 0,
             shed,
         }
     }
@@ -578,11 +580,25 @@ struct ReaderTicket {
     budget: Arc<BodyBudget>,
     id: u64,
     progress: Arc<Progress>,
+    /// Bytes received since progress was last recorded.
+    since_progress: usize,
     /// Notified when the reader is shed.
     shed: Arc<Notify>,
 }
 
 impl ReaderTicket {
+    /// Records `n` more bytes received, `held` from the budget in all;
+    /// progress once they add up to [`PROGRESS_BYTES`].
+    fn received(&mut self, n: usize, held: usize) {
+        self.since_progress += n;
+        if self.since_progress >= PROGRESS_BYTES {
+            self.since_progress = 0;
+            self.advanced(held);
+        } else {
+            self.progress.held.store(held, Ordering::Relaxed);
+        }
+    }
+
     /// Records progress: `held` bytes taken so far, now.
     fn advanced(&self, held: usize) {
         self.progress.held.store(held, Ordering::Relaxed);
@@ -699,8 +715,7 @@ pub async fn read_body(
     let mut data = BytesMut::with_capacity(0);
     let mut trailers = None;
     let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
-    let ticket = (!body.is_end_stream()).then(|| budget.reading());
-    let mut since_progress = 0usize;
+    let mut ticket = (!body.is_end_stream()).then(|| budget.reading());
     loop {
         let next = async {
             match &ticket {
@@ -759,13 +774,8 @@ pub async fn read_body(
                     );
                     return Err(budget_spent());
                 }
-                if let Some(t) = &ticket {
-                    t.progress.held.store(reservation.bytes, Ordering::Relaxed);
-                    since_progress += chunk.len();
-                    if since_progress >= PROGRESS_BYTES {
-                        since_progress = 0;
-                        t.advanced(reservation.bytes);
-                    }
+                if let Some(t) = &mut ticket {
+                    t.received(chunk.len(), reservation.bytes);
                 }
                 data.extend_from_slice(&chunk);
                 continue;
