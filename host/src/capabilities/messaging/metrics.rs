@@ -59,6 +59,19 @@ pub fn messaging() -> &'static MessagingMetrics {
     })
 }
 
+// What each metric counts, for both its Prometheus family and its
+// OpenTelemetry instrument.
+const QUEUE_DEPTH: &str = "Messages stored for a subscription and not yet acknowledged by it";
+const CONSUMER_LAG: &str =
+    "Messages stored for a subscription and not yet handed to it (Redis: the group's lag)";
+const DEAD_LETTERS: &str = "Dead letters stored on a <topic>.deadletter topic";
+const PUBLISHED: &str =
+    "Messages accepted by a broker (stored, or dropped for want of a subscriber)";
+const DELIVERED: &str = "Deliveries by outcome: success, failure, capacity (no instance free; not an attempt), filtered (event type not wanted)";
+const RETRIED: &str = "Failed deliveries scheduled again";
+const DEAD_LETTERED: &str =
+    "Messages moved to <topic>.deadletter (after the last attempt, or found deleted by Redis)";
+
 /// The OpenTelemetry mirrors, made on first use (after `telemetry::start`
 /// set the meter provider).
 struct Otel {
@@ -83,34 +96,13 @@ static OTEL: std::sync::LazyLock<Otel> = std::sync::LazyLock::new(|| {
             .build()
     };
     Otel {
-        queue_depth: gauge(
-            "wasmshop.messaging.queue_depth",
-            "Messages stored for a subscription and not yet acknowledged by it",
-        ),
-        consumer_lag: gauge(
-            "wasmshop.messaging.consumer_lag",
-            "Messages stored for a subscription and not yet handed to it",
-        ),
-        dead_letters: gauge(
-            "wasmshop.messaging.dead_letters",
-            "Dead letters stored on a <topic>.deadletter topic",
-        ),
-        published: counter(
-            "wasmshop.messaging.published",
-            "Messages accepted by a broker",
-        ),
-        delivered: counter(
-            "wasmshop.messaging.delivered",
-            "Deliveries by outcome: success, failure, capacity, filtered",
-        ),
-        retried: counter(
-            "wasmshop.messaging.retried",
-            "Failed deliveries scheduled again",
-        ),
-        dead_lettered: counter(
-            "wasmshop.messaging.dead_lettered",
-            "Messages moved to <topic>.deadletter",
-        ),
+        queue_depth: gauge("wasmshop.messaging.queue_depth", QUEUE_DEPTH),
+        consumer_lag: gauge("wasmshop.messaging.consumer_lag", CONSUMER_LAG),
+        dead_letters: gauge("wasmshop.messaging.dead_letters", DEAD_LETTERS),
+        published: counter("wasmshop.messaging.published", PUBLISHED),
+        delivered: counter("wasmshop.messaging.delivered", DELIVERED),
+        retried: counter("wasmshop.messaging.retried", RETRIED),
+        dead_lettered: counter("wasmshop.messaging.dead_lettered", DEAD_LETTERED),
     }
 });
 
@@ -129,39 +121,23 @@ fn subscription_attributes(topic: &str, subscription: &str) -> [KeyValue; 2] {
 /// registry's `wasmshop_` prefix; counters the `_total` suffix).
 pub fn register(registry: &mut Registry) {
     let m = messaging();
-    registry.register(
-        "messaging_queue_depth",
-        "Messages stored for a subscription and not yet acknowledged by it",
-        m.queue_depth.clone(),
-    );
+    registry.register("messaging_queue_depth", QUEUE_DEPTH, m.queue_depth.clone());
     registry.register(
         "messaging_consumer_lag",
-        "Messages stored for a subscription and not yet handed to it (Redis: the group's lag)",
+        CONSUMER_LAG,
         m.consumer_lag.clone(),
     );
     registry.register(
         "messaging_dead_letters",
-        "Dead letters stored on a <topic>.deadletter topic",
+        DEAD_LETTERS,
         m.dead_letters.clone(),
     );
-    registry.register(
-        "messages_published",
-        "Messages accepted by a broker (stored, or dropped for want of a subscriber)",
-        m.published.clone(),
-    );
-    registry.register(
-        "messages_delivered",
-        "Deliveries by outcome: success, failure, capacity (no instance free; not an attempt), filtered (event type not wanted)",
-        m.delivered.clone(),
-    );
-    registry.register(
-        "messages_retried",
-        "Failed deliveries scheduled again",
-        m.retried.clone(),
-    );
+    registry.register("messages_published", PUBLISHED, m.published.clone());
+    registry.register("messages_delivered", DELIVERED, m.delivered.clone());
+    registry.register("messages_retried", RETRIED, m.retried.clone());
     registry.register(
         "messages_dead_lettered",
-        "Messages moved to <topic>.deadletter (after the last attempt, or found deleted by Redis)",
+        DEAD_LETTERED,
         m.dead_lettered.clone(),
     );
 }
