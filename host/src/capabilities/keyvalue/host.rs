@@ -9,7 +9,8 @@ use store::{Error, KeyResponse};
 use wasmtime::component::Resource;
 
 /// Most bytes a `get-many` hands a guest (keys, values and per-entry
-/// overhead counted as Spin counts them): Spin's `MAX_HOST_BUFFERED_BYTES`,
+/// overhead, counted as the host reckons the guest's cost, see
+/// [`GET_MANY_ENTRY_OVERHEAD`]): Spin's `MAX_HOST_BUFFERED_BYTES`,
 /// 128 MiB (`docs/spin-parity.md`), lowered per instance to a quarter of
 /// its memory limit ([`super::KeyValueCtx::with_memory_limit`]). A larger
 /// result is a key-value error the guest can handle, not a trap on its
@@ -265,10 +266,9 @@ impl batch::Host for KeyValueCtx {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, Error>> {
         let store = self.bucket(&b)?.store.clone();
-        // Counted as Spin counts (the list, then per entry its overhead,
-        // key and value), with the guest's real overhead per entry, and
-        // the keys the guest still holds in the list it sent (each key is
-        // in its memory twice once the result is in); fetched in chunks so
+        // The list, the keys the guest still holds in the list it sent
+        // (each key is in its memory twice once the result is in), then
+        // per entry its overhead, key and value; fetched in chunks so
         // reading stops soon after the cap.
         let mut total = std::mem::size_of::<Vec<String>>()
             + keys
