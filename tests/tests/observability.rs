@@ -505,20 +505,18 @@ fn a_request_without_a_traceparent_is_a_root_span_under_the_root_sampler() {
         .start();
     let sampled = "9bf92f3577b34da6a3ce929d0e0e4736";
     for _ in 0..5 {
-        let r = client()
-            .get(host.url("/api/products"))
-            .header("x-tenant-id", "obs")
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let (status, _) = send(&host, reqwest::Method::GET, "/api/products", None, None);
+        assert_eq!(status, 200);
     }
-    let r = client()
-        .get(host.url("/api/products"))
-        .header("x-tenant-id", "obs")
-        .header("traceparent", format!("00-{sampled}-{CALLER_SPAN}-01"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let tp = format!("00-{sampled}-{CALLER_SPAN}-01");
+    let (status, _) = send(
+        &host,
+        reqwest::Method::GET,
+        "/api/products",
+        Some(&tp),
+        None,
+    );
+    assert_eq!(status, 200);
     let kept = wait_for(Duration::from_secs(30), || {
         let spans = otlp.spans();
         spans
@@ -538,12 +536,8 @@ fn a_request_without_a_traceparent_is_a_root_span_under_the_root_sampler() {
     // Under the default sampler such a request is exported as a root.
     let otlp = Receiver::start();
     let host = traced(&otlp).start();
-    let r = client()
-        .get(host.url("/api/products"))
-        .header("x-tenant-id", "obs")
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = send(&host, reqwest::Method::GET, "/api/products", None, None);
+    assert_eq!(status, 200);
     let root = wait_for(Duration::from_secs(30), || {
         otlp.spans().into_iter().find(|s| s.kind == SERVER)
     })
@@ -569,12 +563,8 @@ fn otel_service_name_names_the_hosts_own_records_over_resource_attributes() {
     .unwrap_or_else(|| panic!("no record of the host's resource: {:?}", otlp.logs()));
     assert!(!services.contains("not-this"), "{services:?}");
     // Components keep their Dapr app ids.
-    let r = client()
-        .get(host.url("/api/products"))
-        .header("x-tenant-id", "obs")
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = send(&host, reqwest::Method::GET, "/api/products", None, None);
+    assert_eq!(status, 200);
     let component = wait_for(Duration::from_secs(30), || {
         otlp.logs()
             .into_iter()
@@ -590,13 +580,8 @@ fn a_traceparent_w3c_calls_invalid_starts_a_new_trace() {
     let upper = "00-7BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
     let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
     for tp in [upper, zeros] {
-        let r = client()
-            .get(host.url("/api/products"))
-            .header("x-tenant-id", "obs")
-            .header("traceparent", tp)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let (status, _) = send(&host, reqwest::Method::GET, "/api/products", Some(tp), None);
+        assert_eq!(status, 200);
     }
     let lines = wait_for(Duration::from_secs(10), || {
         let access: Vec<Value> = host
