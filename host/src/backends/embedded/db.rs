@@ -39,7 +39,7 @@ const MAX_BATCH: usize = 512;
 
 /// Page cache of each reader connection, in KiB (the PRAGMA takes a
 /// negative number for KiB). Grown only as pages are touched.
-const CACHE_KIB: i64 = 32 * 1024;
+const READER_CACHE_KIB: i64 = 32 * 1024;
 
 /// Page cache of the write connection, in KiB: small, because SQLite walks
 /// the writer's whole page cache at the end of every transaction
@@ -282,10 +282,14 @@ END;
 CREATE INDEX IF NOT EXISTS messages_topic ON messages (topic);
 "#;
 
-/// Settings every connection gets (see docs/embedded-store.md for why).
-fn tune(conn: &Connection) -> rusqlite::Result<()> {
+/// Settings every connection gets, with the page cache (`cache_kib`,
+/// KiB) and the bytes of the file mapped (`mmap_bytes`) that differ
+/// between the writer and the readers (see docs/embedded-store.md for
+/// why).
+fn tune(conn: &Connection, cache_kib: i64, mmap_bytes: i64) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    conn.pragma_update(None, "mmap_size", mmap_bytes)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
@@ -296,11 +300,9 @@ fn open_writer(path: &Path, cache: Arc<ReadCache>) -> rusqlite::Result<DbState> 
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "mmap_size", WRITER_MMAP_BYTES)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
-    tune(&conn)?;
-    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    tune(&conn, WRITER_CACHE_KIB, WRITER_MMAP_BYTES)?;
     conn.execute_batch(SCHEMA)?;
     let max: i64 = conn.query_row(
         "SELECT MAX(COALESCE((SELECT MAX(version) FROM kv), 0),
@@ -326,8 +328,7 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
-    tune(&conn)?;
-    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+    tune(&conn, READER_CACHE_KIB, READER_MMAP_BYTES)?;
     Ok(conn)
 }
 
