@@ -12,7 +12,7 @@ use service_kit::etag::etag;
 use service_kit::events::EventSink;
 use service_kit::http::{Method, StatusCode};
 use service_kit::kv::{Change, KvStore, get_many_json};
-use service_kit::pages::{Entry, Position, Slot, Verdict, collect_page};
+use service_kit::pages::{Entry, Position, Slot, Verdict, absent_record_verdict, collect_page};
 use service_kit::paging::{Start, next_link};
 use service_kit::problem::Problem;
 use service_kit::rest::{Conditions, is_read, not_allowed, update_live};
@@ -185,6 +185,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         let index = self.index(which.prefix(ctx, &q));
         let mut scan = index.scan(&from)?;
         let mut budget = MAX_FINISHED_PER_LIST;
+        let now = self.now_ms();
         let page = collect_page(
             &index,
             &mut scan,
@@ -219,6 +220,9 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                                 _ => Verdict::Skip,
                             }
                         }
+                        // Entries come before the document of a fresh
+                        // order ([`OrderService::confirm_entries_first`]).
+                        None => absent_record_verdict(entry, now),
                         _ => Verdict::Stale,
                     })
                     .collect())

@@ -6,8 +6,10 @@
 //! 1. `creating` (the draft, with a fresh reservation id) is written with
 //!    compare-and-swap on the absent key: the id is taken. Only for an id
 //!    someone else may name (the client's `id`, or one derived from an
-//!    `Idempotency-Key`); a fresh random id is claimed after step 2
-//!    instead, so a request dying before that leaves nothing stored;
+//!    `Idempotency-Key`). A fresh random id skips this state: its
+//!    document is first written in step 3, as `confirming`, after its
+//!    index entries ("Entries before the record"), so a request dying
+//!    before that leaves no document, only entries lists never show;
 //! 2. per item: take a hold; its answer carries the price snapshot and
 //!    the product's name, version and incarnation (a product service that
 //!    does not send them is asked with a `GET`). Any failure ends the
@@ -35,11 +37,13 @@ use service_kit::clock::now_rfc3339;
 use service_kit::events::EventSink;
 use service_kit::http::StatusCode;
 use service_kit::ids::new_id;
-use service_kit::kv::{Change, KvStore, get_json, update_json};
+use service_kit::kv::{Change, KvStore, UpdateError, get_json, update_json};
 use service_kit::money::Money;
+use service_kit::pages::{RECORD_WRITE_DEADLINE_MS, within_record_deadline};
 use service_kit::problem::Problem;
 
 use crate::domain::{Idempotency, Order, OrderItem, Status, stored_name};
+use crate::migration::Phase;
 use crate::products::{Refused, ReservedProduct, Transport};
 use crate::service::{Ctx, ORDER_CANCELLED, ORDER_CREATED, OrderService, not_found};
 use crate::store::{
@@ -398,6 +402,19 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
             idempotency: draft.idempotency.clone(),
             pending_events: Vec::new(),
         };
+        // While the tenant's legacy documents are still read, a new order
+        // joins them (`legacy_add`), and their readers expect its
+        // document to exist by then: claim it as `creating` first.
+        let legacy_indexing = match claim {
+            Claim::Late => match self.migration(ctx) {
+                Ok(marker) => marker.phase == Phase::Index,
+                Err(p) => return end(p, None),
+            },
+            Claim::Claimed => false,
+        };
+        if claim == Claim::Late && !legacy_indexing {
+            return self.confirm_entries_first(ctx, order, &draft);
+        }
         if claim == Claim::Late {
             match self.claim_late(ctx, id, &draft) {
                 Ok(true) => {}
@@ -450,6 +467,68 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 self.remove_placements(ctx, id, Self::placements(ctx, &order));
                 Err(e.into())
             }
+        }
+    }
+
+    /// Steps 3-5 of a [`Claim::Late`] attempt whose holds are taken,
+    /// entries first: appends `order`'s index entries, then writes its
+    /// document straight as `confirming` (slots included) by
+    /// compare-and-swap on the absent key, skipping the `creating` write
+    /// (docs/storage-layout.md, "Entries before the record"). A list
+    /// leaves entries of an absent document alone while they are young
+    /// ([`service_kit::pages::ABSENT_RECORD_GRACE_MS`]); this gives up,
+    /// removing them and releasing the holds, once
+    /// [`RECORD_WRITE_DEADLINE_MS`] has passed since `createdAt`. After a
+    /// store error on the document's write nothing is undone: the write
+    /// may have landed, and then a later request finishes the order; if
+    /// not, the holds expire and a list removes the entries.
+    fn confirm_entries_first(
+        &self,
+        ctx: &Ctx,
+        order: Order,
+        draft: &Draft,
+    ) -> Result<Drive, Problem> {
+        let id = order.id.clone();
+        let release = |problem: Problem| {
+            for item in &draft.items {
+                self.release_hold(ctx, &item.product_id, &draft.reservation_id, None);
+            }
+            Ok(Drive::NotPlaced(problem, None))
+        };
+        let order = match self.append_entries(ctx, &order) {
+            Ok(order) => order,
+            Err(p) => return release(p),
+        };
+        let undo = |problem: Problem| {
+            self.remove_placements(ctx, &id, Self::placements(ctx, &order));
+            release(problem)
+        };
+        if !within_record_deadline(&order.created_at, self.now_ms()) {
+            return undo(Problem::unavailable(format!(
+                "order '{id}' was not placed: adding it to the order lists took longer than {} s, so the store is overloaded; nothing was ordered, retry later",
+                RECORD_WRITE_DEADLINE_MS / 1000
+            )));
+        }
+        let written = update_json(
+            self.store,
+            &order_key(&ctx.tenant, &id),
+            &self.settings.retry,
+            |doc: Option<OrderDoc>| {
+                Ok::<_, Problem>(match doc {
+                    None => Change::Write(OrderDoc::Confirming(order.clone()), true),
+                    Some(_) => Change::Keep(false),
+                })
+            },
+        );
+        match written {
+            Ok(true) => self.finish_confirming(ctx, order),
+            Ok(false) => undo(Problem::unavailable(format!(
+                "order id '{id}' drawn for this order was taken meanwhile; nothing was ordered, retry"
+            ))),
+            Err(UpdateError::Store(e)) => Err(Problem::unavailable(format!(
+                "order '{id}' may or may not have been placed: saving it failed ({e}); GET /api/orders/{id} shortly to see (a saved order is finished then; otherwise its stock is returned when the holds expire)"
+            ))),
+            Err(other) => undo(other.into()),
         }
     }
 
@@ -760,7 +839,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 }
             }
             other => {
-                let age = now_ms().saturating_sub(record.claimed_at_ms);
+                let age = self.now_ms().saturating_sub(record.claimed_at_ms);
                 if age <= self.settings.idempotency_lease.as_millis() as u64 {
                     return Err(Problem::conflict(
                         "idempotency-key-in-progress",
@@ -825,7 +904,9 @@ fn same_attempt(doc: &OrderDoc, rid: &str) -> bool {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch by the system clock (0 if it is
+/// before the epoch).
+pub(crate) fn system_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

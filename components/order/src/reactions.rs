@@ -22,7 +22,7 @@ use service_kit::clock::now_rfc3339;
 use service_kit::events::{CloudEvent, EventSink};
 use service_kit::ids::is_valid_id;
 use service_kit::kv::{Change, KvStore, update_json};
-use service_kit::pages::{Position, Slot};
+use service_kit::pages::{Position, Slot, Verdict, absent_record_verdict};
 use service_kit::problem::Problem;
 use service_kit::rest::Conditions;
 use service_kit::tenant::TenantId;
@@ -107,8 +107,8 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
         let deleted = event.kind == PRODUCT_DELETED;
         let mut applied = 0;
         let mut failures = Vec::new();
-        let mut react = |order_id: &str, slot: Option<Slot>| match self
-            .react(&ctx, order_id, slot, deleted, &data)
+        let mut react = |order_id: &str, slot: Option<Slot>, young: bool| match self
+            .react(&ctx, order_id, slot, young, deleted, &data)
         {
             Ok(true) => applied += 1,
             Ok(false) => {}
@@ -120,7 +120,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 .legacy_product_orders(&ctx, &data.id)
                 .map_err(|p| p.detail)?
             {
-                react(&id, None);
+                react(&id, None, false);
             }
         } else {
             let index = self.index(open_product_index(&ctx.tenant, &data.id));
@@ -130,8 +130,10 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                 if batch.is_empty() {
                     break;
                 }
+                let now = self.now_ms();
                 for (entry, slot) in batch {
-                    react(&entry.id, Some(slot));
+                    let young = absent_record_verdict::<()>(&entry, now) == Verdict::Skip;
+                    react(&entry.id, Some(slot), young);
                 }
             }
         }
@@ -149,13 +151,17 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
 
     /// Applies the event to one order found through the open-product entry
     /// at `slot` (or, while migrating, through a legacy document). An
-    /// unfinished creation is finished first; a stale entry is removed.
+    /// unfinished creation is finished first; a stale entry is removed,
+    /// but not a `young` one whose order has no document yet (a fresh
+    /// order appends its entries before it writes its document:
+    /// [`pages::ABSENT_RECORD_GRACE_MS`](service_kit::pages::ABSENT_RECORD_GRACE_MS)).
     /// `true` when the order changed now.
     fn react(
         &self,
         ctx: &Ctx,
         order_id: &str,
         slot: Option<Slot>,
+        young: bool,
         deleted: bool,
         data: &ProductData,
     ) -> Result<bool, Problem> {
@@ -173,6 +179,7 @@ impl<S: KvStore, E: EventSink, T: Transport> OrderService<'_, S, E, T> {
                     Drive::NotPlaced(..) => return Ok(false),
                 }
             }
+            None if young => return Ok(false),
             _ => {
                 stale(slot);
                 return Ok(false);

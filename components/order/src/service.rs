@@ -83,6 +83,9 @@ pub struct OrderService<'a, S, E, T> {
     /// The last event [`OrderService::publish`] saw refused, by order id:
     /// the create request that placed the order answers 503 from it.
     pub(crate) refused: RefCell<Option<(String, Stalled)>>,
+    /// Milliseconds since the Unix epoch, for ages and deadlines (the
+    /// system clock unless a test replaces it).
+    clock: Box<dyn Fn() -> u64 + 'a>,
 }
 
 impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
@@ -104,7 +107,20 @@ impl<'a, S: KvStore, E: EventSink, T: Transport> OrderService<'a, S, E, T> {
             products: Products::new(transport, settings.calls),
             settings,
             refused: RefCell::new(None),
+            clock: Box::new(crate::create::system_now_ms),
         }
+    }
+
+    /// Replaces the clock (milliseconds since the Unix epoch), so tests
+    /// can step past deadlines and grace periods.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + 'a) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// Now, in milliseconds since the Unix epoch, by this service's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        (self.clock)()
     }
 
     /// The document at an order's key.

@@ -132,7 +132,9 @@ pub struct Draft {
 )]
 pub enum OrderDoc {
     /// Step 1-2: the id is taken and holds are being taken; invisible to
-    /// reads, finished by whichever request touches it next.
+    /// reads, finished by whichever request touches it next. An order
+    /// with a fresh random id is never in this state: its document is
+    /// first written as [`OrderDoc::Confirming`].
     Creating(Draft),
     /// Step 3-4: every hold is taken and the index entries appended; the
     /// holds are being confirmed. Invisible to lists; finished by the next

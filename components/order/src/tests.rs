@@ -14,6 +14,7 @@ use service_kit::events::{CloudEvent, RecordingSink};
 use service_kit::http::{Method, StatusCode};
 use service_kit::kv::{KvError, KvStore, MemoryCas, MemoryStore, Retry, Swap, get_json, put_json};
 use service_kit::money::Money;
+use service_kit::pages::Position;
 use service_kit::problem::Problem;
 use service_kit::tenant::TenantId;
 use service_kit::web::{Request, Response};
@@ -980,18 +981,19 @@ fn only_ids_others_may_name_are_claimed_before_the_holds() {
             .filter(|v| String::from_utf8_lossy(v).contains(r#""state":"creating""#))
             .count()
     };
-    // A server id without a key: nobody else can name it, so its
-    // `creating` document is written only once every hold is taken (the
-    // index entries appended next must find a document), and an attempt
-    // that fails before leaves nothing stored and wrote nothing.
+    // A server id without a key: nobody else can name it, so it is never
+    // written as `creating`: its document is written once every hold is
+    // taken and its index entries are appended, straight as
+    // `confirming`, and an attempt that fails before leaves nothing
+    // stored and wrote nothing.
     w.place("t", &[("a", 1)]);
-    assert_eq!(creating(&w), 1);
+    assert_eq!(creating(&w), 0);
     assert_eq!(w.post("t", order_body(&[("a", 1), ("nope", 1)])).0, 422);
     assert_eq!(w.post("t", order_body(&[("a", 100)])).0, 409);
     w.peer.fail("/api/products/a/reservations", None, 3);
     assert_eq!(w.post("t", order_body(&[("a", 1)])).0, 503);
     w.peer.fail("", None, 0);
-    assert_eq!(creating(&w), 1, "no creating document for failed attempts");
+    assert_eq!(creating(&w), 0, "no creating document for failed attempts");
     assert_eq!(w.order_keys().len(), 1, "{:?}", w.order_keys());
     assert_eq!(w.peer.stock("t", "a"), 9, "failed attempts hold nothing");
     // A client's id and a keyed id are claimed before the holds, so a
@@ -999,10 +1001,103 @@ fn only_ids_others_may_name_are_claimed_before_the_holds() {
     let mut body = order_body(&[("a", 100)]);
     body["id"] = json!("mine");
     assert_eq!(w.post("t", body).0, 409);
-    assert_eq!(creating(&w), 2);
+    assert_eq!(creating(&w), 1);
     assert_eq!(w.post_keyed("t", "k", order_body(&[("a", 100)])).0, 409);
-    assert_eq!(creating(&w), 3);
+    assert_eq!(creating(&w), 2);
     assert_eq!(w.order_keys().len(), 1, "failed attempts are deleted");
+}
+
+/// Live entries of the index under `prefix`, by order id.
+fn entry_ids(w: &World, prefix: String) -> Vec<String> {
+    let service = w.service();
+    let index = service.index(prefix);
+    let mut scan = index.scan(&Position::start()).unwrap();
+    let batch = scan.next_batch(1_000).unwrap();
+    batch.into_iter().map(|(e, _)| e.id).collect()
+}
+
+/// The service of `w` with its clock `ahead_ms` ahead of the system's.
+fn service_ahead(w: &World, ahead_ms: u64) -> OrderService<'_, CountingStore, RecordingSink, Peer> {
+    OrderService::with_settings(&w.store, &w.events, &w.peer, w.settings)
+        .with_clock(move || crate::create::system_now_ms() + ahead_ms)
+}
+
+/// A fresh order writes its index entries before its document
+/// (docs/storage-layout.md, "Entries before the record"): lists and
+/// product reactions leave the entries of an absent document alone while
+/// they are young and remove them after, and a create whose entries took
+/// past the deadline removes them and returns its holds.
+#[test]
+fn a_fresh_order_appends_its_entries_before_its_document() {
+    let w = World::new();
+    w.peer.product("t", "a", 1.0, 10);
+    let t = tenant("t");
+    let placed = w.place("t", &[("a", 1)]);
+    let only_placed = vec![placed.clone()];
+    let documents = |w: &World, state: &str| {
+        let tag = format!(r#""state":"{state}""#);
+        w.store
+            .written
+            .borrow()
+            .iter()
+            .filter(|v| String::from_utf8_lossy(v).contains(&tag))
+            .count()
+    };
+    assert_eq!(
+        (documents(&w, "creating"), documents(&w, "confirming")),
+        (0, 1),
+        "one write as confirming, none as creating"
+    );
+    assert!(matches!(w.doc("t", &placed), Some(OrderDoc::Live(_))));
+
+    // A request that died right after appending its entries: young, they
+    // are neither listed nor removed, by a list or by a product event.
+    let ghost = "o-ghost";
+    let young = service_kit::clock::now_rfc3339();
+    for prefix in [
+        crate::store::all_index(&t),
+        crate::store::open_product_index(&t, "a"),
+    ] {
+        w.service().index(prefix).append(ghost, &young).unwrap();
+    }
+    assert_eq!(ids_of(&w.get("t", "/api/orders?limit=100").1), only_placed);
+    let renamed = w.peer.rename("t", "a", "A2");
+    assert!(w.service().on_product_event(&renamed).is_ok());
+    assert!(entry_ids(&w, crate::store::all_index(&t)).contains(&ghost.to_owned()));
+    assert!(entry_ids(&w, crate::store::open_product_index(&t, "a")).contains(&ghost.to_owned()));
+    // Once past the grace, both remove them.
+    let later = service_ahead(&w, service_kit::pages::ABSENT_RECORD_GRACE_MS);
+    let list = Request::new(Method::GET, "/api/orders?limit=100").with_header("x-tenant-id", "t");
+    assert_eq!(later.handle(&list).status, StatusCode::OK);
+    assert!(
+        later
+            .on_product_event(&w.peer.rename("t", "a", "A3"))
+            .is_ok()
+    );
+    assert_eq!(entry_ids(&w, crate::store::all_index(&t)), only_placed);
+    assert_eq!(
+        entry_ids(&w, crate::store::open_product_index(&t, "a")),
+        only_placed
+    );
+
+    // Entries that took past the deadline: nothing is placed, the
+    // entries are removed and the hold is returned.
+    let slow = service_ahead(&w, service_kit::pages::RECORD_WRITE_DEADLINE_MS);
+    let post = Request::new(Method::POST, "/api/orders")
+        .with_header("x-tenant-id", "t")
+        .with_body(order_body(&[("a", 1)]).to_string());
+    let r = slow.handle(&post);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&r.body).contains("nothing was ordered"));
+    assert_eq!(w.order_keys().len(), 1, "{:?}", w.order_keys());
+    assert_eq!(entry_ids(&w, crate::store::all_index(&t)), only_placed);
+    assert_eq!(
+        w.peer.stock("t", "a"),
+        9,
+        "the slow attempt's hold is released"
+    );
+    let unconfirmed = w.peer.products.borrow()[&("t".to_owned(), "a".to_owned())].unconfirmed();
+    assert_eq!(unconfirmed, 0);
 }
 
 #[test]

@@ -256,7 +256,7 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                     .iter()
                     .zip(records)
                     .map(|((entry, slot), record)| {
-                        let v = verdict(entry, *slot, record.as_ref(), category);
+                        let v = verdict(entry, *slot, record.as_ref(), category, now);
                         match (v, record) {
                             (service_kit::pages::Verdict::Valid(()), Some(p)) => {
                                 service_kit::pages::Verdict::Valid(p)
@@ -323,20 +323,30 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
         })
     }
 
-    /// `POST /api/products`: the record first (compare-and-swap on the
-    /// absent key, so the loser of a same-id race writes nothing and gets
-    /// 409), then the index entries, then their slots into the record.
+    /// `POST /api/products`: the index entries first, then the record
+    /// with their slots, written once by compare-and-swap on the absent
+    /// key (or a tombstone), so the loser of a same-id race writes no
+    /// record, removes its entries and gets 409
+    /// ([`Api::create_entries_first`]). While the tenant's legacy index is
+    /// being migrated: the record first, then the entries, then their
+    /// slots (the migration indexes new products in creation order).
     fn create(&self, ctx: &Ctx, req: &Request) -> Result<Response, Problem> {
         let new = parse_new_product(&req.body)?;
-        self.migrate_some(ctx)?;
-        let id = new.id.clone().unwrap_or_else(new_id);
-        if new.id.is_some()
-            && let Some(first) = self.created_pending(ctx, &id, &new)?
-        {
-            return Ok(created_response(&first));
-        }
+        let migrating = self.migrate_some(ctx)?;
+        let id = match &new.id {
+            Some(id) => match self.prior(ctx, id, &new)? {
+                Prior::Replay(first) => return Ok(created_response(&first)),
+                Prior::Taken => return Err(exists(ctx, id)),
+                Prior::Free => id.clone(),
+            },
+            None => new_id(),
+        };
         let now = rfc3339_of_ms(self.now_ms());
         let product = new.into_product(id.clone(), &now);
+        if !migrating {
+            let product = self.create_entries_first(ctx, product)?;
+            return self.announce_created(ctx, product);
+        }
         update_json(
             self.store,
             &product_key(&ctx.tenant, &id),
@@ -372,38 +382,50 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                 product
             }
         };
-        let event = self.event(ctx, PRODUCT_CREATED, &product);
-        self.emit(ctx, &product, vec![event])
-            .map_err(|s| saved_not_published(ctx, &id, "created", &s))?;
-        Ok(created_response(&product))
+        self.announce_created(ctx, product)
     }
 
-    /// A retry of a create (same id, same body) whose `ProductCreated` was
-    /// refused by the broker: the product as the first request created it,
-    /// once that event is published here. `None` when there is no such
-    /// product, or it is not the one this body creates, or its event was
-    /// already out (the create then goes on: 409 when it exists). 503 when
-    /// the event is still refused.
-    fn created_pending(
+    /// What a create with the client's `id` finds there before it writes
+    /// anything: a retry of a create whose `ProductCreated` was refused by
+    /// the broker gets the product as the first request created it, once
+    /// that event is published here ([`Prior::Replay`]); a live product
+    /// makes it a 409 before any index entry is appended, so repeated
+    /// duplicates leave no removed entries behind in the index pages
+    /// ([`Prior::Taken`]). 503 when the replay's event is still refused.
+    fn prior(
         &self,
         ctx: &Ctx,
         id: &str,
         new: &crate::domain::product::NewProduct,
-    ) -> Result<Option<Product>, Problem> {
+    ) -> Result<Prior, Problem> {
         if !is_valid_id(id) {
-            return Ok(None);
+            return Ok(Prior::Free);
         }
         let (record, flushed) = self.touch(ctx, id, Touch::Write)?;
-        let Some(p) = record.filter(|p| !p.deleted && p.version == 1) else {
-            return Ok(None);
+        let Some(p) = record.filter(|p| !p.deleted) else {
+            return Ok(Prior::Free);
         };
-        if !flushed.iter().any(|k| k == PRODUCT_CREATED) {
-            return Ok(None);
+        if p.version != 1 || !flushed.iter().any(|k| k == PRODUCT_CREATED) {
+            return Ok(Prior::Taken);
         }
         let same = new.clone().into_product(id.to_owned(), &p.created_at);
         let same_view =
             serde_json::to_value(same.view()).ok() == serde_json::to_value(p.view()).ok();
-        Ok(same_view.then_some(p))
+        Ok(if same_view {
+            Prior::Replay(Box::new(p))
+        } else {
+            Prior::Taken
+        })
+    }
+
+    /// Publishes `ProductCreated` for a product just written: 201, or
+    /// 503 when the broker refused the event (it stays in the record and
+    /// goes out with the next request that touches the product).
+    fn announce_created(&self, ctx: &Ctx, product: Product) -> Result<Response, Problem> {
+        let event = self.event(ctx, PRODUCT_CREATED, &product);
+        self.emit(ctx, &product, vec![event])
+            .map_err(|s| saved_not_published(ctx, &product.id, "created", &s))?;
+        Ok(created_response(&product))
     }
 
     /// `PUT /api/products/{id}`. A category change appends to the new
@@ -886,7 +908,7 @@ fn saved_not_published(ctx: &Ctx, id: &str, done: &str, s: &Stalled) -> Problem 
 }
 
 /// The 503 of a re-create over a tombstone whose events are still pending.
-fn earlier_pending(ctx: &Ctx, id: &str) -> Problem {
+pub(super) fn earlier_pending(ctx: &Ctx, id: &str) -> Problem {
     event_pending(format!(
         "product '{id}' of tenant '{}' was deleted and its ProductDeleted event is not published yet; nothing was created. Retry in a few seconds, once the message broker accepts events again",
         ctx.tenant
@@ -908,7 +930,18 @@ fn not_found(ctx: &Ctx, id: &str) -> Problem {
     ))
 }
 
-fn exists(ctx: &Ctx, id: &str) -> Problem {
+/// What a create with the client's id finds at that id ([`Api::prior`]).
+enum Prior {
+    /// Nothing live: the create goes on.
+    Free,
+    /// The product this very body created, whose `ProductCreated` was
+    /// published only now: answered as the create's 201.
+    Replay(Box<Product>),
+    /// Another live product: 409.
+    Taken,
+}
+
+pub(super) fn exists(ctx: &Ctx, id: &str) -> Problem {
     Problem::conflict(
         "product-exists",
         format!(

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use service_kit::index::{CreationIndex, Indexed};
-use service_kit::pages::{Entry, Slot, Verdict, key_hash};
+use service_kit::pages::{Entry, Slot, Verdict, absent_record_verdict, key_hash};
 use service_kit::tenant::TenantId;
 
 use crate::domain::product::Product;
@@ -53,8 +53,13 @@ pub struct MigrationMarker {
 /// names, `None` when absent). `category` is the category of a category
 /// index, `None` for the index of every product.
 ///
-/// * absent, tombstone, or another incarnation: [`Verdict::Stale`]
-///   (can never count again);
+/// * absent: [`Verdict::Skip`] while the entry is younger than
+///   [`service_kit::pages::ABSENT_RECORD_GRACE_MS`] at `now_ms` (a create
+///   appends its entries before it writes the record), stale after;
+/// * a tombstone of another incarnation: as absent (a re-create of the
+///   id appends its entries before it replaces the tombstone);
+/// * its own incarnation's tombstone, or a live record of another
+///   incarnation: [`Verdict::Stale`] (can never count again);
 /// * live and storing this slot: [`Verdict::Valid`];
 /// * live and storing another slot of this very index: stale (a lost
 ///   race's or a crashed writer's entry: slots are only ever set
@@ -67,16 +72,26 @@ pub fn verdict(
     slot: Slot,
     record: Option<&Product>,
     category: Option<&str>,
+    now_ms: u64,
 ) -> Verdict<()> {
     let Some(p) = record else {
-        return Verdict::Stale;
+        return absent_record_verdict(entry, now_ms);
     };
     let incarnation = if p.incarnation.is_empty() {
         &p.created_at
     } else {
         &p.incarnation
     };
-    if p.deleted || *incarnation != entry.created_at {
+    if *incarnation != entry.created_at {
+        // A re-create over a tombstone appends its entries (of its new
+        // incarnation) before it replaces the tombstone.
+        return if p.deleted {
+            absent_record_verdict(entry, now_ms)
+        } else {
+            Verdict::Stale
+        };
+    }
+    if p.deleted {
         return Verdict::Stale;
     }
     let stored = match category {
@@ -171,6 +186,7 @@ mod tests {
     use super::*;
     use crate::domain::product::{NewProduct, Slots};
     use service_kit::money::Money;
+    use service_kit::pages::ABSENT_RECORD_GRACE_MS;
 
     fn entry(id: &str, at: &str, category: &str) -> IndexEntry {
         IndexEntry {
@@ -199,6 +215,9 @@ mod tests {
         }
     }
 
+    /// Any time: the entries below are not RFC 3339 text, so age plays no part.
+    const NOW: u64 = 1_800_000_000_000;
+
     #[test]
     fn validity_by_slot() {
         let mut p = NewProduct {
@@ -216,9 +235,23 @@ mod tests {
             created_at: "t1".into(),
             removed: false,
         };
-        assert_eq!(verdict(&e, slot(0), None, None), Verdict::Stale);
+        // "t1" is no time: an absent record's entry of unknown age is stale.
+        assert_eq!(verdict(&e, slot(0), None, None, NOW), Verdict::Stale);
+        let young = Entry {
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            ..e.clone()
+        };
+        let at = 1_767_225_600_000; // young's createdAt, in ms
         assert_eq!(
-            verdict(&e, slot(0), Some(&p), None),
+            verdict(&young, slot(0), None, None, at + 1_000),
+            Verdict::Skip
+        );
+        assert_eq!(
+            verdict(&young, slot(0), None, None, at + ABSENT_RECORD_GRACE_MS),
+            Verdict::Stale
+        );
+        assert_eq!(
+            verdict(&e, slot(0), Some(&p), None, NOW),
             Verdict::Skip,
             "no slot yet"
         );
@@ -226,26 +259,47 @@ mod tests {
             all: Some(slot(0)),
             category: Some(slot(5)),
         };
-        assert_eq!(verdict(&e, slot(0), Some(&p), None), Verdict::Valid(()));
-        assert_eq!(verdict(&e, slot(1), Some(&p), None), Verdict::Stale);
         assert_eq!(
-            verdict(&e, slot(5), Some(&p), Some("tools")),
+            verdict(&e, slot(0), Some(&p), None, NOW),
+            Verdict::Valid(())
+        );
+        assert_eq!(verdict(&e, slot(1), Some(&p), None, NOW), Verdict::Stale);
+        assert_eq!(
+            verdict(&e, slot(5), Some(&p), Some("tools"), NOW),
             Verdict::Valid(())
         );
         assert_eq!(
-            verdict(&e, slot(4), Some(&p), Some("tools")),
+            verdict(&e, slot(4), Some(&p), Some("tools"), NOW),
             Verdict::Stale
         );
-        assert_eq!(verdict(&e, slot(5), Some(&p), Some("toys")), Verdict::Skip);
+        assert_eq!(
+            verdict(&e, slot(5), Some(&p), Some("toys"), NOW),
+            Verdict::Skip
+        );
         let other_life = Entry {
             created_at: "t0".into(),
             ..e.clone()
         };
         assert_eq!(
-            verdict(&other_life, slot(0), Some(&p), None),
+            verdict(&other_life, slot(0), Some(&p), None, NOW),
             Verdict::Stale
         );
         let t = p.tombstone("t2");
-        assert_eq!(verdict(&e, slot(0), Some(&t), None), Verdict::Stale);
+        assert_eq!(verdict(&e, slot(0), Some(&t), None, NOW), Verdict::Stale);
+        // A re-create's young entry, appended before it replaces the
+        // tombstone, is left alone until the grace ends.
+        assert_eq!(
+            verdict(&young, slot(3), Some(&t), None, at + 1_000),
+            Verdict::Skip
+        );
+        assert_eq!(
+            verdict(&young, slot(3), Some(&t), None, at + ABSENT_RECORD_GRACE_MS),
+            Verdict::Stale
+        );
+        // ... but a live record of another incarnation makes it stale.
+        assert_eq!(
+            verdict(&young, slot(3), Some(&p), None, at + 1_000),
+            Verdict::Stale
+        );
     }
 }

@@ -603,6 +603,55 @@ pub enum Verdict<T> {
     Stale,
 }
 
+/// How long an entry whose record is absent counts as "being written"
+/// ([`Verdict::Skip`]) rather than stale, in milliseconds after the
+/// entry's `createdAt`.
+///
+/// Why: a create whose id nobody else can name (a fresh random one)
+/// appends its entries *before* it writes its record, so the record and
+/// its slots are one write instead of two (docs/storage-layout.md,
+/// "Entries before the record"). Meanwhile a list finds the entry with no
+/// record, and must not remove it. Such a writer gives up (removes its
+/// entries, writes nothing) once [`RECORD_WRITE_DEADLINE_MS`] has passed,
+/// well inside this grace, so a list removes only entries of creates that
+/// died. The margin covers clock skew between replicas (Redis, Dapr).
+pub const ABSENT_RECORD_GRACE_MS: u64 = 60_000;
+
+/// How long after its entries' `createdAt` a create that appended them
+/// before its record may still write that record, in milliseconds; after
+/// it the create removes its entries and fails, since a list may remove
+/// them from [`ABSENT_RECORD_GRACE_MS`] on.
+pub const RECORD_WRITE_DEADLINE_MS: u64 = 20_000;
+
+/// The verdict on an entry whose record is absent, at `now_ms`
+/// (milliseconds since the Unix epoch): [`Verdict::Skip`] while the entry
+/// is younger than [`ABSENT_RECORD_GRACE_MS`] (its create may still write
+/// the record), [`Verdict::Stale`] after, or when its `createdAt` is not
+/// RFC 3339 text.
+pub fn absent_record_verdict<T>(entry: &Entry, now_ms: u64) -> Verdict<T> {
+    match millis_since_epoch(&entry.created_at) {
+        Some(created) if now_ms.saturating_sub(created) < ABSENT_RECORD_GRACE_MS => Verdict::Skip,
+        _ => Verdict::Stale,
+    }
+}
+
+/// Whether a create that took its `createdAt` of `created_at` may still
+/// write the record its entries name at `now_ms` (see
+/// [`RECORD_WRITE_DEADLINE_MS`]).
+pub fn within_record_deadline(created_at: &str, now_ms: u64) -> bool {
+    millis_since_epoch(created_at)
+        .is_some_and(|created| now_ms.saturating_sub(created) < RECORD_WRITE_DEADLINE_MS)
+}
+
+/// RFC 3339 text as milliseconds since the Unix epoch.
+fn millis_since_epoch(rfc3339: &str) -> Option<u64> {
+    crate::clock::parse_rfc3339(rfc3339)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
 /// One page of a list, as [`collect_page`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collected<T> {

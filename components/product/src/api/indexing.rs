@@ -5,8 +5,9 @@
 
 use service_kit::events::EventSink;
 use service_kit::http::StatusCode;
-use service_kit::kv::{Change, KvStore, Swap, get_json, get_many_json, update_json};
+use service_kit::kv::{Change, KvStore, Swap, UpdateError, get_json, get_many_json, update_json};
 use service_kit::pages::{PagedIndex, Slot};
+use service_kit::pages::{RECORD_WRITE_DEADLINE_MS, within_record_deadline};
 use service_kit::problem::Problem;
 use service_kit::rest::Ctx;
 use service_kit::web::Response;
@@ -118,6 +119,70 @@ impl<'a, S: KvStore, E: EventSink> Api<'a, S, E> {
                 self.unindex(ctx, Some(&product.category), category, &id);
                 Ok(other?)
             }
+        }
+    }
+
+    /// Writes the new `product` entries first: appends it to the index of
+    /// every product and to its category's, then writes the record with
+    /// both slots by compare-and-swap on the absent key (or a tombstone
+    /// without pending events). The record is written once, not twice as
+    /// when it is written before its entries; a list leaves the entries of
+    /// an absent record alone while they are young
+    /// ([`service_kit::pages::ABSENT_RECORD_GRACE_MS`];
+    /// docs/storage-layout.md, "Entries before the record").
+    ///
+    /// Errors: the index's error when an append fails; 409 when a live
+    /// product took the id meanwhile (a same-id race lost); 503 when a
+    /// tombstone there still has events to publish, or the appends took
+    /// past [`RECORD_WRITE_DEADLINE_MS`] (a list may soon remove them);
+    /// the store's error when the record's write failed. Entries are
+    /// removed again except after a store error, when the record may have
+    /// been written: then they are either its own or, once old, removed by
+    /// a list.
+    pub(super) fn create_entries_first(
+        &self,
+        ctx: &Ctx,
+        mut product: Product,
+    ) -> Result<Product, Problem> {
+        let id = product.id.clone();
+        let all = self.index_of(ctx, None).append(&id, &product.incarnation)?;
+        let category = match self
+            .index_of(ctx, Some(&product.category))
+            .append(&id, &product.incarnation)
+        {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.unindex(ctx, None, Some(all), &id);
+                return Err(e.into());
+            }
+        };
+        let undo = |problem: Problem| {
+            self.unindex(ctx, None, Some(all), &id);
+            self.unindex(ctx, Some(&product.category), Some(category), &id);
+            problem
+        };
+        if !within_record_deadline(&product.incarnation, self.now_ms()) {
+            return Err(undo(Problem::unavailable(format!(
+                "product '{id}' was not created: adding it to the product lists took longer than {} s, so the store is overloaded; nothing was created, retry later",
+                RECORD_WRITE_DEADLINE_MS / 1000
+            ))));
+        }
+        product.slots.all = Some(all);
+        product.slots.category = Some(category);
+        let written = update_json(
+            self.store,
+            &product_key(&ctx.tenant, &id),
+            &self.settings.retry,
+            |current: Option<Product>| match current {
+                Some(p) if !p.deleted => Err(super::exists(ctx, &id)),
+                Some(p) if !p.pending_events.is_empty() => Err(super::earlier_pending(ctx, &id)),
+                _ => Ok(Change::Write(product.clone(), ())),
+            },
+        );
+        match written {
+            Ok(()) => Ok(product),
+            Err(UpdateError::Store(e)) => Err(e.into()),
+            Err(other) => Err(undo(other.into())),
         }
     }
 

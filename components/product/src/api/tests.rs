@@ -551,6 +551,12 @@ fn delete_with_if_match_then_gone_everywhere() {
     // The id can be used again, starting over at version 1.
     let again = w.create(json!({"id": "p1", "name": "Pen 2", "price": 1}));
     assert_eq!(again["version"], 1);
+    assert_eq!(w.ids("/api/products"), ["p1"]);
+    assert_eq!(
+        entry_ids(&w, None),
+        ["p1"],
+        "only the new incarnation's entry"
+    );
 }
 
 #[test]
@@ -1062,6 +1068,9 @@ fn the_loser_of_a_same_id_create_race_changes_nothing() {
     assert_eq!(w.ids("/api/products"), ["p1"]);
     assert!(w.ids("/api/products?category=x").is_empty());
     assert_eq!(w.event_types(), ["ProductCreated"]);
+    // The loser appended its entries before it lost, and removed them.
+    assert_eq!(entry_ids(&w, None), ["p1"]);
+    assert!(entry_ids(&w, Some("x")).is_empty());
 }
 
 #[test]
@@ -1689,4 +1698,176 @@ fn concurrent_writers_keep_at_most_one_pending_event_per_type_the_newest() {
     );
     let pending = outbox::merge(pending, vec![event(PRODUCT_DELETED, 4)], supersedes);
     assert_eq!(kinds(&pending), [(PRODUCT_DELETED.to_owned(), 4)]);
+}
+
+/// A store that logs every key it writes, runs `on_page_write` before each
+/// write of an index page, and can fail every write of one key with a
+/// store error.
+struct Logged<'a> {
+    inner: &'a MemoryStore,
+    written: RefCell<Vec<String>>,
+    on_page_write: Box<dyn Fn() + 'a>,
+    failing: Option<String>,
+}
+
+impl<'a> Logged<'a> {
+    fn new(inner: &'a MemoryStore) -> Self {
+        Logged {
+            inner,
+            written: RefCell::new(Vec::new()),
+            on_page_write: Box::new(|| {}),
+            failing: None,
+        }
+    }
+
+    fn writes_of(&self, key: &str) -> usize {
+        self.written.borrow().iter().filter(|k| *k == key).count()
+    }
+}
+
+impl KvStore for Logged<'_> {
+    type Cas = (String, MemoryCas);
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        self.inner.get_many(keys)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.written.borrow_mut().push(key.to_owned());
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.inner.delete(key)
+    }
+    fn cas_read(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>), KvError> {
+        let (cas, value) = self.inner.cas_read(key)?;
+        Ok(((key.to_owned(), cas), value))
+    }
+    fn cas_write(&self, (key, cas): Self::Cas, value: &[u8]) -> Result<Swap, KvError> {
+        if self.failing.as_deref() == Some(key.as_str()) {
+            return Err(KvError::Store {
+                op: "cas-write".into(),
+                message: "injected failure".into(),
+            });
+        }
+        if key.contains("/page/") {
+            (self.on_page_write)();
+        }
+        self.written.borrow_mut().push(key.clone());
+        self.inner.cas_write(cas, value)
+    }
+}
+
+/// The request context of the default tenant.
+fn default_ctx() -> Ctx {
+    Ctx::from_request(&request(None, Method::GET, "/api/products", None, &[])).unwrap()
+}
+
+/// Live entries of the index of every product (`None`) or of a category.
+fn entry_ids(w: &World, category: Option<&str>) -> Vec<String> {
+    let api = w.api(&w.store);
+    let index = api.index_of(&default_ctx(), category);
+    let mut scan = index.scan(&Position::start()).unwrap();
+    scan.next_batch(1_000)
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e.id)
+        .collect()
+}
+
+/// A new product appends its index entries before its record and writes
+/// the record once, slots included (docs/storage-layout.md, "Entries
+/// before the record"), with a fresh id or the client's; a duplicate id
+/// is refused before any entry is appended. Lists leave the entries of an absent record alone while they
+/// are young and remove them after; a create whose entries took past the
+/// deadline removes them and creates nothing.
+#[test]
+fn a_fresh_product_appends_its_entries_before_its_record() {
+    let w = World::new();
+    let store = Logged::new(&w.store);
+    let post = |body: Value| {
+        let r = w.api(&store).handle(&request(
+            None,
+            Method::POST,
+            "/api/products",
+            Some(body),
+            &[],
+        ));
+        let json: Value = serde_json::from_slice(&r.body).unwrap();
+        (r.status.as_u16(), json)
+    };
+    let (s, fresh) = post(json!({"name": "Pen", "price": 1, "category": "a"}));
+    assert_eq!(s, 201, "{fresh}");
+    let id = fresh["id"].as_str().unwrap().to_owned();
+    assert_eq!(store.writes_of(&format!("tenant/default/product/{id}")), 1);
+    let record = stored(&w, &id);
+    assert!(record.slots.all.is_some() && record.slots.category.is_some());
+    let (s, _) = post(json!({"id": "named", "name": "Pen", "price": 1, "category": "a"}));
+    assert_eq!(s, 201);
+    assert_eq!(store.writes_of("tenant/default/product/named"), 1);
+    let pages = |store: &Logged| {
+        store
+            .written
+            .borrow()
+            .iter()
+            .filter(|k| k.contains("/page/"))
+            .count()
+    };
+    let before = pages(&store);
+    let (s, _) = post(json!({"id": "named", "name": "Again", "price": 1, "category": "a"}));
+    assert_eq!(s, 409);
+    assert_eq!(pages(&store), before, "a duplicate appends nothing");
+    assert_eq!(w.ids("/api/products"), [id.clone(), "named".into()]);
+    assert_eq!(
+        w.ids("/api/products?category=a"),
+        [id.clone(), "named".into()]
+    );
+
+    // A create that died after its appends: young entries stay unlisted
+    // and in place; past the grace a list removes them.
+    let young = rfc3339_of_ms(w.now.get());
+    let api = w.api(&w.store);
+    let ctx = default_ctx();
+    api.index_of(&ctx, None).append("ghost", &young).unwrap();
+    api.index_of(&ctx, Some("a"))
+        .append("ghost", &young)
+        .unwrap();
+    assert_eq!(
+        w.ids("/api/products?category=a"),
+        [id.clone(), "named".into()]
+    );
+    assert_eq!(w.ids("/api/products"), [id.clone(), "named".into()]);
+    assert!(entry_ids(&w, None).contains(&"ghost".to_owned()));
+    w.advance(service_kit::pages::ABSENT_RECORD_GRACE_MS);
+    assert_eq!(w.ids("/api/products"), [id.clone(), "named".into()]);
+    assert_eq!(
+        w.ids("/api/products?category=a"),
+        [id.clone(), "named".into()]
+    );
+    assert_eq!(entry_ids(&w, None), [id.clone(), "named".into()]);
+    assert_eq!(entry_ids(&w, Some("a")), [id.clone(), "named".into()]);
+
+    // Appends that took past the deadline: 503, nothing created, the
+    // entries removed.
+    let mut slow = Logged::new(&w.store);
+    slow.on_page_write = Box::new(|| w.advance(service_kit::pages::RECORD_WRITE_DEADLINE_MS));
+    let keys_before = w.store.keys().len();
+    let r = w.api(&slow).handle(&request(
+        None,
+        Method::POST,
+        "/api/products",
+        Some(json!({"name": "Slow", "price": 1, "category": "a"})),
+        &[],
+    ));
+    assert_eq!(r.status.as_u16(), 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("nothing was created"));
+    assert_eq!(entry_ids(&w, None), [id.clone(), "named".into()]);
+    assert_eq!(entry_ids(&w, Some("a")), [id.clone(), "named".into()]);
+    assert!(
+        w.store.keys().len() <= keys_before + 2,
+        "at most new index pages or heads, no record"
+    );
+    assert!(w.event_types().iter().all(|k| k == "ProductCreated"));
+    assert_eq!(w.event_types().len(), 2);
 }

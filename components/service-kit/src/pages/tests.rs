@@ -391,3 +391,43 @@ fn a_page_at_the_largest_accepted_capacity_stays_under_64_kib() {
     let bytes = full_page_bytes(MAX_PAGE_CAPACITY);
     assert!(bytes < 64 * 1024, "{bytes} bytes");
 }
+
+#[test]
+fn an_entry_without_its_record_is_left_alone_while_young_and_stale_after() {
+    let created = "2026-01-01T00:00:00.000Z";
+    let at = crate::clock::parse_rfc3339(created)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let entry = Entry {
+        id: "p1".into(),
+        created_at: created.into(),
+        removed: false,
+    };
+    assert_eq!(absent_record_verdict::<()>(&entry, at), Verdict::Skip);
+    assert_eq!(
+        absent_record_verdict::<()>(&entry, at + ABSENT_RECORD_GRACE_MS - 1),
+        Verdict::Skip
+    );
+    assert_eq!(
+        absent_record_verdict::<()>(&entry, at + ABSENT_RECORD_GRACE_MS),
+        Verdict::Stale
+    );
+    let garbled = Entry {
+        created_at: "yesterday".into(),
+        ..entry
+    };
+    assert_eq!(absent_record_verdict::<()>(&garbled, at), Verdict::Stale);
+    // The writer's deadline ends well before any list removes the entry.
+    assert!(within_record_deadline(
+        created,
+        at + RECORD_WRITE_DEADLINE_MS - 1
+    ));
+    assert!(!within_record_deadline(
+        created,
+        at + RECORD_WRITE_DEADLINE_MS
+    ));
+    assert!(!within_record_deadline("yesterday", at));
+    const { assert!(RECORD_WRITE_DEADLINE_MS * 2 < ABSENT_RECORD_GRACE_MS) };
+}
