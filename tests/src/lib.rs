@@ -260,9 +260,21 @@ impl Host {
         client().get(self.url(path)).send().expect("GET")
     }
 
-    /// What the host wrote to stderr so far.
+    /// What the host wrote to stderr so far. The host writes its log on a
+    /// thread of its own, so a line about a request may land a moment
+    /// after the response: to look for one, use [`Host::logs_once`].
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log once a line of it satisfies `line_matches`, or the log as
+    /// it is after 10 s (for the failing assertion to show).
+    pub fn logs_once(&self, line_matches: impl Fn(&str) -> bool) -> String {
+        wait_for(Duration::from_secs(10), || {
+            let logs = self.logs();
+            logs.lines().any(&line_matches).then_some(logs)
+        })
+        .unwrap_or_else(|| self.logs())
     }
 
     /// The data directory (embedded database, compile cache).

@@ -520,7 +520,7 @@ fn a_wrong_dapr_token_fails_backend_calls_clearly() {
     let text = r.text().unwrap();
     assert!(!text.contains("401"), "{text}");
     assert!(text.contains("the host log has the detail"), "{text}");
-    let logs = host.logs();
+    let logs = host.logs_once(|l| l.contains("a backend call failed") && l.contains("401"));
     assert!(
         logs.lines()
             .any(|l| l.contains("a backend call failed") && l.contains("401")),
@@ -630,10 +630,10 @@ fn key_value_maps_onto_the_state_api() {
     let r = host.get("/recorder/kv-keys/");
     let text = r.text().unwrap();
     assert!(text.contains("does not support list-keys"), "{text}");
+    let logs = host.logs_once(|l| l.contains("not supported by the Dapr state API"));
     assert!(
-        host.logs().contains("not supported by the Dapr state API"),
-        "{}",
-        host.logs()
+        logs.contains("not supported by the Dapr state API"),
+        "{logs}"
     );
 }
 
@@ -744,7 +744,7 @@ fn an_undecodable_event_is_dropped() {
     // from anyone who reaches the port, and the host says so once.
     let cluster = DaprCluster::new();
     let (_sidecar, host) = open_recorder_app(&cluster);
-    let logs = host.logs();
+    let logs = host.logs_once(|l| l.contains("the Dapr app channel is open"));
     assert_eq!(
         logs.matches("the Dapr app channel is open").count(),
         1,
@@ -876,13 +876,9 @@ fn without_app_api_token_a_forged_delivery_is_refused_and_changes_nothing() {
             .status(),
         200
     );
-    assert!(
-        order_host.logs().contains(
-            "Dapr deliveries (POST /dapr/events/...) and internal endpoints will be refused"
-        ),
-        "{}",
-        order_host.logs()
-    );
+    let refused = "Dapr deliveries (POST /dapr/events/...) and internal endpoints will be refused";
+    let logs = order_host.logs_once(|l| l.contains(refused));
+    assert!(logs.contains(refused), "{logs}");
 }
 
 #[test]
@@ -1017,7 +1013,9 @@ fn chaining_through_dapr_reaches_only_components_of_the_manifest() {
     let (status, body) = call("http://other.spin.internal/recorder/echo");
     assert_eq!(status, 502, "reached another Dapr app: {body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
-    let logs = alpha.logs();
+    let logs = alpha.logs_once(|l| {
+        l.contains("'http://other.spin.internal' names no component of the manifest")
+    });
     assert!(
         logs.contains("'http://other.spin.internal' names no component of the manifest"),
         "{logs}"
@@ -1058,11 +1056,8 @@ fn startup_waits_for_outbound_health() {
     sidecar.set_outbound_ready(true);
     let host = started.join().unwrap();
     assert_eq!(host.get("/readyz").status(), 200);
-    assert!(
-        host.logs().contains("waiting for the Dapr sidecar"),
-        "{}",
-        host.logs()
-    );
+    let logs = host.logs_once(|l| l.contains("waiting for the Dapr sidecar"));
+    assert!(logs.contains("waiting for the Dapr sidecar"), "{logs}");
     // Readiness follows the sidecar.
     sidecar.set_outbound_ready(false);
     assert_eq!(host.get("/readyz").status(), 503);

@@ -789,7 +789,7 @@ fn failed_metric_exports_are_counted_and_bad_otel_values_warned() {
         (line != format!("{needle}0")).then_some(line)
     });
     assert!(counted.is_some(), "no metrics export failure counted");
-    let logs = host.logs();
+    let logs = host.logs_once(|l| l.contains("OTLP export failed") && l.contains("metrics"));
     assert!(
         logs.lines()
             .any(|l| l.contains("OTLP export failed") && l.contains("metrics")),
