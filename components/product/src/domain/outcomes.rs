@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use service_kit::ids::is_valid_id;
 
-use crate::domain::reservation::{Outcome, OutcomeKind, remember, trim};
+use crate::domain::reservation::{MAX_OUTCOMES, Outcome, OutcomeKind, remember, trim};
 
 /// A product's recent outcomes by order id, at most [`MAX_OUTCOMES`], as
 /// their stored text.
@@ -92,8 +92,83 @@ impl Outcomes {
 
     /// Records `kind` for `order_id` at `at_ms`, keeping the newest
     /// [`MAX_OUTCOMES`] (ties by order id).
+    ///
+    /// An order the text does not hold yet, the outcome of every confirm,
+    /// is spliced into its place, dropping the oldest entry when the
+    /// memory is full: the other entries are not parsed beyond their id
+    /// and time, nor written anew. That is where the orders-on-one-product
+    /// row spent much of its guest time (docs/performance.md, "Orders on
+    /// one product"), since every attempt at a confirm, lost races
+    /// included, records one. Any other case, and any entry whose id or
+    /// time does not read, takes [`Outcomes::change`], which rewrites the
+    /// text without the broken entries; a broken entry between well-formed
+    /// ids and times is found, as by any reader, only when used.
     pub fn remember(&mut self, order_id: &str, kind: OutcomeKind, at_ms: u64) {
+        let outcome = Outcome { kind, at_ms };
+        if let Some(text) = self.with_new_entry(order_id, &outcome) {
+            self.text = text;
+            return;
+        }
+        let Outcome { kind, at_ms } = outcome;
         self.change(|recent| remember(recent, order_id, kind, at_ms));
+    }
+
+    /// The text with `outcome` of `order_id` added, as [`remember`] on the
+    /// map would leave it; `None` when that needs the map: the id is
+    /// already there, the outcome does not fit the text, the entries are
+    /// not in strictly ascending order of id or one's time does not read,
+    /// or there are more than [`MAX_OUTCOMES`] already.
+    fn with_new_entry(&self, order_id: &str, outcome: &Outcome) -> Option<String> {
+        if !fits(order_id, outcome) {
+            return None;
+        }
+        let mut entry = String::with_capacity(64);
+        write_entry(&mut entry, order_id, outcome);
+        if self.text.is_empty() {
+            return Some(entry);
+        }
+        // Byte offset the new entry goes to (that of the first larger id),
+        // and the oldest entry (time, id, byte offset).
+        let mut insert_at = None;
+        let mut oldest: Option<(u64, &str, usize)> = None;
+        let mut count = 0usize;
+        let mut previous: Option<&str> = None;
+        let mut start = 0usize;
+        for entry in self.text.split(' ') {
+            let at = start;
+            start += entry.len() + 1;
+            if entry.is_empty() {
+                return None;
+            }
+            let (id, rest) = entry.split_once(':')?;
+            let time: u64 = rest.split_once(':')?.0.parse().ok()?;
+            if id.is_empty() || previous.is_some_and(|p| p >= id) || id == order_id {
+                return None;
+            }
+            previous = Some(id);
+            if insert_at.is_none() && id > order_id {
+                insert_at = Some(at);
+            }
+            if oldest.is_none_or(|(t, i, ..)| (time, id) < (t, i)) {
+                oldest = Some((time, id, at));
+            }
+            count += 1;
+            if count > MAX_OUTCOMES {
+                return None;
+            }
+        }
+        let mut text = String::with_capacity(self.text.len() + entry.len() + 1);
+        if count < MAX_OUTCOMES {
+            splice(&mut text, &self.text, insert_at, &entry, None);
+            return Some(text);
+        }
+        // Full: one of the entries, or the new one, is dropped.
+        let (time, id, at) = oldest?;
+        if (outcome.at_ms, order_id) < (time, id) {
+            return Some(self.text.clone());
+        }
+        splice(&mut text, &self.text, insert_at, &entry, Some(at));
+        Some(text)
     }
 
     /// Applies `change` to the outcomes as a map, keeps the newest
@@ -126,6 +201,39 @@ impl Outcomes {
 
     fn entries(&self) -> impl Iterator<Item = &str> {
         self.text.split(' ').filter(|entry| !entry.is_empty())
+    }
+}
+
+/// Writes into `out` the entries of `text` (each a non-empty run
+/// between single spaces) with `entry` put before the one starting at
+/// byte offset `insert_at` (`None`: after the last), leaving out the one
+/// starting at `drop_at`.
+fn splice(
+    out: &mut String,
+    text: &str,
+    insert_at: Option<usize>,
+    entry: &str,
+    drop_at: Option<usize>,
+) {
+    let mut push = |part: &str| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(part);
+    };
+    let mut start = 0;
+    for existing in text.split(' ').filter(|e| !e.is_empty()) {
+        let at = start;
+        start += existing.len() + 1;
+        if insert_at == Some(at) {
+            push(entry);
+        }
+        if drop_at != Some(at) {
+            push(existing);
+        }
+    }
+    if insert_at.is_none() {
+        push(entry);
     }
 }
 
@@ -321,10 +429,80 @@ mod tests {
             assert_eq!(o.get("o1"), None, "{broken}");
             assert_eq!(o.get("a").unwrap().kind, OutcomeKind::Released);
             assert_eq!(o.get("z").unwrap().kind, OutcomeKind::Expired);
+            // A new order's outcome is added without rewriting the
+            // others; the broken entry stays unreadable.
             o.remember("b", OutcomeKind::Released, 3);
-            assert_eq!(serde_json::to_string(&o).unwrap(), r#""a:1:r b:3:r z:2:e""#);
+            assert_eq!(o.get("o1"), None, "{broken}");
+            assert_eq!(o.get("b").unwrap().kind, OutcomeKind::Released);
+            // A change of a known order rewrites the text without it.
+            o.remember("a", OutcomeKind::Expired, 4);
+            assert_eq!(serde_json::to_string(&o).unwrap(), r#""a:4:e b:3:r z:2:e""#);
         }
         assert!(read("").unwrap().is_empty());
+    }
+
+    /// `remember` on the text as `reservation::remember` on the map, then
+    /// written anew, would leave it.
+    fn remembered_through_the_map(o: &Outcomes, id: &str, outcome: &Outcome) -> Outcomes {
+        let mut through_map = o.clone();
+        let o = outcome.clone();
+        through_map.change(|recent| remember(recent, id, o.kind, o.at_ms));
+        through_map
+    }
+
+    #[test]
+    fn adding_an_outcome_leaves_the_text_the_map_would() {
+        // A fixed pseudo-random walk (64-bit LCG): ids from a pool a
+        // little larger than the memory, so the text fills, ids repeat,
+        // new ones are the oldest or land anywhere, and times tie.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut o = Outcomes::default();
+        for step in 0..4_000 {
+            let id = format!("o-{}", next(300));
+            let at_ms = next(5_000);
+            let kind = match next(3) {
+                0 => confirmed(1 + next(5) as i64, at_ms).kind,
+                1 => OutcomeKind::Released,
+                _ => OutcomeKind::Expired,
+            };
+            let outcome = Outcome { kind, at_ms };
+            let expected = remembered_through_the_map(&o, &id, &outcome);
+            // A new order takes the splice, not the map.
+            assert_eq!(
+                o.with_new_entry(&id, &outcome).is_some(),
+                o.get(&id).is_none(),
+                "step {step}: {id}"
+            );
+            o.remember(&id, outcome.kind, at_ms);
+            assert_eq!(o, expected, "step {step}: {id} at {at_ms}");
+            assert!(o.len() <= MAX_OUTCOMES);
+        }
+        assert_eq!(o.len(), MAX_OUTCOMES);
+    }
+
+    #[test]
+    fn a_new_outcome_older_than_a_full_memory_is_not_kept() {
+        let mut o = Outcomes::default();
+        for i in 0..MAX_OUTCOMES as u64 {
+            o.remember(&format!("o{i:03}"), OutcomeKind::Released, 100 + i);
+        }
+        let before = o.clone();
+        o.remember("a", OutcomeKind::Released, 99);
+        assert_eq!(o, before);
+        // As old as the oldest, but a smaller id: it is the one dropped.
+        o.remember("a", OutcomeKind::Released, 100);
+        assert_eq!(o, before);
+        // Newer: it pushes the oldest (o000) out.
+        o.remember("zz", OutcomeKind::Expired, 1_000);
+        assert_eq!(o.len(), MAX_OUTCOMES);
+        assert!(o.get("o000").is_none() && o.get("zz").is_some());
+        assert!(serde_json::to_string(&o).unwrap().ends_with(" zz:1000:e\""));
     }
 
     #[test]
