@@ -545,6 +545,17 @@ mod tests {
             " a:1:r".to_owned(),
             "a:1:r ".to_owned(),
             "a:18446744073709551616:r".to_owned(),
+            "a:18446744073709551615:r".to_owned(),
+            "a:7:c:-9223372036854775808:-1:EUR".to_owned(),
+            "a:7:c:9223372036854775808:1:EUR".to_owned(),
+            "a:7:c:1:2:".to_owned(),
+            "a:7:c:1:2:EUR:x".to_owned(),
+            "a:7:c:1:2".to_owned(),
+            "a:7:r:".to_owned(),
+            "a:7:".to_owned(),
+            "a::r".to_owned(),
+            ":7:r".to_owned(),
+            "a:0:r c:0:e".to_owned(),
             full_with_a_broken_entry,
         ];
         for text in &texts {
