@@ -138,9 +138,7 @@ impl Outcomes {
         for entry in self.text.split(' ') {
             let at = start;
             start += entry.len() + 1;
-            if entry.is_empty() {
-                return None;
-            }
+            // An empty entry (two spaces, or one at an end) is not canonical.
             let (id, time) = canonical_entry(entry)?;
             if previous.is_some_and(|p| p >= id) || id == order_id {
                 return None;
@@ -479,8 +477,8 @@ mod tests {
     /// written anew, would leave it.
     fn remembered_through_the_map(o: &Outcomes, id: &str, outcome: &Outcome) -> Outcomes {
         let mut through_map = o.clone();
-        let o = outcome.clone();
-        through_map.change(|recent| remember(recent, id, o.kind, o.at_ms));
+        let kind = outcome.kind.clone();
+        through_map.change(|recent| remember(recent, id, kind, outcome.at_ms));
         through_map
     }
 
